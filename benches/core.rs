@@ -1,0 +1,2 @@
+//! Core benchmarks.
+fn main() {}

@@ -1,0 +1,27 @@
+//! topgun-rs: a reference implementation of the TopGun offline-first data grid.
+//!
+//! The crate is layered so that the pure core can be tested without I/O and the same
+//! server and client code can run on real sockets or inside a deterministic simulation:
+//!
+//! - **Seams** for nondeterminism: [`clock`] (wall clock).
+//! - **Pure core** (synchronous, no I/O): [`hlc`], [`record`], [`lww`], [`ormap`],
+//!   [`pncounter`], [`hash`], [`merkle`], [`query`], [`search`].
+//! - **Protocol**: [`protocol`] holds every wire message, the msgpack/JSON codecs and the
+//!   JSON-Schema validator that guards ingress.
+//! - **Storage**: [`store`] defines the backend-neutral `Store` trait and its backends.
+//! - **Security**: [`auth`] (JWT, principals) and [`security`] (permission policies).
+
+pub mod auth;
+pub mod clock;
+pub mod hash;
+pub mod hlc;
+pub mod lww;
+pub mod merkle;
+pub mod ormap;
+pub mod pncounter;
+pub mod protocol;
+pub mod query;
+pub mod record;
+pub mod search;
+pub mod security;
+pub mod store;

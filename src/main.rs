@@ -1,0 +1,3 @@
+//! The `topgun` command line.
+
+fn main() {}
