@@ -89,7 +89,10 @@ mod timestamp_tests {
         let a = Timestamp::new(1, 0, "b");
         assert!(a < Timestamp::new(2, 0, "a"));
         assert!(a < Timestamp::new(1, 1, "a"));
-        assert!(Timestamp::new(1, 0, "B") < Timestamp::new(1, 0, "a"), "byte order, not locale");
+        assert!(
+            Timestamp::new(1, 0, "B") < Timestamp::new(1, 0, "a"),
+            "byte order, not locale"
+        );
         assert_eq!(a.cmp(&a.clone()), Ordering::Equal);
     }
 

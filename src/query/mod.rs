@@ -153,7 +153,8 @@ mod tests {
 
     #[test]
     fn sort_accepts_both_wire_forms_in_priority_order() {
-        let object: SortSpec = serde_json::from_value(json!({"prio": "desc", "title": "asc"})).unwrap();
+        let object: SortSpec =
+            serde_json::from_value(json!({"prio": "desc", "title": "asc"})).unwrap();
         let array: SortSpec = serde_json::from_value(
             json!([{"field": "prio", "direction": "desc"}, {"field": "title", "direction": "asc"}]),
         )
