@@ -1,1 +1,91 @@
-//! Placeholder: being written.
+//! The string hash every TopGun client uses (FNV-1a over UTF-16 code units), the MurmurHash3
+//! finalizer used by the 2026-08 Merkle combine, and key → partition routing
+//! (PROTOCOL.md §4.5, §4.6).
+//!
+//! These must agree bit-for-bit with the browser clients, so they hash UTF-16 code units
+//! (what JavaScript's `charCodeAt` yields), not UTF-8 bytes.
+
+/// Number of partitions a key space is split into (PROTOCOL.md §4.6).
+pub const PARTITION_COUNT: u32 = 271;
+
+const FNV_OFFSET_BASIS: u32 = 0x811c_9dc5;
+const FNV_PRIME: u32 = 0x0100_0193;
+
+/// 32-bit FNV-1a over the UTF-16 code units of `s` (surrogate pairs hash as two units),
+/// identical to the clients' `hashString`.
+pub fn fnv1a_utf16(s: &str) -> u32 {
+    s.encode_utf16().fold(FNV_OFFSET_BASIS, |h, unit| {
+        (h ^ u32::from(unit)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The MurmurHash3 32-bit finalizer. It is a bijection with `fmix32(0) == 0`, which is why
+/// emptied Merkle nodes stay neutral under the 2026-08 combine.
+pub fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The partition that owns `key`. The map name deliberately does not take part, so all maps
+/// route a given key to the same partition, as the clients do.
+pub fn partition_id(key: &str) -> u32 {
+    fnv1a_utf16(key) % PARTITION_COUNT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fnv1a_matches_protocol_vectors() {
+        assert_eq!(fnv1a_utf16("hello"), 1_335_831_723);
+        assert_eq!(fnv1a_utf16("hello"), 0x4f9f_2cab);
+        assert_eq!(fnv1a_utf16("key1"), 927_623_783);
+        assert_eq!(fnv1a_utf16(""), 2_166_136_261);
+        assert_eq!(fnv1a_utf16("key1:100:0:test"), 3_988_528_110);
+        assert_eq!(fnv1a_utf16("ключ"), 866_290_361);
+        assert_eq!(fnv1a_utf16("user-1"), 0xf553_7974);
+        assert_eq!(fnv1a_utf16("user-1:1700000000000:0:node-1"), 4_066_377_064);
+    }
+
+    #[test]
+    fn astral_characters_hash_as_two_surrogate_units() {
+        // U+1F600 is the surrogate pair D83D DE00 in UTF-16.
+        let by_units = [0xd83d_u32, 0xde00]
+            .iter()
+            .fold(FNV_OFFSET_BASIS, |h, u| (h ^ u).wrapping_mul(FNV_PRIME));
+        assert_eq!(fnv1a_utf16("\u{1F600}"), by_units);
+    }
+
+    #[test]
+    fn partition_matches_protocol_vectors() {
+        assert_eq!(partition_id("user-1"), 120);
+        assert_eq!(partition_id("hello"), 95);
+        assert_eq!(partition_id("key1"), 268);
+    }
+
+    #[test]
+    fn fmix32_matches_protocol_leaf_vector() {
+        assert_eq!(fmix32(0), 0);
+        assert_eq!(fmix32(4_066_377_064), 4_119_326_984);
+        let fmix4 = (0..4).fold(4_066_377_064, |h, _| fmix32(h));
+        assert_eq!(fmix4, 752_903_945);
+    }
+
+    proptest! {
+        #[test]
+        fn partition_is_always_in_range(key in ".*") {
+            prop_assert!(partition_id(&key) < PARTITION_COUNT);
+        }
+
+        #[test]
+        fn fmix32_is_injective_on_pairs(a: u32, b: u32) {
+            prop_assert_eq!(fmix32(a) == fmix32(b), a == b);
+        }
+    }
+}

@@ -1,1 +1,717 @@
-//! Placeholder: being written.
+//! Merkle trees for delta sync and the item hashes they hold (PROTOCOL.md §4.5, §3.4, §3.5).
+//!
+//! One tree covers every key of a map (LWW tombstones included). It is a 16-ary prefix trie of
+//! depth 3 over the lowercase, zero-padded hex of `fnv1a_utf16(key)`; leaves hold
+//! `key → item hash`. Both client generations' node hashes are maintained incrementally, so a
+//! server can answer either: [`Combine::Sum`] (2026-01) and [`Combine::Fmix`] (2026-08).
+//!
+//! The item hashes ([`lww_item_hash`], [`or_entry_hash`]) reproduce the TypeScript strings
+//! exactly, including JavaScript number formatting and a `JSON.stringify` replacer quirk.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::hash::{fmix32, fnv1a_utf16};
+use crate::hlc::Timestamp;
+use crate::record::OrMapRecord;
+
+/// Depth of the trie: leaves sit at this level and their paths have this many hex chars.
+pub const DEPTH: usize = 3;
+
+const HEX_DIGITS: [char; 16] = [
+    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
+];
+
+/// How node hashes are combined from their children (or a leaf's items).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Combine {
+    /// 2026-01 clients: wrapping u32 sum at leaves and interior nodes.
+    Sum,
+    /// 2026-08 clients: wrapping sum of `fmix32` of each item (leaf) or child hash (interior).
+    Fmix,
+}
+
+/// Both schemes' hash of one node, kept side by side so each update touches a node once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct NodeHash {
+    sum: u32,
+    fmix: u32,
+}
+
+impl NodeHash {
+    fn get(self, combine: Combine) -> u32 {
+        match combine {
+            Combine::Sum => self.sum,
+            Combine::Fmix => self.fmix,
+        }
+    }
+
+    /// Swaps one item of a leaf; an absent item counts as 0, which is neutral in both schemes
+    /// because `fmix32(0) == 0`.
+    fn replace_item(&mut self, old: u32, new: u32) {
+        self.sum = self.sum.wrapping_sub(old).wrapping_add(new);
+        self.fmix = self
+            .fmix
+            .wrapping_sub(fmix32(old))
+            .wrapping_add(fmix32(new));
+    }
+
+    /// Accounts for a child whose hash changed from `before` to `after`.
+    fn replace_child(&mut self, before: NodeHash, after: NodeHash) {
+        self.sum = self.sum.wrapping_sub(before.sum).wrapping_add(after.sum);
+        self.fmix = self
+            .fmix
+            .wrapping_sub(fmix32(before.fmix))
+            .wrapping_add(fmix32(after.fmix));
+    }
+}
+
+/// A trie node. Interior nodes only use `children`, leaves (depth [`DEPTH`]) only `entries`.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    hash: NodeHash,
+    children: BTreeMap<char, Node>,
+    entries: BTreeMap<String, u32>,
+}
+
+impl Node {
+    /// Sets (`Some`) or removes (`None`) `key` in the leaf at the end of `route`, fixing every
+    /// hash on the way back up. Returns the previous item hash. Removal never creates nodes.
+    fn set(&mut self, route: &[char], key: &str, new: Option<u32>) -> Option<u32> {
+        let Some((&digit, rest)) = route.split_first() else {
+            let old = match new {
+                Some(hash) => self.entries.insert(key.to_owned(), hash),
+                None => self.entries.remove(key),
+            };
+            self.hash.replace_item(old.unwrap_or(0), new.unwrap_or(0));
+            return old;
+        };
+        let child = if new.is_some() {
+            self.children.entry(digit).or_default()
+        } else {
+            self.children.get_mut(&digit)?
+        };
+        let before = child.hash;
+        let old = child.set(rest, key, new);
+        self.hash.replace_child(before, child.hash);
+        old
+    }
+}
+
+/// The Merkle tree of one map. Emptied nodes are kept (hash 0) and still reported by
+/// [`MerkleTree::buckets`], as the clients do.
+#[derive(Debug, Clone, Default)]
+pub struct MerkleTree {
+    root: Node,
+    len: usize,
+}
+
+impl MerkleTree {
+    /// An empty tree (root hash 0 in both schemes).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces the item hash of `key`.
+    pub fn update(&mut self, key: &str, item_hash: u32) {
+        if self.root.set(&route(key), key, Some(item_hash)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Removes `key`; a no-op for an absent key. For an OR map, call this when a key's live
+    /// record set becomes empty instead of hashing the empty set.
+    pub fn remove(&mut self, key: &str) {
+        if self.root.set(&route(key), key, None).is_some() {
+            self.len -= 1;
+        }
+    }
+
+    /// The root hash under `combine`.
+    pub fn root(&self, combine: Combine) -> u32 {
+        self.root.hash.get(combine)
+    }
+
+    /// Hashes of the children of the node at `path`, keyed by their hex character.
+    /// Empty for a leaf, a path that does not exist, or a malformed path.
+    pub fn buckets(&self, path: &str, combine: Combine) -> BTreeMap<char, u32> {
+        self.node_at(path)
+            .map(|node| {
+                node.children
+                    .iter()
+                    .map(|(&digit, child)| (digit, child.hash.get(combine)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The keys (sorted) of the leaf at `path`, or `None` when `path` is not a leaf holding
+    /// at least one key.
+    pub fn leaf_keys(&self, path: &str) -> Option<impl Iterator<Item = &str>> {
+        self.node_at(path)
+            .filter(|node| !node.entries.is_empty())
+            .map(|node| node.entries.keys().map(String::as_str))
+    }
+
+    /// Number of keys in the tree.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the tree holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The node at `path`. Malformed paths (uppercase, non-hex, longer than [`DEPTH`]) need no
+    /// separate check: children are only ever keyed by lowercase hex digits and leaves have
+    /// none, so such paths simply find nothing.
+    fn node_at(&self, path: &str) -> Option<&Node> {
+        path.chars()
+            .try_fold(&self.root, |node, digit| node.children.get(&digit))
+    }
+}
+
+/// The leaf path of `key`: the first [`DEPTH`] hex chars of its hash (e.g. `"f55"`).
+pub fn leaf_path(key: &str) -> String {
+    route(key).iter().collect()
+}
+
+fn route(key: &str) -> [char; DEPTH] {
+    let hash = fnv1a_utf16(key);
+    std::array::from_fn(|level| {
+        let shift = 28 - 4 * level;
+        HEX_DIGITS[((hash >> shift) & 0xf) as usize]
+    })
+}
+
+/// The item hash of an LWW record: `fnv1a_utf16("<key>:<millis>:<counter>:<nodeId>")`.
+/// The value does not take part, so tombstones hash like any other write.
+pub fn lww_item_hash(key: &str, timestamp: &Timestamp) -> u32 {
+    fnv1a_utf16(&format!("{key}:{timestamp}"))
+}
+
+/// The entry hash of an OR-map key over its live (non-tombstoned) records; expired but
+/// untombstoned records count. Callers remove the key from the tree instead of hashing an
+/// empty set.
+pub fn or_entry_hash<'a>(key: &str, records: impl IntoIterator<Item = &'a OrMapRecord>) -> u32 {
+    let mut records: Vec<&OrMapRecord> = records.into_iter().collect();
+    records.sort_by(|a, b| cmp_utf16(&a.tag, &b.tag));
+    let mut text = format!("key:{key}");
+    for record in records {
+        let ts = &record.timestamp;
+        // Writing into a String cannot fail.
+        let _ = write!(
+            text,
+            "|{}:{}:{}:{}:{}",
+            record.tag,
+            js_value_string(&record.value),
+            ts.millis,
+            ts.counter,
+            ts.node_id
+        );
+        if let Some(ttl) = record.ttl_ms {
+            let _ = write!(text, ":ttl={ttl}");
+        }
+    }
+    fnv1a_utf16(&text)
+}
+
+/// JavaScript's default string order (UTF-16 code units), which differs from Rust's byte
+/// order for characters above U+FFFF.
+fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+/// The client's `valueStr`: `String(value)` for scalars (strings unquoted), and
+/// `JSON.stringify(value, Object.keys(value).sort())` for objects and arrays.
+fn js_value_string(value: &Value) -> String {
+    let mut whitelist: Vec<String> = match value {
+        Value::Object(map) => map.keys().cloned().collect(),
+        Value::Array(items) => (0..items.len()).map(|i| i.to_string()).collect(),
+        Value::Null => return "null".to_owned(),
+        Value::Bool(b) => return b.to_string(),
+        Value::Number(n) => return js_number(n),
+        Value::String(s) => return s.clone(),
+    };
+    whitelist.sort_by(|a, b| cmp_utf16(a, b));
+    let mut out = String::new();
+    stringify_filtered(value, &whitelist, &mut out);
+    out
+}
+
+/// `JSON.stringify` with an array replacer: every object, at any depth, emits only the
+/// whitelisted properties it has, in whitelist order; arrays are emitted whole.
+fn stringify_filtered(value: &Value, whitelist: &[String], out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&js_number(n)),
+        Value::String(s) => quote_json(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                stringify_filtered(item, whitelist, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            let present = whitelist
+                .iter()
+                .filter_map(|name| map.get(name).map(|v| (name, v)));
+            for (i, (name, item)) in present.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                quote_json(name, out);
+                out.push(':');
+                stringify_filtered(item, whitelist, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// `JSON.stringify` string quoting: only `"`, `\` and C0 controls are escaped, with the short
+/// forms where JSON has them and lowercase `\u00xx` otherwise.
+fn quote_json(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// JavaScript `Number#toString` of a JSON number. JavaScript holds every number as an f64,
+/// so integers beyond 2^53 are formatted after the same rounding the client applies.
+fn js_number(n: &serde_json::Number) -> String {
+    n.as_f64().map_or_else(|| n.to_string(), js_f64)
+}
+
+/// ECMAScript Number::toString(10): shortest round-trip digits, plain notation for decimal
+/// exponents in [-7, 21), exponent notation (`1e+21`, `1.5e-7`) outside it.
+fn js_f64(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".to_owned();
+    }
+    if x == 0.0 {
+        return "0".to_owned();
+    }
+    if x < 0.0 {
+        return format!("-{}", js_f64(-x));
+    }
+    if x.is_infinite() {
+        return "Infinity".to_owned();
+    }
+    let Some((digits, point)) = shortest_digits(x) else {
+        return x.to_string();
+    };
+    format_js_digits(&digits, point)
+}
+
+/// Shortest round-trip decimal digits of a positive finite `x` and the position `n` of the
+/// decimal point, so that `x = 0.d1d2… × 10^n` (ECMAScript's `n`).
+fn shortest_digits(x: f64) -> Option<(String, i32)> {
+    // `{:e}` prints the shortest round-trip digits as `d.ddde±x`.
+    let formatted = format!("{x:e}");
+    let (mantissa, exponent) = formatted.split_once('e')?;
+    let exponent: i32 = exponent.parse().ok()?;
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    Some((digits, exponent + 1))
+}
+
+fn format_js_digits(digits: &str, n: i32) -> String {
+    let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let zeros = |count: i32| "0".repeat(usize::try_from(count).unwrap_or(0));
+    if k <= n && n <= 21 {
+        return format!("{digits}{}", zeros(n - k));
+    }
+    if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(usize::try_from(n).unwrap_or(0));
+        return format!("{int}.{frac}");
+    }
+    if -6 < n && n <= 0 {
+        return format!("0.{}{digits}", zeros(-n));
+    }
+    let exponent = n - 1;
+    let sign = if exponent < 0 { '-' } else { '+' };
+    let (first, rest) = digits.split_at(1.min(digits.len()));
+    let dot = if rest.is_empty() { "" } else { "." };
+    format!("{first}{dot}{rest}e{sign}{}", exponent.unsigned_abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn one_key_tree() -> MerkleTree {
+        let mut tree = MerkleTree::new();
+        let ts = Timestamp::new(1_700_000_000_000, 0, "node-1");
+        tree.update("user-1", lww_item_hash("user-1", &ts));
+        tree
+    }
+
+    fn two_key_tree() -> MerkleTree {
+        let mut tree = one_key_tree();
+        let ts = Timestamp::new(1_700_000_000_001, 3, "node-2");
+        tree.update("user-2", lww_item_hash("user-2", &ts));
+        tree
+    }
+
+    fn or_record(tag: &str, value: Value, ttl_ms: Option<u64>) -> OrMapRecord {
+        OrMapRecord {
+            value,
+            timestamp: Timestamp::new(1_700_000_000_000, 0, "n1"),
+            tag: tag.to_owned(),
+            ttl_ms,
+        }
+    }
+
+    #[test]
+    fn one_key_vectors_in_both_schemes() {
+        let tree = one_key_tree();
+        assert_eq!(leaf_path("user-1"), "f55");
+        assert_eq!(
+            lww_item_hash("user-1", &Timestamp::new(1_700_000_000_000, 0, "node-1")),
+            4_066_377_064
+        );
+        assert_eq!(tree.root(Combine::Sum), 4_066_377_064);
+        assert_eq!(
+            tree.buckets("", Combine::Sum),
+            BTreeMap::from([('f', 4_066_377_064)])
+        );
+        assert_eq!(tree.root(Combine::Fmix), 752_903_945);
+        assert_eq!(
+            tree.buckets("f5", Combine::Fmix),
+            BTreeMap::from([('5', 4_119_326_984)])
+        );
+        assert_eq!(tree.len(), 1);
+    }
+
+    #[test]
+    fn two_key_vectors_in_both_schemes() {
+        let tree = two_key_tree();
+        assert_eq!(tree.root(Combine::Sum), 4_241_917_172);
+        assert_eq!(tree.root(Combine::Fmix), 2_573_017_089);
+        assert_eq!(tree.len(), 2);
+    }
+
+    #[test]
+    fn leaf_keys_only_for_populated_leaves() {
+        let mut tree = two_key_tree();
+        let keys: Vec<&str> = tree.leaf_keys("f55").into_iter().flatten().collect();
+        assert_eq!(keys, ["user-1"]);
+        assert!(tree.leaf_keys("f5").is_none(), "interior node");
+        assert!(tree.leaf_keys("").is_none(), "root");
+        assert!(tree.leaf_keys("000").is_none(), "missing leaf");
+        tree.remove("user-1");
+        assert!(tree.leaf_keys("f55").is_none(), "emptied leaf");
+    }
+
+    #[test]
+    fn emptied_children_are_kept_with_hash_zero() {
+        let mut tree = one_key_tree();
+        tree.remove("user-1");
+        assert_eq!(tree.root(Combine::Sum), 0);
+        assert_eq!(tree.root(Combine::Fmix), 0);
+        assert_eq!(tree.buckets("", Combine::Sum), BTreeMap::from([('f', 0)]));
+        assert_eq!(
+            tree.buckets("f5", Combine::Fmix),
+            BTreeMap::from([('5', 0)])
+        );
+        assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn removing_an_absent_key_creates_nothing() {
+        let mut tree = MerkleTree::new();
+        tree.remove("user-1");
+        assert!(tree.buckets("", Combine::Sum).is_empty());
+        assert_eq!(tree.len(), 0);
+    }
+
+    #[test]
+    fn malformed_or_missing_paths_give_nothing() {
+        let tree = one_key_tree();
+        for path in ["F", "g", "f55x", "ff55", "f5 ", "0", "f55"] {
+            assert!(tree.buckets(path, Combine::Sum).is_empty(), "{path:?}");
+        }
+        for path in ["F55", "f55/", "0f55"] {
+            assert!(tree.leaf_keys(path).is_none(), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn empty_tree_is_zero() {
+        let tree = MerkleTree::new();
+        assert_eq!(tree.root(Combine::Sum), 0);
+        assert_eq!(tree.root(Combine::Fmix), 0);
+        assert!(tree.buckets("", Combine::Fmix).is_empty());
+    }
+
+    #[test]
+    fn or_entry_protocol_vector() {
+        let record = or_record("1700000000000:0:n1", json!("v"), None);
+        assert_eq!(
+            fnv1a_utf16("key:k|1700000000000:0:n1:v:1700000000000:0:n1"),
+            250_738_279
+        );
+        assert_eq!(or_entry_hash("k", [&record]), 250_738_279);
+    }
+
+    #[test]
+    fn or_entry_sorts_tags_and_appends_ttl() {
+        let a = or_record("a", json!(1), Some(500));
+        let b = or_record("b", json!(null), None);
+        let expected = "key:k|a:1:1700000000000:0:n1:ttl=500|b:null:1700000000000:0:n1";
+        assert_eq!(or_entry_hash("k", [&b, &a]), fnv1a_utf16(expected));
+        assert_eq!(or_entry_hash("k", [&a, &b]), fnv1a_utf16(expected));
+    }
+
+    #[test]
+    fn or_entry_tags_sort_in_utf16_order() {
+        // U+1F600 starts with surrogate 0xD83D, which sorts before U+FF61 in UTF-16 though
+        // its UTF-8 bytes sort after.
+        let emoji = or_record("\u{1F600}", json!(true), None);
+        let halfwidth = or_record("\u{FF61}", json!(false), None);
+        let expected = "key:k|\u{1F600}:true:1700000000000:0:n1|\u{FF61}:false:1700000000000:0:n1";
+        assert_eq!(
+            or_entry_hash("k", [&halfwidth, &emoji]),
+            fnv1a_utf16(expected)
+        );
+    }
+
+    #[test]
+    fn value_string_of_scalars() {
+        assert_eq!(js_value_string(&json!(null)), "null");
+        assert_eq!(js_value_string(&json!(true)), "true");
+        assert_eq!(js_value_string(&json!("a \"b\"")), "a \"b\"");
+        assert_eq!(js_value_string(&json!(42)), "42");
+        assert_eq!(js_value_string(&json!(-7)), "-7");
+    }
+
+    #[test]
+    fn value_string_whitelists_top_level_keys_at_every_depth() {
+        assert_eq!(
+            js_value_string(&json!({"a": {"z": 1, "a": 2}})),
+            r#"{"a":{"a":2}}"#
+        );
+        assert_eq!(
+            js_value_string(&json!({"b": 1, "a": 2, "B": 3})),
+            r#"{"B":3,"a":2,"b":1}"#
+        );
+        assert_eq!(
+            js_value_string(&json!({"b": [{"a": 1, "b": 2, "c": 3}, 4], "a": null})),
+            r#"{"a":null,"b":[{"a":1,"b":2},4]}"#
+        );
+        assert_eq!(js_value_string(&json!({})), "{}");
+    }
+
+    #[test]
+    fn value_string_of_arrays_whitelists_index_names() {
+        assert_eq!(
+            js_value_string(&json!([{"0": 1, "x": 2}, 3, "s", [true, {"1": null}]])),
+            r#"[{"0":1},3,"s",[true,{"1":null}]]"#
+        );
+        assert_eq!(js_value_string(&json!([{"a": 1}])), "[{}]");
+        assert_eq!(js_value_string(&json!([])), "[]");
+    }
+
+    #[test]
+    fn value_string_emits_properties_in_sorted_index_name_order() {
+        // Index names sort as strings: "0","1","10","2",… so "10" precedes "2".
+        let items: Vec<Value> = (0..11).map(|i| json!(i)).collect();
+        let mut value = Value::Array(items);
+        if let Value::Array(items) = &mut value {
+            items[0] = json!({"2": "two", "10": "ten", "x": 0});
+        }
+        assert_eq!(
+            js_value_string(&value),
+            r#"[{"10":"ten","2":"two"},1,2,3,4,5,6,7,8,9,10]"#
+        );
+    }
+
+    #[test]
+    fn value_string_escapes_like_json_stringify() {
+        assert_eq!(
+            js_value_string(&json!({"k\"": "q\"\\\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}\u{2028}é"})),
+            "{\"k\\\"\":\"q\\\"\\\\\\n\\r\\t\\b\\f\\u0001\\u001f\u{7f}\u{2028}é\"}"
+        );
+    }
+
+    #[test]
+    fn numbers_format_like_javascript() {
+        let cases: [(f64, &str); 20] = [
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (-1.5, "-1.5"),
+            (-0.0, "0"),
+            (100.0, "100"),
+            (1e21, "1e+21"),
+            (1.5e21, "1.5e+21"),
+            (1e20, "100000000000000000000"),
+            (123_456_789_012_345_680_000.0, "123456789012345680000"),
+            (1e-7, "1e-7"),
+            (1.234e-7, "1.234e-7"),
+            (1e-6, "0.000001"),
+            (0.000_001_234, "0.000001234"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (1_152_921_504_606_846_976.0, "1152921504606847000"),
+            (123.456, "123.456"),
+            (-2.5e-10, "-2.5e-10"),
+            (9_007_199_254_740_993.0, "9007199254740992"),
+        ];
+        for (x, expected) in cases {
+            assert_eq!(js_f64(x), expected, "{x:e}");
+        }
+        assert_eq!(js_value_string(&json!(u64::MAX)), "18446744073709552000");
+        assert_eq!(js_value_string(&json!(i64::MIN)), "-9223372036854776000");
+        assert_eq!(js_value_string(&json!([0.5, 1e21, 2])), "[0.5,1e+21,2]");
+    }
+
+    /// From-scratch reference: groups items by trie path and combines level by level.
+    fn rebuild_root(contents: &BTreeMap<String, u32>, combine: Combine) -> u32 {
+        let mut level: BTreeMap<String, u32> = BTreeMap::new();
+        for (key, &item) in contents {
+            let lifted = match combine {
+                Combine::Sum => item,
+                Combine::Fmix => fmix32(item),
+            };
+            let slot = level.entry(leaf_path(key)).or_default();
+            *slot = slot.wrapping_add(lifted);
+        }
+        for depth in (0..DEPTH).rev() {
+            let mut parents: BTreeMap<String, u32> = BTreeMap::new();
+            for (path, hash) in level {
+                let lifted = match combine {
+                    Combine::Sum => hash,
+                    Combine::Fmix => fmix32(hash),
+                };
+                let slot = parents.entry(path[..depth].to_owned()).or_default();
+                *slot = slot.wrapping_add(lifted);
+            }
+            level = parents;
+        }
+        level.get("").copied().unwrap_or(0)
+    }
+
+    fn build(items: &[(String, u32)]) -> MerkleTree {
+        let mut tree = MerkleTree::new();
+        for (key, hash) in items {
+            tree.update(key, *hash);
+        }
+        tree
+    }
+
+    fn contents() -> impl Strategy<Value = BTreeMap<String, u32>> {
+        prop::collection::btree_map("[a-z0-9]{1,6}", any::<u32>(), 0..200)
+    }
+
+    const BOTH: [Combine; 2] = [Combine::Sum, Combine::Fmix];
+
+    proptest! {
+        #[test]
+        fn insertion_order_does_not_matter(
+            (items, shuffled) in contents()
+                .prop_map(|m| m.into_iter().collect::<Vec<_>>())
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle()))
+        ) {
+            let a = build(&items);
+            let b = build(&shuffled);
+            for combine in BOTH {
+                prop_assert_eq!(a.root(combine), b.root(combine));
+            }
+        }
+
+        #[test]
+        fn update_then_revert_restores_root(
+            contents in contents(),
+            key in "[a-z0-9]{1,6}",
+            hash in any::<u32>(),
+        ) {
+            let items: Vec<_> = contents.clone().into_iter().collect();
+            let mut tree = build(&items);
+            let before = BOTH.map(|c| tree.root(c));
+            tree.update(&key, hash);
+            match contents.get(&key) {
+                Some(&old) => tree.update(&key, old),
+                None => tree.remove(&key),
+            }
+            prop_assert_eq!(BOTH.map(|c| tree.root(c)), before);
+            prop_assert_eq!(tree.len(), contents.len());
+        }
+
+        #[test]
+        fn incremental_equals_rebuild(
+            ops in prop::collection::vec(("[a-f]{1,3}", prop::option::of(any::<u32>())), 0..300)
+        ) {
+            let mut tree = MerkleTree::new();
+            let mut model = BTreeMap::new();
+            for (key, op) in ops {
+                match op {
+                    Some(hash) => {
+                        tree.update(&key, hash);
+                        model.insert(key, hash);
+                    }
+                    None => {
+                        tree.remove(&key);
+                        model.remove(&key);
+                    }
+                }
+            }
+            for combine in BOTH {
+                prop_assert_eq!(tree.root(combine), rebuild_root(&model, combine));
+            }
+            prop_assert_eq!(tree.len(), model.len());
+            let mut leaf_keys: Vec<String> = Vec::new();
+            for path in model.keys().map(|k| leaf_path(k)).collect::<std::collections::BTreeSet<_>>() {
+                leaf_keys.extend(tree.leaf_keys(&path).into_iter().flatten().map(str::to_owned));
+            }
+            leaf_keys.sort();
+            prop_assert_eq!(leaf_keys, model.keys().cloned().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn any_content_change_changes_both_roots(
+            contents in contents(),
+            key in "[a-z0-9]{1,6}",
+            hash in 1..=u32::MAX,
+        ) {
+            let items: Vec<_> = contents.clone().into_iter().collect();
+            let mut tree = build(&items);
+            let before = BOTH.map(|c| tree.root(c));
+            let new_hash = match contents.get(&key) {
+                Some(&old) => old.wrapping_add(hash),
+                None => hash,
+            };
+            prop_assume!(new_hash != 0);
+            tree.update(&key, new_hash);
+            for (i, combine) in BOTH.into_iter().enumerate() {
+                prop_assert_ne!(tree.root(combine), before[i]);
+            }
+        }
+    }
+}
