@@ -1,0 +1,116 @@
+//! Generation of the JSON Schemas in `schemas/` from the message types (requirement SEC-03):
+//! one `<TYPE>.json` per message type plus `index.json`, which dispatches on `type`.
+//!
+//! The files are pretty-printed with sorted keys and a trailing newline so that they are
+//! stable under regeneration; a test fails when the checked-in files are stale.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::{MESSAGE_TYPES, message_body_schemas};
+
+const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// Every message type with its complete schema (body plus the `type` constant).
+pub(crate) fn message_schema_values() -> Vec<(&'static str, Value)> {
+    message_body_schemas(&SchemaSettings::draft2020_12())
+        .into_iter()
+        .map(|(name, schema)| (name, with_type_constant(schema.to_value(), name)))
+        .collect()
+}
+
+/// Adds the required `type: <name>` property to a message body schema.
+fn with_type_constant(mut schema: Value, name: &str) -> Value {
+    if let Value::Object(root) = &mut schema {
+        let properties = root
+            .entry("properties")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(properties) = properties {
+            properties.insert("type".to_owned(), json!({ "const": name }));
+        }
+        let required = root
+            .entry("required")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(required) = required {
+            required.insert(0, Value::from("type"));
+        }
+        root.insert("type".to_owned(), Value::from("object"));
+    }
+    schema
+}
+
+/// The index schema: any known `type`, then the schema of that type.
+fn index_schema() -> Value {
+    let branches: Vec<Value> = MESSAGE_TYPES
+        .iter()
+        .map(|name| {
+            json!({
+                "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                "then": {"$ref": format!("{name}.json")}
+            })
+        })
+        .collect();
+    json!({
+        "$schema": DRAFT,
+        "title": "Message",
+        "description": "Any TopGun wire message; dispatches on `type` to <TYPE>.json.",
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": MESSAGE_TYPES}},
+        "allOf": branches
+    })
+}
+
+/// Recursively sorts object keys so that the output does not depend on field order.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let ordered: BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            Value::Object(ordered.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+fn render(value: Value) -> String {
+    let mut text = serde_json::to_string_pretty(&sorted(value)).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Every schema file: file name → contents.
+pub fn generate() -> BTreeMap<String, String> {
+    let mut files: BTreeMap<String, String> = message_schema_values()
+        .into_iter()
+        .map(|(name, schema)| (format!("{name}.json"), render(schema)))
+        .collect();
+    files.insert("index.json".to_owned(), render(index_schema()));
+    files
+}
+
+/// Writes every schema file into `dir` and removes `.json` files that are no longer generated.
+pub fn write_schemas(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let files = generate();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let stale = path.extension().is_some_and(|ext| ext == "json")
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !files.contains_key(n));
+        if stale {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for (name, contents) in &files {
+        std::fs::write(dir.join(name), contents)?;
+    }
+    Ok(())
+}
