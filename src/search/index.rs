@@ -335,7 +335,8 @@ impl SearchIndex {
         let matched_terms = terms
             .iter()
             .zip(matched)
-            .filter_map(|(term, was_matched)| was_matched.then(|| term.clone()))
+            .filter(|(_, was_matched)| *was_matched)
+            .map(|(term, _)| term.clone())
             .collect();
         Some(SearchHit {
             key: key.clone(),
@@ -436,4 +437,444 @@ fn rank(hits: impl Iterator<Item = SearchHit>, limit: Option<usize>) -> Vec<Sear
         }
     };
     ranked.into_iter().map(|Ranked(hit)| hit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const TOLERANCE: f64 = 1e-12;
+
+    fn index(fields: &[&str]) -> SearchIndex {
+        SearchIndex::new(SearchConfig::for_fields(fields.iter().copied())).unwrap()
+    }
+
+    fn body_corpus() -> SearchIndex {
+        let mut index = index(&["body"]);
+        index.upsert("d1", &json!({"body": "cat dog"}));
+        index.upsert("d2", &json!({"body": "cats cat fish"}));
+        index.upsert("d3", &json!({"body": "bird"}));
+        index
+    }
+
+    fn boost(field: &str, value: f64) -> SearchOptions {
+        SearchOptions {
+            boost: BTreeMap::from([(field.to_owned(), value)]),
+            ..SearchOptions::default()
+        }
+    }
+
+    fn keys(hits: &[SearchHit]) -> Vec<&str> {
+        hits.iter().map(|hit| hit.key.as_str()).collect()
+    }
+
+    fn assert_close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() < TOLERANCE,
+            "expected {expected}, got {actual}"
+        );
+    }
+
+    #[test]
+    fn single_term_scores_match_hand_computed_bm25() {
+        // N = 3, avgdl = 6/3 = 2, df(cat) = 2: idf = ln(1 + 1.5/2.5) = ln 1.6.
+        // d2: tf 2, len 3 → ln1.6 · 4.4 / (2 + 1.2·(0.25 + 0.75·1.5)) = ln1.6 · 4.4/3.65.
+        // d1: tf 1, len 2 → ln1.6 · 2.2 / 2.2.
+        let hits = body_corpus().search("cat", &SearchOptions::default());
+        assert_eq!(keys(&hits), ["d2", "d1"]);
+        assert_close(hits[0].score, 0.566_579_717_446_914_3);
+        assert_close(hits[1].score, 0.470_003_629_245_735_63);
+        assert_close(hits[1].score, 1.6_f64.ln());
+    }
+
+    #[test]
+    fn multi_term_scores_sum_and_report_matched_terms() {
+        // fish: df 1 → idf = ln(1 + 2.5/1.5); d2: tf 1, len 3 → idf · 2.2 / 3.25.
+        let hits = body_corpus().search("fishing cats", &SearchOptions::default());
+        assert_eq!(keys(&hits), ["d2", "d1"]);
+        assert_close(
+            hits[0].score,
+            0.814_273_342_122_942_7 + 0.566_579_717_446_914_3,
+        );
+        assert_eq!(hits[0].matched_terms, ["fish", "cat"]);
+        assert_eq!(hits[1].matched_terms, ["cat"]);
+    }
+
+    #[test]
+    fn repeated_query_words_count_once() {
+        let index = body_corpus();
+        let once = index.search("cat", &SearchOptions::default());
+        let twice = index.search("cat cats CAT", &SearchOptions::default());
+        assert_eq!(once, twice);
+        assert_eq!(query_terms("cat cats dog cat"), ["cat", "dog"]);
+    }
+
+    #[test]
+    fn stop_word_and_unknown_queries_match_nothing() {
+        let index = body_corpus();
+        assert!(
+            index
+                .search("the and of", &SearchOptions::default())
+                .is_empty()
+        );
+        assert!(index.search("zebra", &SearchOptions::default()).is_empty());
+        assert!(index.search("", &SearchOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn fields_are_scored_separately_and_boosts_multiply_them() {
+        let mut index = index(&["title", "body"]);
+        index.upsert("a", &json!({"title": "rust", "body": "fast memory safe"}));
+        index.upsert("b", &json!({"title": "go", "body": "rust rust"}));
+        // title: N 2, avgdl 1, df 1 → a scores ln 2.
+        // body: N 2, avgdl 2.5, df 1 → b: ln2 · 4.4 / (2 + 1.2·(0.25 + 0.75·0.8)) = ln2 · 4.4/3.02.
+        let plain = index.search("rust", &SearchOptions::default());
+        assert_eq!(keys(&plain), ["b", "a"]);
+        assert_close(plain[0].score, 1.009_883_309_425_085_9);
+        assert_close(plain[1].score, 2_f64.ln());
+
+        let boosted = index.search("rust", &boost("title", 3.0));
+        assert_eq!(keys(&boosted), ["a", "b"]);
+        assert_close(boosted[0].score, 3.0 * 2_f64.ln());
+        assert_close(boosted[1].score, plain[0].score);
+    }
+
+    #[test]
+    fn empty_boost_map_and_neutral_boost_leave_scores_unchanged() {
+        let index = body_corpus();
+        let plain = index.search("cat fish", &SearchOptions::default());
+        assert_eq!(index.search("cat fish", &boost("body", 1.0)), plain);
+        assert_eq!(index.search("cat fish", &boost("unknown", 7.0)), plain);
+    }
+
+    #[test]
+    fn zero_boost_excludes_the_field_and_its_matches() {
+        let mut index = index(&["title", "body"]);
+        index.upsert("a", &json!({"title": "rust"}));
+        index.upsert("b", &json!({"title": "go", "body": "rust"}));
+        let hits = index.search("rust", &boost("title", 0.0));
+        assert_eq!(keys(&hits), ["b"]);
+    }
+
+    #[test]
+    fn unusable_boosts_fall_back_to_neutral() {
+        let index = body_corpus();
+        let plain = index.search("cat", &SearchOptions::default());
+        assert_eq!(index.search("cat", &boost("body", -2.0)), plain);
+        assert_eq!(index.search("cat", &boost("body", f64::NAN)), plain);
+        assert_eq!(index.search("cat", &boost("body", f64::INFINITY)), plain);
+    }
+
+    #[test]
+    fn ranking_breaks_score_ties_by_ascending_key() {
+        let mut index = index(&["body"]);
+        for key in ["m", "c", "x", "a"] {
+            index.upsert(key, &json!({"body": "same words"}));
+        }
+        let hits = index.search("words", &SearchOptions::default());
+        assert_eq!(keys(&hits), ["a", "c", "m", "x"]);
+        assert!(hits.windows(2).all(|pair| pair[0].score == pair[1].score));
+    }
+
+    #[test]
+    fn shorter_documents_rank_higher_for_equal_term_frequency() {
+        let mut index = index(&["body"]);
+        index.upsert(
+            "long",
+            &json!({"body": "rust compiler borrow checker lifetimes traits"}),
+        );
+        index.upsert("short", &json!({"body": "rust"}));
+        index.upsert("other", &json!({"body": "python"}));
+        let hits = index.search("rust", &SearchOptions::default());
+        assert_eq!(keys(&hits), ["short", "long"]);
+        assert!(hits[0].score > hits[1].score);
+    }
+
+    #[test]
+    fn limit_keeps_the_best_hits_in_rank_order() {
+        let mut index = index(&["body"]);
+        for (key, body) in [
+            ("k1", "apple"),
+            ("k2", "apple apple"),
+            ("k3", "apple apple apple"),
+            ("k4", "apple pear"),
+            ("k5", "pear"),
+        ] {
+            index.upsert(key, &json!({ "body": body }));
+        }
+        let all = index.search("apple", &SearchOptions::default());
+        assert_eq!(all.len(), 4);
+        for limit in 1..=5 {
+            let options = SearchOptions {
+                limit: Some(limit),
+                ..SearchOptions::default()
+            };
+            let top = index.search("apple", &options);
+            assert_eq!(top, all[..limit.min(all.len())], "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn zero_limit_means_unlimited() {
+        let index = body_corpus();
+        let options = SearchOptions {
+            limit: Some(0),
+            ..SearchOptions::default()
+        };
+        assert_eq!(index.search("cat", &options).len(), 2);
+    }
+
+    #[test]
+    fn min_score_drops_weaker_hits_inclusively() {
+        let index = body_corpus();
+        let all = index.search("cat", &SearchOptions::default());
+        let options = SearchOptions {
+            min_score: Some(all[0].score),
+            ..SearchOptions::default()
+        };
+        assert_eq!(keys(&index.search("cat", &options)), ["d2"]);
+        let above_all = SearchOptions {
+            min_score: Some(all[0].score + 0.01),
+            ..SearchOptions::default()
+        };
+        assert!(index.search("cat", &above_all).is_empty());
+    }
+
+    #[test]
+    fn indexes_string_arrays_and_ignores_numbers_and_unconfigured_fields() {
+        let mut index = index(&["tags", "price", "title"]);
+        index.upsert(
+            "p",
+            &json!({"tags": ["garden", 5, "tools"], "price": 42, "body": "hammer", "title": {"nested": "saw"}}),
+        );
+        assert_eq!(
+            index.search("tools garden", &SearchOptions::default())[0].matched_terms,
+            ["tool", "garden"]
+        );
+        assert!(index.search("42", &SearchOptions::default()).is_empty());
+        assert!(index.search("hammer", &SearchOptions::default()).is_empty());
+        assert!(index.search("saw", &SearchOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn documents_without_terms_are_not_indexed() {
+        let mut index = index(&["body"]);
+        index.upsert("empty", &json!({"body": "the and of"}));
+        index.upsert("scalar", &json!("cat"));
+        index.upsert("null", &Value::Null);
+        assert!(index.is_empty());
+        index.upsert("d", &json!({"body": "cat"}));
+        assert_eq!(index.len(), 1);
+        // Replacing the only indexed text with nothing indexable removes the document.
+        index.upsert("d", &json!({"body": 7}));
+        assert!(!index.contains("d"));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn upsert_replaces_and_remove_forgets() {
+        let mut index = body_corpus();
+        assert_eq!(index.len(), 3);
+        index.upsert("d3", &json!({"body": "cat"}));
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.search("cat", &SearchOptions::default()).len(), 3);
+        assert!(index.search("bird", &SearchOptions::default()).is_empty());
+        assert!(index.remove("d2"));
+        assert!(!index.remove("d2"));
+        assert!(!index.contains("d2"));
+        assert_eq!(
+            keys(&index.search("cat", &SearchOptions::default())),
+            ["d3", "d1"]
+        );
+    }
+
+    #[test]
+    fn removing_every_document_frees_all_postings() {
+        let mut index = body_corpus();
+        for key in ["d1", "d2", "d3"] {
+            index.remove(key);
+        }
+        assert!(index.is_empty());
+        assert!(index.fields.iter().all(|field| field.postings.is_empty()
+            && field.document_count == 0
+            && field.total_length == 0));
+    }
+
+    #[test]
+    fn score_document_matches_search_and_applies_options() {
+        let index = body_corpus();
+        let terms = query_terms("cat fish");
+        for hit in index.search("cat fish", &SearchOptions::default()) {
+            assert_eq!(
+                index.score_document(&terms, &hit.key, &SearchOptions::default()),
+                Some(hit)
+            );
+        }
+        assert_eq!(
+            index.score_document(&terms, "d3", &SearchOptions::default()),
+            None
+        );
+        assert_eq!(
+            index.score_document(&terms, "missing", &SearchOptions::default()),
+            None
+        );
+        let strict = SearchOptions {
+            min_score: Some(1.0),
+            ..SearchOptions::default()
+        };
+        assert!(index.score_document(&terms, "d2", &strict).is_some());
+        assert_eq!(index.score_document(&terms, "d1", &strict), None);
+    }
+
+    #[test]
+    fn rejects_unusable_configs() {
+        let base = SearchConfig::for_fields(["body"]);
+        let cases = [
+            (
+                SearchConfig::for_fields(Vec::<String>::new()),
+                SearchConfigError::NoFields,
+            ),
+            (
+                SearchConfig::for_fields(["a", "b", "a"]),
+                SearchConfigError::DuplicateField("a".to_owned()),
+            ),
+            (
+                SearchConfig {
+                    k1: -0.5,
+                    ..base.clone()
+                },
+                SearchConfigError::InvalidK1(-0.5),
+            ),
+            (
+                SearchConfig {
+                    b: 1.5,
+                    ..base.clone()
+                },
+                SearchConfigError::InvalidB(1.5),
+            ),
+        ];
+        for (config, expected) in cases {
+            assert_eq!(SearchIndex::new(config).unwrap_err(), expected);
+        }
+        assert!(matches!(
+            SearchIndex::new(SearchConfig {
+                k1: f64::NAN,
+                ..base.clone()
+            }),
+            Err(SearchConfigError::InvalidK1(_))
+        ));
+        assert!(matches!(
+            SearchIndex::new(SearchConfig {
+                b: f64::NAN,
+                ..base
+            }),
+            Err(SearchConfigError::InvalidB(_))
+        ));
+    }
+
+    const VOCABULARY: [&str; 7] = [
+        "apple", "banana", "cherry", "grape", "lemon", "mango", "peach",
+    ];
+    const KEYS: [&str; 5] = ["k0", "k1", "k2", "k3", "k4"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(usize, Value),
+        Remove(usize),
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(VOCABULARY.to_vec()), 0..6)
+            .prop_map(|words| words.join(" "))
+    }
+
+    fn document() -> impl Strategy<Value = Value> {
+        (text(), text(), prop::collection::vec(text(), 0..3))
+            .prop_map(|(title, body, tags)| json!({"title": title, "body": body, "tags": tags}))
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..KEYS.len(), document()).prop_map(|(key, doc)| Op::Upsert(key, doc)),
+            1 => (0..KEYS.len()).prop_map(Op::Remove),
+        ]
+    }
+
+    fn queries() -> Vec<String> {
+        let mut queries: Vec<String> = VOCABULARY.iter().map(|word| (*word).to_owned()).collect();
+        queries.push("apple banana cherry".to_owned());
+        queries.push("peach mango lemon grape".to_owned());
+        queries
+    }
+
+    fn option_sets() -> Vec<SearchOptions> {
+        vec![
+            SearchOptions::default(),
+            SearchOptions {
+                limit: Some(2),
+                ..boost("title", 2.5)
+            },
+            SearchOptions {
+                min_score: Some(0.5),
+                ..boost("tags", 0.0)
+            },
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_updates_score_like_a_fresh_build(ops in prop::collection::vec(op(), 0..40)) {
+            let fields = ["title", "body", "tags"];
+            let mut incremental = index(&fields);
+            let mut latest: BTreeMap<&str, Value> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Upsert(key, doc) => {
+                        incremental.upsert(KEYS[key], &doc);
+                        latest.insert(KEYS[key], doc);
+                    }
+                    Op::Remove(key) => {
+                        incremental.remove(KEYS[key]);
+                        latest.remove(KEYS[key]);
+                    }
+                }
+            }
+            let mut fresh = index(&fields);
+            for (key, doc) in &latest {
+                fresh.upsert(key, doc);
+            }
+            prop_assert_eq!(incremental.len(), fresh.len());
+            for query in queries() {
+                for options in option_sets() {
+                    let hits = incremental.search(&query, &options);
+                    prop_assert_eq!(&hits, &fresh.search(&query, &options));
+                    let terms = query_terms(&query);
+                    for hit in &hits {
+                        let rescored = incremental.score_document(&terms, &hit.key, &options);
+                        prop_assert_eq!(rescored.as_ref(), Some(hit));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn hits_are_sorted_and_limited(docs in prop::collection::vec(document(), 0..12), limit in 0usize..6) {
+            let mut index = index(&["title", "body", "tags"]);
+            for (position, doc) in docs.iter().enumerate() {
+                index.upsert(&format!("key{position:02}"), doc);
+            }
+            let unlimited = index.search("apple banana", &SearchOptions::default());
+            let ordered = unlimited.windows(2).all(|pair| {
+                pair[0].score > pair[1].score
+                    || (pair[0].score == pair[1].score && pair[0].key < pair[1].key)
+            });
+            prop_assert!(ordered);
+            prop_assert!(unlimited.iter().all(|hit| hit.score > 0.0 && !hit.matched_terms.is_empty()));
+            let options = SearchOptions { limit: Some(limit), ..SearchOptions::default() };
+            let expected_len = if limit == 0 { unlimited.len() } else { limit.min(unlimited.len()) };
+            prop_assert_eq!(index.search("apple banana", &options), unlimited[..expected_len].to_vec());
+        }
+    }
 }

@@ -100,7 +100,7 @@ mod tests {
     fn counts_length_in_characters_not_bytes() {
         // 40 two-byte characters: 80 bytes, but within the 40-character bound.
         let forty_accented = "é".repeat(40);
-        assert_eq!(terms(&forty_accented), [forty_accented.clone()]);
+        assert_eq!(terms(&forty_accented), [forty_accented]);
         assert_eq!(terms(&"é".repeat(41)), Vec::<String>::new());
         // Two characters, six bytes.
         assert_eq!(terms("東京"), ["東京"]);
