@@ -1,0 +1,918 @@
+//! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`.
+//!
+//! Layout: one table per kind of data, never one per map, so map names need no grammar
+//! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
+//! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
+//! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
+//!
+//! Writes: every `commit` queues its batch on a bounded channel (backpressure) to ONE writer
+//! thread. The writer drains whatever is queued, applies all of it in one write transaction,
+//! commits it with `Durability::Immediate` (one fsync for the whole group), and only then
+//! answers every caller. An ack therefore always follows the fsync (defect 33), and the fsync
+//! cost is shared by everything that arrived while the previous group was being written.
+//! Each batch's map kinds are validated before any of its mutations is applied, so a rejected
+//! batch leaves no trace while the rest of its group still commits. A storage error while
+//! applying or committing aborts the whole transaction and fails every batch in the group.
+//!
+//! Reads run in read transactions on `tokio::task::spawn_blocking`. `close()` (or `Drop`)
+//! stops accepting work, lets the writer finish everything already queued, joins it, and
+//! releases the file. What a crash can lose: only batches whose `commit` has not resolved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use ::redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{decode, encode, kind_code, kind_from_code};
+use super::{
+    BoxFuture, CounterSnapshot, MapKind, MapSnapshot, Mutation, Store, StoreError, WriteBatch,
+};
+
+/// The database file inside the store directory.
+const FILE_NAME: &str = "topgun.redb";
+/// The layout and encoding version this build writes and reads.
+const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &str = "version";
+
+const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("store_format");
+const KINDS: TableDefinition<&str, u8> = TableDefinition::new("map_kinds");
+const LWW: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("lww_records");
+const OR_RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("or_records");
+const OR_TOMBSTONES: TableDefinition<(&str, &str), ()> = TableDefinition::new("or_tombstones");
+const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
+const FENCING: TableDefinition<&str, u64> = TableDefinition::new("fencing_tokens");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Tuning for [`RedbStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Batches that may wait for the writer before `commit` callers are made to wait.
+    pub queue_capacity: usize,
+    /// Most batches applied in one write transaction.
+    pub max_group_batches: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            max_group_batches: 256,
+        }
+    }
+}
+
+/// How well group commit is doing: batches acknowledged vs. write transactions committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Batches written by committed transactions.
+    pub batches: u64,
+    /// Write transactions committed (one fsync each).
+    pub transactions: u64,
+}
+
+/// The durable store. See the module documentation for the write path.
+#[derive(Debug)]
+pub struct RedbStore {
+    path: PathBuf,
+    open: Mutex<Option<Open>>,
+    stats: Arc<StatCounters>,
+}
+
+/// What exists only while the store is open.
+#[derive(Debug)]
+struct Open {
+    db: Arc<Database>,
+    queue: mpsc::Sender<Job>,
+    writer: JoinHandle<()>,
+}
+
+/// One queued batch and where to send its outcome.
+#[derive(Debug)]
+struct Job {
+    batch: WriteBatch,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Debug, Default)]
+struct StatCounters {
+    batches: AtomicU64,
+    transactions: AtomicU64,
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store in directory `dir` with default tuning.
+    /// Blocks on file I/O: call it at startup or from a blocking task.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, RedbOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in directory `dir`.
+    /// Blocks on file I/O: call it at startup or from a blocking task.
+    pub fn open_with(dir: impl AsRef<Path>, options: RedbOptions) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io_error("create store directory", dir, e))?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(backend(format!("open {}", path.display())))?;
+        initialise(&db)?;
+        let db = Arc::new(db);
+        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let stats = Arc::new(StatCounters::default());
+        let writer = {
+            let db = Arc::clone(&db);
+            let stats = Arc::clone(&stats);
+            let max_group = options.max_group_batches.max(1);
+            std::thread::Builder::new()
+                .name("topgun-store-writer".into())
+                .spawn(move || run_writer(&db, jobs, max_group, &stats))
+                .map_err(|e| io_error("start the writer thread for", &path, e))?
+        };
+        Ok(Self {
+            path,
+            open: Mutex::new(Some(Open { db, queue, writer })),
+            stats,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Group-commit counters since the store was opened.
+    pub fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock_open(&self) -> MutexGuard<'_, Option<Open>> {
+        // The guarded value is only ever taken or cloned from, so a poisoned lock still
+        // holds a consistent value.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.lock_open()
+            .as_ref()
+            .map(|open| Arc::clone(&open.db))
+            .ok_or(StoreError::Closed)
+    }
+
+    fn queue(&self) -> Result<mpsc::Sender<Job>, StoreError> {
+        self.lock_open()
+            .as_ref()
+            .map(|open| open.queue.clone())
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Runs `read` in a read transaction on the blocking pool.
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        Box::pin(async move {
+            let db = self.database()?;
+            tokio::task::spawn_blocking(move || {
+                let txn = db
+                    .begin_read()
+                    .map_err(backend("begin a read transaction"))?;
+                read(&txn)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+}
+
+impl Open {
+    /// Stops accepting batches, waits for the writer to finish the queued ones, and releases
+    /// the file (once no read is still running).
+    fn shut_down(self) -> Result<(), StoreError> {
+        let Self { db, queue, writer } = self;
+        drop(queue);
+        let joined = writer.join();
+        drop(db);
+        joined.map_err(|_| StoreError::Task("the store writer thread panicked".into()))
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let open = self
+            .open
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(Err(error)) = open.map(Open::shut_down) {
+            tracing::error!(%error, path = %self.path.display(), "store shutdown failed");
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn load_map(&self, map: &str) -> BoxFuture<'_, Result<Option<MapSnapshot>, StoreError>> {
+        let map = map.to_owned();
+        self.read(move |txn| read_map(txn, &map))
+    }
+
+    fn list_maps(&self) -> BoxFuture<'_, Result<Vec<(String, MapKind)>, StoreError>> {
+        self.read(|txn| {
+            let kinds = txn.open_table(KINDS).map_err(backend("open map kinds"))?;
+            let mut maps = Vec::new();
+            for entry in kinds.iter().map_err(backend("list maps"))? {
+                let (name, code) = entry.map_err(backend("list maps"))?;
+                let name = name.value();
+                maps.push((name.to_owned(), kind_from_code(name, code.value())?));
+            }
+            Ok(maps)
+        })
+    }
+
+    fn load_counters(
+        &self,
+    ) -> BoxFuture<'_, Result<BTreeMap<String, CounterSnapshot>, StoreError>> {
+        self.read(|txn| {
+            let table = txn.open_table(COUNTERS).map_err(backend("open counters"))?;
+            let mut counters = BTreeMap::new();
+            for entry in table.iter().map_err(backend("read counters"))? {
+                let (name, state) = entry.map_err(backend("read counters"))?;
+                let name = name.value();
+                counters.insert(name.to_owned(), decode("counter", name, state.value())?);
+            }
+            Ok(counters)
+        })
+    }
+
+    fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
+        self.read(|txn| {
+            let table = txn
+                .open_table(FENCING)
+                .map_err(backend("open fencing tokens"))?;
+            let mut tokens = BTreeMap::new();
+            for entry in table.iter().map_err(backend("read fencing tokens"))? {
+                let (lock, token) = entry.map_err(backend("read fencing tokens"))?;
+                tokens.insert(lock.value().to_owned(), token.value());
+            }
+            Ok(tokens)
+        })
+    }
+
+    fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(META).map_err(backend("open metadata"))?;
+            let value = table.get(key.as_str()).map_err(backend("read metadata"))?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let queue = self.queue()?;
+            let (reply, outcome) = oneshot::channel();
+            queue
+                .send(Job { batch, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            // Holding the sender while waiting would keep a closing writer alive for nothing.
+            drop(queue);
+            outcome.await.map_err(|_| StoreError::WriterStopped)?
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(open) = self.lock_open().take() else {
+                return Ok(());
+            };
+            tokio::task::spawn_blocking(move || open.shut_down())
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+}
+
+/// Creates every table and checks (or stamps) the format version.
+fn initialise(db: &Database) -> Result<(), StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(backend("begin the initial transaction"))?;
+    {
+        let mut format = txn
+            .open_table(FORMAT)
+            .map_err(backend("open the format table"))?;
+        let found = format
+            .get(FORMAT_KEY)
+            .map_err(backend("read the format version"))?
+            .map(|v| v.value());
+        match found {
+            None => {
+                format
+                    .insert(FORMAT_KEY, FORMAT_VERSION)
+                    .map_err(backend("write the format version"))?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+    }
+    WriteTables::open(&txn)?;
+    txn.commit().map_err(backend("create the tables"))
+}
+
+/// The writer thread: group commit until every sender is gone and the queue is empty.
+fn run_writer(
+    db: &Database,
+    mut jobs: mpsc::Receiver<Job>,
+    max_group: usize,
+    stats: &StatCounters,
+) {
+    let mut group = Vec::with_capacity(max_group);
+    while jobs.blocking_recv_many(&mut group, max_group) > 0 {
+        let written = write_group(db, &group);
+        match written {
+            Ok(outcomes) => {
+                stats
+                    .batches
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    // A caller that stopped waiting no longer needs its answer.
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, batches = group.len(), "store group commit failed");
+                for job in group.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a group of batches in one durable transaction. The outer error fails the whole
+/// group; the inner results are per-batch rejections (kind conflicts).
+fn write_group(db: &Database, jobs: &[Job]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(backend("begin a write transaction"))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(backend("request immediate durability"))?;
+    let outcomes = {
+        let mut tables = WriteTables::open(&txn)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let outcome = job.batch.check_kinds(|map| tables.kind(map));
+            if outcome.is_ok() {
+                tables.apply_batch(&job.batch)?;
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    };
+    txn.commit()
+        .map_err(backend("commit a write transaction"))?;
+    Ok(outcomes)
+}
+
+/// Every table, open in one write transaction.
+struct WriteTables<'txn> {
+    kinds: Table<'txn, &'static str, u8>,
+    lww: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    or_records: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    or_tombstones: Table<'txn, (&'static str, &'static str), ()>,
+    counters: Table<'txn, &'static str, &'static [u8]>,
+    fencing: Table<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        let open_error = backend("open a table for writing");
+        Ok(Self {
+            kinds: txn.open_table(KINDS).map_err(open_error.clone())?,
+            lww: txn.open_table(LWW).map_err(open_error.clone())?,
+            or_records: txn.open_table(OR_RECORDS).map_err(open_error.clone())?,
+            or_tombstones: txn.open_table(OR_TOMBSTONES).map_err(open_error.clone())?,
+            counters: txn.open_table(COUNTERS).map_err(open_error.clone())?,
+            fencing: txn.open_table(FENCING).map_err(open_error.clone())?,
+            meta: txn.open_table(META).map_err(open_error)?,
+        })
+    }
+
+    fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
+        self.kinds
+            .get(map)
+            .map_err(backend("read a map kind"))?
+            .map(|code| kind_from_code(map, code.value()))
+            .transpose()
+    }
+
+    fn apply_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        batch
+            .mutations()
+            .iter()
+            .try_for_each(|mutation| self.apply(mutation))
+    }
+
+    fn apply(&mut self, mutation: &Mutation) -> Result<(), StoreError> {
+        match mutation {
+            Mutation::SetMapKind { map, kind } => self.claim(map, *kind),
+            Mutation::PutLww { map, key, record } => {
+                self.claim(map, MapKind::Lww)?;
+                let bytes = encode("LWW record", record)?;
+                self.lww
+                    .insert((map.as_str(), key.as_str()), bytes.as_slice())
+                    .map_err(backend("write an LWW record"))?;
+                Ok(())
+            }
+            Mutation::DeleteLww { map, key } => {
+                self.lww
+                    .remove((map.as_str(), key.as_str()))
+                    .map_err(backend("delete an LWW record"))?;
+                Ok(())
+            }
+            Mutation::PutOrKey { map, key, records } if records.is_empty() => {
+                self.or_records
+                    .remove((map.as_str(), key.as_str()))
+                    .map_err(backend("delete an OR key"))?;
+                Ok(())
+            }
+            Mutation::PutOrKey { map, key, records } => {
+                self.claim(map, MapKind::Or)?;
+                let bytes = encode("OR records", records)?;
+                self.or_records
+                    .insert((map.as_str(), key.as_str()), bytes.as_slice())
+                    .map_err(backend("write OR records"))?;
+                Ok(())
+            }
+            Mutation::AddOrTombstones { map, tags } => {
+                self.claim(map, MapKind::Or)?;
+                for tag in tags {
+                    self.or_tombstones
+                        .insert((map.as_str(), tag.as_str()), ())
+                        .map_err(backend("write an OR tombstone"))?;
+                }
+                Ok(())
+            }
+            Mutation::RemoveOrTombstones { map, tags } => {
+                for tag in tags {
+                    self.or_tombstones
+                        .remove((map.as_str(), tag.as_str()))
+                        .map_err(backend("delete an OR tombstone"))?;
+                }
+                Ok(())
+            }
+            Mutation::PutCounter { name, state } => {
+                let bytes = encode("counter", state)?;
+                self.counters
+                    .insert(name.as_str(), bytes.as_slice())
+                    .map_err(backend("write a counter"))?;
+                Ok(())
+            }
+            Mutation::PutFencingToken { lock, token } => self.raise_fencing_token(lock, *token),
+            Mutation::PutMeta { key, value } => {
+                self.meta
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(backend("write metadata"))?;
+                Ok(())
+            }
+            Mutation::ClearMap { map } => self.clear_map(map),
+        }
+    }
+
+    /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
+    fn claim(&mut self, map: &str, kind: MapKind) -> Result<(), StoreError> {
+        self.kinds
+            .insert(map, kind_code(kind))
+            .map_err(backend("write a map kind"))?;
+        Ok(())
+    }
+
+    fn raise_fencing_token(&mut self, lock: &str, token: u64) -> Result<(), StoreError> {
+        let stored = self
+            .fencing
+            .get(lock)
+            .map_err(backend("read a fencing token"))?
+            .map_or(0, |v| v.value());
+        if token > stored {
+            self.fencing
+                .insert(lock, token)
+                .map_err(backend("write a fencing token"))?;
+        }
+        Ok(())
+    }
+
+    fn clear_map(&mut self, map: &str) -> Result<(), StoreError> {
+        self.kinds
+            .remove(map)
+            .map_err(backend("delete a map kind"))?;
+        let end = range_end(map);
+        let rows = (map, "")..(end.as_str(), "");
+        self.lww
+            .retain_in(rows.clone(), |_, _| false)
+            .map_err(backend("clear LWW records"))?;
+        self.or_records
+            .retain_in(rows.clone(), |_, _| false)
+            .map_err(backend("clear OR records"))?;
+        self.or_tombstones
+            .retain_in(rows, |_, _| false)
+            .map_err(backend("clear OR tombstones"))?;
+        Ok(())
+    }
+}
+
+/// The exclusive upper bound of `map`'s rows: `(map + "\0", "")` is the smallest tuple key
+/// whose first element sorts after `map` in byte order.
+fn range_end(map: &str) -> String {
+    format!("{map}\0")
+}
+
+/// Reads one map's kind and rows.
+fn read_map(txn: &ReadTransaction, map: &str) -> Result<Option<MapSnapshot>, StoreError> {
+    let kinds = txn.open_table(KINDS).map_err(backend("open map kinds"))?;
+    let Some(code) = kinds.get(map).map_err(backend("read a map kind"))? else {
+        return Ok(None);
+    };
+    let end = range_end(map);
+    let rows = (map, "")..(end.as_str(), "");
+    match kind_from_code(map, code.value())? {
+        MapKind::Lww => {
+            let table = txn.open_table(LWW).map_err(backend("open LWW records"))?;
+            let mut records = BTreeMap::new();
+            for entry in table.range(rows).map_err(backend("read LWW records"))? {
+                let (row, bytes) = entry.map_err(backend("read LWW records"))?;
+                let key = row.value().1;
+                let record = decode("LWW record", format_args!("{map}/{key}"), bytes.value())?;
+                records.insert(key.to_owned(), record);
+            }
+            Ok(Some(MapSnapshot::Lww { records }))
+        }
+        MapKind::Or => {
+            let table = txn
+                .open_table(OR_RECORDS)
+                .map_err(backend("open OR records"))?;
+            let mut records = BTreeMap::new();
+            for entry in table
+                .range(rows.clone())
+                .map_err(backend("read OR records"))?
+            {
+                let (row, bytes) = entry.map_err(backend("read OR records"))?;
+                let key = row.value().1;
+                let list = decode("OR records", format_args!("{map}/{key}"), bytes.value())?;
+                records.insert(key.to_owned(), list);
+            }
+            let table = txn
+                .open_table(OR_TOMBSTONES)
+                .map_err(backend("open OR tombstones"))?;
+            let mut tombstones = BTreeSet::new();
+            for entry in table.range(rows).map_err(backend("read OR tombstones"))? {
+                let (row, _) = entry.map_err(backend("read OR tombstones"))?;
+                tombstones.insert(row.value().1.to_owned());
+            }
+            Ok(Some(MapSnapshot::Or {
+                records,
+                tombstones,
+            }))
+        }
+    }
+}
+
+/// Wraps an engine error with what was being attempted.
+fn backend<E: std::error::Error + Send + Sync + 'static>(
+    action: impl Into<String> + Clone,
+) -> impl Fn(E) -> StoreError + Clone {
+    move |error| StoreError::Backend {
+        action: action.clone().into(),
+        source: Arc::new(error),
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source: Arc::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::record::{LwwRecord, OrMapRecord};
+    use crate::store::MemoryStore;
+    use serde_json::json;
+    use std::process::Command;
+
+    crate::store::conformance::store_conformance_tests!({
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        (dir, store)
+    });
+
+    fn put(map: &str, key: &str, n: u64) -> Mutation {
+        Mutation::PutLww {
+            map: map.into(),
+            key: key.into(),
+            record: LwwRecord {
+                value: Some(json!({"n": n})),
+                timestamp: Timestamp::new(n, 0, "node"),
+                ttl_ms: None,
+            },
+        }
+    }
+
+    fn every_kind_of_mutation() -> WriteBatch {
+        let or_record = OrMapRecord {
+            value: json!("v"),
+            timestamp: Timestamp::new(2, 0, "node"),
+            tag: "2:0:node".into(),
+            ttl_ms: Some(60_000),
+        };
+        WriteBatch::from(vec![
+            put("lww", "k", 1),
+            Mutation::PutOrKey {
+                map: "or".into(),
+                key: "k".into(),
+                records: vec![or_record],
+            },
+            Mutation::AddOrTombstones {
+                map: "or".into(),
+                tags: vec!["1:0:node".into()],
+            },
+            Mutation::SetMapKind {
+                map: "empty".into(),
+                kind: MapKind::Or,
+            },
+            Mutation::PutCounter {
+                name: "c".into(),
+                state: CounterSnapshot {
+                    p: BTreeMap::from([("node".to_owned(), 2.0)]),
+                    n: BTreeMap::new(),
+                },
+            },
+            Mutation::PutFencingToken {
+                lock: "l".into(),
+                token: 42,
+            },
+            Mutation::PutMeta {
+                key: "node-id".into(),
+                value: b"server-1".to_vec(),
+            },
+        ])
+    }
+
+    /// Everything [`every_kind_of_mutation`] wrote, as read back from `store`.
+    async fn assert_every_kind_present(store: &RedbStore) {
+        let expected = MemoryStore::new();
+        expected.commit(every_kind_of_mutation()).await.unwrap();
+        for map in ["lww", "or", "empty"] {
+            assert_eq!(
+                store.load_map(map).await.unwrap(),
+                expected.load_map(map).await.unwrap(),
+                "map {map}"
+            );
+        }
+        let listed = store.list_maps().await.unwrap();
+        for map in expected.list_maps().await.unwrap() {
+            assert!(listed.contains(&map), "{map:?} missing from {listed:?}");
+        }
+        assert_eq!(
+            store.load_counters().await.unwrap(),
+            expected.load_counters().await.unwrap()
+        );
+        assert_eq!(
+            store.load_fencing_tokens().await.unwrap(),
+            BTreeMap::from([("l".to_owned(), 42)])
+        );
+        assert_eq!(
+            store.get_meta("node-id").await.unwrap(),
+            Some(b"server-1".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn data_survives_drop_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        store.commit(every_kind_of_mutation()).await.unwrap();
+        drop(store);
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.path(), dir.path().join("topgun.redb"));
+        assert_every_kind_present(&reopened).await;
+    }
+
+    #[tokio::test]
+    async fn close_drains_queued_commits_and_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let commits: Vec<_> = (0..20)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
+                        .await
+                })
+            })
+            .collect();
+        for commit in commits {
+            commit.await.unwrap().unwrap();
+        }
+        store.close().await.unwrap();
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        match reopened.load_map("m").await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => assert_eq!(records.len(), 20),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            RedbStore::open(dir.path()),
+            Err(StoreError::Backend { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FORMAT)
+            .unwrap()
+            .insert(FORMAT_KEY, 99)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        assert!(matches!(
+            RedbStore::open(dir.path()),
+            Err(StoreError::UnsupportedFormat {
+                found: 99,
+                supported: 1
+            })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_grouped_and_all_land() {
+        const COMMITS: u64 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            queue_capacity: 16,
+            max_group_batches: 64,
+        };
+        let store = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
+        let commits: Vec<_> = (0..COMMITS)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut batch = WriteBatch::new();
+                    batch.push(put("m", &format!("key-{i}"), i));
+                    batch.push(Mutation::PutFencingToken {
+                        lock: "shared".into(),
+                        token: i,
+                    });
+                    store.commit(batch).await
+                })
+            })
+            .collect();
+        for commit in commits {
+            commit.await.unwrap().unwrap();
+        }
+
+        let stats = store.stats();
+        assert_eq!(stats.batches, COMMITS);
+        assert!(
+            stats.transactions < COMMITS,
+            "no batches were grouped: {stats:?}"
+        );
+        match store.load_map("m").await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => {
+                assert_eq!(records.len() as u64, COMMITS);
+                assert_eq!(records["key-7"].value, Some(json!({"n": 7})));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            store.load_fencing_tokens().await.unwrap(),
+            BTreeMap::from([("shared".to_owned(), COMMITS - 1)])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_batch_does_not_spoil_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        store
+            .commit(WriteBatch::from(vec![put("lww", "seed", 0)]))
+            .await
+            .unwrap();
+        let commits: Vec<_> = (0..100u64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut batch = WriteBatch::new();
+                    batch.push(put("other", &i.to_string(), i));
+                    if i % 2 == 1 {
+                        batch.push(Mutation::AddOrTombstones {
+                            map: "lww".into(),
+                            tags: vec![i.to_string()],
+                        });
+                    }
+                    (i, store.commit(batch).await)
+                })
+            })
+            .collect();
+        for commit in commits {
+            let (i, result) = commit.await.unwrap();
+            assert_eq!(result.is_ok(), i % 2 == 0, "batch {i}: {result:?}");
+        }
+        match store.load_map("other").await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => {
+                assert_eq!(records.len(), 50);
+                assert!(records.keys().all(|k| k.parse::<u64>().unwrap() % 2 == 0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    const CRASH_CHILD_DIR: &str = "TOPGUN_STORE_CRASH_CHILD_DIR";
+    const CRASH_CHILD_EXIT: i32 = 73;
+    const CRASH_COMMITS: u64 = 50;
+
+    /// Covers a process dying right after its acks: the child commits, then calls
+    /// `process::exit` with the store open and its writer thread alive (no `close`, no
+    /// `Drop`). It does not cover power loss, which only the fsync in the commit path guards.
+    #[test]
+    fn acked_commits_survive_an_abrupt_process_exit() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+            commit_then_exit_abruptly(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::redb::tests::acked_commits_survive_an_abrupt_process_exit",
+                "--test-threads",
+                "1",
+            ])
+            .env(CRASH_CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(CRASH_CHILD_EXIT));
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let records = match runtime.block_on(store.load_map("m")).unwrap() {
+            Some(MapSnapshot::Lww { records }) => records,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(records.len() as u64, CRASH_COMMITS);
+        runtime.block_on(assert_every_kind_present(&store));
+    }
+
+    fn commit_then_exit_abruptly(dir: &Path) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = Arc::new(RedbStore::open(dir).unwrap());
+            store.commit(every_kind_of_mutation()).await.unwrap();
+            let commits: Vec<_> = (0..CRASH_COMMITS)
+                .map(|i| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        store
+                            .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
+                            .await
+                    })
+                })
+                .collect();
+            for commit in commits {
+                commit.await.unwrap().unwrap();
+            }
+            std::process::exit(CRASH_CHILD_EXIT);
+        });
+    }
+}
