@@ -1,6 +1,21 @@
 //! Live-query definitions as they travel in `QUERY_SUB` (PROTOCOL.md §3.6, §4.7).
 //!
-//! This module holds the wire types; evaluation lives in the submodules.
+//! This module holds the wire types; evaluation lives in the submodules:
+//! [`engine`] (compile once, execute pages), [`filter`] (where / predicate), [`sort`],
+//! [`cursor`] (signed keyset cursors), [`pattern`] (`regex` / `like`), [`value`] (field
+//! paths and comparison rules) and [`error`] (errors and limits).
+
+pub mod cursor;
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod pattern;
+pub mod sort;
+pub mod value;
+
+pub use cursor::{CursorContext, DEFAULT_CURSOR_MAX_AGE_MS};
+pub use engine::{CompiledQuery, CursorStatus, QueryPage};
+pub use error::{QueryError, QueryLimits};
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;

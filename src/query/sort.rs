@@ -1,0 +1,195 @@
+//! The compiled sort order of a query and the positions it compares.
+//!
+//! Fields are compared in priority order with [`compare_values`]; the pseudo-field `_key`
+//! compares record keys by UTF-16 code units. Whatever the sort, ties are finally broken by
+//! key (ascending), so the order is total and deterministic — which keyset cursors rely on.
+//! Without a sort the order is by key.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use super::value::{FieldPath, compare_code_units, compare_values};
+use super::{SortDirection, SortSpec};
+
+/// The pseudo-field naming the record key.
+pub const KEY_FIELD: &str = "_key";
+
+/// A compiled sort order.
+#[derive(Debug, Clone, Default)]
+pub struct SortOrder {
+    terms: Vec<SortTerm>,
+}
+
+#[derive(Debug, Clone)]
+struct SortTerm {
+    target: Target,
+    descending: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Key,
+    Field(FieldPath),
+}
+
+/// Where a row sits in a sort order: its key and the value of each sort field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position<'a> {
+    key: &'a str,
+    /// One cell per sort term; `None` for absent fields and for `_key` terms.
+    cells: Vec<Option<&'a Value>>,
+}
+
+impl<'a> Position<'a> {
+    /// A position from its parts (e.g. decoded from a cursor). `cells` must have one entry
+    /// per sort term.
+    pub fn new(key: &'a str, cells: Vec<Option<&'a Value>>) -> Self {
+        Self { key, cells }
+    }
+
+    /// The row key.
+    pub fn key(&self) -> &'a str {
+        self.key
+    }
+
+    /// The sort-field values, one per sort term.
+    pub fn cells(&self) -> &[Option<&'a Value>] {
+        &self.cells
+    }
+}
+
+impl SortOrder {
+    /// Compiles a wire sort specification (either form).
+    pub fn compile(spec: Option<&SortSpec>) -> Self {
+        let terms = spec
+            .map(SortSpec::fields)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|field| SortTerm {
+                target: if field.field == KEY_FIELD {
+                    Target::Key
+                } else {
+                    Target::Field(FieldPath::new(&field.field))
+                },
+                descending: field.direction == SortDirection::Desc,
+            })
+            .collect();
+        Self { terms }
+    }
+
+    /// Number of sort terms (the number of cells in a [`Position`]).
+    pub fn len(&self) -> usize {
+        self.terms.len()
+    }
+
+    /// Whether the order is by key only.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// The position of a record.
+    pub fn position<'r>(&self, key: &'r str, record: &'r Value) -> Position<'r> {
+        let cells = self
+            .terms
+            .iter()
+            .map(|term| match &term.target {
+                Target::Key => None,
+                Target::Field(path) => path.resolve(record),
+            })
+            .collect();
+        Position { key, cells }
+    }
+
+    /// Compares two positions: each term in priority order, then the key.
+    pub fn compare(&self, a: &Position<'_>, b: &Position<'_>) -> Ordering {
+        for (i, term) in self.terms.iter().enumerate() {
+            let ordering = match term.target {
+                Target::Key => compare_code_units(a.key, b.key),
+                Target::Field(_) => compare_values(cell(a, i), cell(b, i)),
+            };
+            let ordering = if term.descending {
+                ordering.reverse()
+            } else {
+                ordering
+            };
+            if ordering != Ordering::Equal {
+                return ordering;
+            }
+        }
+        compare_code_units(a.key, b.key)
+    }
+}
+
+fn cell<'a>(position: &Position<'a>, i: usize) -> Option<&'a Value> {
+    position.cells.get(i).copied().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn order(spec: Value) -> SortOrder {
+        SortOrder::compile(Some(&serde_json::from_value(spec).unwrap()))
+    }
+
+    fn sorted_keys(order: &SortOrder, rows: &[(&str, Value)]) -> Vec<String> {
+        let mut rows: Vec<_> = rows.iter().collect();
+        rows.sort_by(|a, b| order.compare(&order.position(a.0, &a.1), &order.position(b.0, &b.1)));
+        rows.iter().map(|(key, _)| (*key).to_owned()).collect()
+    }
+
+    fn rows() -> Vec<(&'static str, Value)> {
+        vec![
+            ("k1", json!({"prio": 2, "title": "b"})),
+            ("k2", json!({"prio": 1, "title": "z"})),
+            ("k3", json!({"prio": 2, "title": "a"})),
+            ("k4", json!({"title": "m"})),
+            ("k0", json!({"prio": 2, "title": "a"})),
+        ]
+    }
+
+    #[test]
+    fn no_sort_orders_by_key() {
+        assert_eq!(
+            sorted_keys(&SortOrder::default(), &rows()),
+            ["k0", "k1", "k2", "k3", "k4"]
+        );
+    }
+
+    #[test]
+    fn multi_field_sort_uses_priority_and_key_tie_break() {
+        let by_array = order(json!([
+            {"field": "prio", "direction": "desc"},
+            {"field": "title", "direction": "asc"}
+        ]));
+        let by_object = order(json!({"prio": "desc", "title": "asc"}));
+        let expected = ["k0", "k3", "k1", "k2", "k4"];
+        assert_eq!(sorted_keys(&by_array, &rows()), expected);
+        assert_eq!(sorted_keys(&by_object, &rows()), expected);
+    }
+
+    #[test]
+    fn absent_fields_sort_first_ascending() {
+        let asc = order(json!({"prio": "asc"}));
+        assert_eq!(sorted_keys(&asc, &rows()), ["k4", "k2", "k0", "k1", "k3"]);
+    }
+
+    #[test]
+    fn key_pseudo_field_sorts_by_key() {
+        let desc = order(json!([{"field": "_key", "direction": "desc"}]));
+        assert_eq!(sorted_keys(&desc, &rows()), ["k4", "k3", "k2", "k1", "k0"]);
+    }
+
+    #[test]
+    fn nested_paths_and_dates_sort_by_value() {
+        let by_date = order(json!({"meta.at": "asc"}));
+        let rows = vec![
+            ("a", json!({"meta": {"at": "2024-01-01T10:00:00+05:00"}})),
+            ("b", json!({"meta": {"at": "2024-01-01T06:00:00Z"}})),
+            ("c", json!({"meta": {"at": "2023-12-31"}})),
+        ];
+        assert_eq!(sorted_keys(&by_date, &rows), ["c", "a", "b"]);
+    }
+}
