@@ -228,7 +228,7 @@ fn normalise_float(f: f64) -> Result<Value, Located> {
 fn msgpack_to_value(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
     let mut reader = bytes;
     // rmpv gets a little more room than the limit so that our own walk reports the path.
-    let raw = rmpv::decode::read_value_with_max_depth(&mut reader, limits.max_depth + 2).map_err(
+    let raw = rmpv::decode::read_value_with_max_depth(&mut reader, limits.max_depth.saturating_add(16)).map_err(
         |e| match e {
             rmpv::decode::Error::DepthLimitExceeded => DecodeError::TooDeep {
                 path: String::new(),
