@@ -22,9 +22,36 @@ pub(crate) fn message_schema_values() -> Vec<(&'static str, Value)> {
         .map(|(name, schema)| {
             let mut value = with_type_constant(schema.to_value(), name);
             add_integer_bounds(&mut value);
+            nullable_as_if_else(&mut value);
             (name, value)
         })
         .collect()
+}
+
+/// Rewrites schemars' `anyOf: [T, {type: null}]` for `Option<T>` as `if null / else T`: the
+/// same language, but violations inside `T` are then reported at their own path instead of
+/// as one "matches none of anyOf" at the optional field.
+fn nullable_as_if_else(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let null_branch = json!({"type": "null"});
+            let inner = match map.get("anyOf") {
+                Some(Value::Array(branches)) if branches.len() == 2 => branches
+                    .iter()
+                    .position(|b| *b == null_branch)
+                    .map(|null_at| branches[1 - null_at].clone()),
+                _ => None,
+            };
+            if let Some(inner) = inner {
+                map.remove("anyOf");
+                map.insert("if".to_owned(), null_branch);
+                map.insert("else".to_owned(), inner);
+            }
+            map.values_mut().for_each(nullable_as_if_else);
+        }
+        Value::Array(items) => items.iter_mut().for_each(nullable_as_if_else),
+        _ => {}
+    }
 }
 
 /// schemars marks fixed-width integers only with a `format`, which validators do not

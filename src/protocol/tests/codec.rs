@@ -120,8 +120,14 @@ fn batch_example_bytes_decode_and_batches_round_trip() {
     let Message::Batch(batch) = decode(Frame::Binary(&frame)).unwrap() else {
         panic!("not a BATCH");
     };
-    assert_eq!((batch.count, batch.data.0.clone()), (3, vec![0xde, 0xad, 0xbe, 0xef]));
-    assert!(decode_batch_data(&batch.data.0).is_err(), "dummy data is not a valid layout");
+    assert_eq!(
+        (batch.count, batch.data.0.clone()),
+        (3, vec![0xde, 0xad, 0xbe, 0xef])
+    );
+    assert!(
+        decode_batch_data(&batch.data.0).is_err(),
+        "dummy data is not a valid layout"
+    );
 
     let inner = [
         Message::AuthAck(AuthAck::default()),
@@ -164,7 +170,10 @@ fn tombstones_keep_explicit_nil_value() {
     let value_nil = bytes_of(&[&[0xa5], b"value", &[0xc0]]);
     assert!(packed.windows(value_nil.len()).any(|w| w == value_nil));
     let ttl = b"ttlMs";
-    assert!(!packed.windows(ttl.len()).any(|w| w == ttl), "absent optionals are omitted");
+    assert!(
+        !packed.windows(ttl.len()).any(|w| w == ttl),
+        "absent optionals are omitted"
+    );
     round_trip(event);
 }
 
@@ -401,7 +410,10 @@ fn ext0_is_absent_in_maps_and_null_in_arrays() {
             "payload",
             mp_map(vec![
                 ("topic", "t".into()),
-                ("data", rmpv::Value::Array(vec![1.into(), undefined.clone()])),
+                (
+                    "data",
+                    rmpv::Value::Array(vec![1.into(), undefined.clone()]),
+                ),
                 ("extra", undefined),
             ]),
         ),
@@ -419,7 +431,9 @@ fn malformed_frames_fail_with_located_errors() {
     let bad_key = msgpack(&rmpv::Value::Map(vec![(1.into(), 2.into())]));
     assert_eq!(
         decode_value(Frame::Binary(&bad_key), &limits),
-        Err(DecodeError::NonStringKey { path: String::new() })
+        Err(DecodeError::NonStringKey {
+            path: String::new()
+        })
     );
     let infinite = msgpack(&mp_map(vec![(
         "a/b",
@@ -427,7 +441,9 @@ fn malformed_frames_fail_with_located_errors() {
     )]));
     assert_eq!(
         decode_value(Frame::Binary(&infinite), &limits),
-        Err(DecodeError::NonFiniteNumber { path: "/a~1b/0".into() })
+        Err(DecodeError::NonFiniteNumber {
+            path: "/a~1b/0".into()
+        })
     );
     let mut trailing = msgpack(&mp_map(vec![("type", "PING".into())]));
     trailing.push(0xc0);
@@ -438,7 +454,10 @@ fn malformed_frames_fail_with_located_errors() {
     let other_ext = msgpack(&mp_map(vec![("t", rmpv::Value::Ext(-1, vec![0; 4]))]));
     assert_eq!(
         decode_value(Frame::Binary(&other_ext), &limits),
-        Err(DecodeError::UnsupportedExt { path: "/t".into(), ext_type: -1 })
+        Err(DecodeError::UnsupportedExt {
+            path: "/t".into(),
+            ext_type: -1
+        })
     );
 }
 
@@ -453,15 +472,24 @@ fn depth_and_size_limits_apply_to_both_encodings() {
     let deep = r#"{"type":"X","a":{"b":[[]]}}"#;
     assert_eq!(
         decode_value(Frame::Text(deep), &limits),
-        Err(DecodeError::TooDeep { path: "/a/b/0".into(), max: 3 })
+        Err(DecodeError::TooDeep {
+            path: "/a/b/0".into(),
+            max: 3
+        })
     );
     let deep_mp = msgpack(&mp_map(vec![(
         "a",
-        mp_map(vec![("b", rmpv::Value::Array(vec![rmpv::Value::Array(vec![])]))]),
+        mp_map(vec![(
+            "b",
+            rmpv::Value::Array(vec![rmpv::Value::Array(vec![])]),
+        )]),
     )]));
     assert_eq!(
         decode_value(Frame::Binary(&deep_mp), &limits),
-        Err(DecodeError::TooDeep { path: "/a/b/0".into(), max: 3 })
+        Err(DecodeError::TooDeep {
+            path: "/a/b/0".into(),
+            max: 3
+        })
     );
     let big = "x".repeat(65);
     assert_eq!(
@@ -485,7 +513,10 @@ fn json_frames_normalise_integral_floats_and_name_unknown_types() {
         decode(Frame::Text(r#"{"type":"NOPE"}"#)),
         Err(DecodeError::UnknownType("NOPE".into()))
     );
-    assert_eq!(decode(Frame::Text(r#"{"t":1}"#)), Err(DecodeError::MissingType));
+    assert_eq!(
+        decode(Frame::Text(r#"{"t":1}"#)),
+        Err(DecodeError::MissingType)
+    );
     assert_eq!(decode(Frame::Text("[1]")), Err(DecodeError::NotAnObject));
     let fractional = r#"{"type":"PING","timestamp":1.5}"#;
     assert!(matches!(

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::protocol::codec::{DecodeError, Frame, decode, decode_batch_data};
 use crate::protocol::Message;
+use crate::protocol::codec::{DecodeError, Frame, decode, decode_batch_data};
 
 const WIRE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/wire");
 
@@ -48,7 +48,11 @@ fn check_decodes(file: &str, record: &Value) -> Message {
     let bytes = hex(record["hex"].as_str().unwrap());
     let message = decode(Frame::Binary(&bytes))
         .unwrap_or_else(|e| panic!("{file} seq {}: {e:?}", record["seq"]));
-    assert_eq!(message.type_name(), record["type"].as_str().unwrap(), "{file}");
+    assert_eq!(
+        message.type_name(),
+        record["type"].as_str().unwrap(),
+        "{file}"
+    );
     message
 }
 
@@ -90,13 +94,21 @@ fn check_generation(generation: &str) -> (usize, usize) {
 #[test]
 fn every_2026_01_frame_decodes() {
     let (client, server) = check_generation("client-2026-01");
-    assert_eq!((client, server), (95, 78), "client and server frames checked");
+    assert_eq!(
+        (client, server),
+        (95, 78),
+        "client and server frames checked"
+    );
 }
 
 #[test]
 fn every_2026_08_frame_decodes() {
     let (client, server) = check_generation("client-2026-08");
-    assert_eq!((client, server), (107, 72), "client and server frames checked");
+    assert_eq!(
+        (client, server),
+        (107, 72),
+        "client and server frames checked"
+    );
 }
 
 fn first_of(generation: &str, file: &str, type_name: &str) -> Message {
