@@ -228,15 +228,15 @@ fn normalise_float(f: f64) -> Result<Value, Located> {
 fn msgpack_to_value(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
     let mut reader = bytes;
     // rmpv gets a little more room than the limit so that our own walk reports the path.
-    let raw = rmpv::decode::read_value_with_max_depth(&mut reader, limits.max_depth + 2).map_err(
-        |e| match e {
+    let raw =
+        rmpv::decode::read_value_with_max_depth(&mut reader, limits.max_depth.saturating_add(16))
+            .map_err(|e| match e {
             rmpv::decode::Error::DepthLimitExceeded => DecodeError::TooDeep {
                 path: String::new(),
                 max: limits.max_depth,
             },
             other => DecodeError::Msgpack(other.to_string()),
-        },
-    )?;
+        })?;
     if !reader.is_empty() {
         return Err(DecodeError::TrailingBytes(reader.len()));
     }
@@ -248,7 +248,11 @@ fn msgpack_to_value(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError>
 }
 
 /// Converts one msgpack value; `None` means JS `undefined` (ext-0), i.e. absent.
-fn convert_msgpack(raw: rmpv::Value, depth: usize, limits: &Limits) -> Result<Option<Value>, Located> {
+fn convert_msgpack(
+    raw: rmpv::Value,
+    depth: usize,
+    limits: &Limits,
+) -> Result<Option<Value>, Located> {
     use rmpv::Value as Mp;
     let value = match raw {
         Mp::Nil => Value::Null,
@@ -341,7 +345,8 @@ fn normalise_json(value: &mut Value, depth: usize, limits: &Limits) -> Result<()
 
 /// Encodes a message as one msgpack frame (see the module docs for the rules).
 pub fn encode_msgpack(message: &Message) -> Result<Vec<u8>, EncodeError> {
-    let named = rmp_serde::to_vec_named(message).map_err(|e| EncodeError::Msgpack(e.to_string()))?;
+    let named =
+        rmp_serde::to_vec_named(message).map_err(|e| EncodeError::Msgpack(e.to_string()))?;
     widen_large_integers(&named)
 }
 
@@ -403,7 +408,11 @@ fn write_integer(out: &mut Vec<u8>, value: i128) -> Result<(), EncodeError> {
 fn token_len(marker: Marker, body: &[u8]) -> Option<usize> {
     let be = |n: usize| -> Option<usize> {
         let bytes = body.get(..n)?;
-        Some(bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)))
+        Some(
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+        )
     };
     Some(match marker {
         Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => 1,

@@ -69,7 +69,17 @@ pub struct Text(#[schemars(length(max = 65536))] pub String);
 
 /// Write concern of an op, ordered from weakest to strongest (PROTOCOL.md §3.2).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
     JsonSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -194,8 +204,7 @@ mod tests {
     #[test]
     fn bytes_accept_array_and_index_object() {
         let from_array: Bytes = serde_json::from_value(json!([1, 2, 255])).unwrap();
-        let from_object: Bytes =
-            serde_json::from_value(json!({"1": 2, "0": 1, "2": 255})).unwrap();
+        let from_object: Bytes = serde_json::from_value(json!({"1": 2, "0": 1, "2": 255})).unwrap();
         assert_eq!(from_array, Bytes(vec![1, 2, 255]));
         assert_eq!(from_object, from_array);
         assert!(serde_json::from_value::<Bytes>(json!({"0": 1, "2": 3})).is_err());

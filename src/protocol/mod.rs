@@ -31,8 +31,8 @@ use serde_json::Value;
 pub use auth::*;
 pub use cluster::*;
 pub use codec::{
-    DecodeError, EncodeError, Frame, Limits, decode, decode_batch_data, decode_typed,
-    decode_value, decode_with, encode_batch, encode_json, encode_msgpack,
+    DecodeError, EncodeError, Frame, Limits, decode, decode_batch_data, decode_typed, decode_value,
+    decode_with, encode_batch, encode_json, encode_msgpack,
 };
 pub use common::{Bytes, ChangeType, WriteConcern};
 pub use counters::*;

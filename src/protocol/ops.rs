@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(parse_op_id("9"), Ok(9));
         assert_eq!(parse_op_id("10"), Ok(10));
         assert!(parse_op_id("99").unwrap() < parse_op_id("100").unwrap());
-        assert_eq!(parse_op_id("unknown"), Err(OpIdError::NotNumeric("unknown".into())));
+        assert_eq!(
+            parse_op_id("unknown"),
+            Err(OpIdError::NotNumeric("unknown".into()))
+        );
         assert!(parse_op_id("").is_err());
         assert!(parse_op_id("-1").is_err());
         assert!(parse_op_id("+1").is_err());

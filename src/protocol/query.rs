@@ -160,7 +160,13 @@ impl QueryUpdate {
     /// A key left the result set (`value: nil`).
     pub fn leave(query_id: impl Into<String>, key: impl Into<String>) -> Self {
         let (q, k) = (query_id.into(), key.into());
-        Self::new(q, k, Value::Null, LegacyQueryChange::Remove, ChangeType::Leave)
+        Self::new(
+            q,
+            k,
+            Value::Null,
+            LegacyQueryChange::Remove,
+            ChangeType::Leave,
+        )
     }
 
     /// The change, whichever generation's field was sent (`changeType` wins).

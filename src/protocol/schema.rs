@@ -19,8 +19,64 @@ const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 pub(crate) fn message_schema_values() -> Vec<(&'static str, Value)> {
     message_body_schemas(&SchemaSettings::draft2020_12())
         .into_iter()
-        .map(|(name, schema)| (name, with_type_constant(schema.to_value(), name)))
+        .map(|(name, schema)| {
+            let mut value = with_type_constant(schema.to_value(), name);
+            add_integer_bounds(&mut value);
+            nullable_as_if_else(&mut value);
+            (name, value)
+        })
         .collect()
+}
+
+/// Rewrites schemars' `anyOf: [T, {type: null}]` for `Option<T>` as `if null / else T`: the
+/// same language, but violations inside `T` are then reported at their own path instead of
+/// as one "matches none of anyOf" at the optional field.
+fn nullable_as_if_else(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let null_branch = json!({"type": "null"});
+            let inner = match map.get("anyOf") {
+                Some(Value::Array(branches)) if branches.len() == 2 => branches
+                    .iter()
+                    .position(|b| *b == null_branch)
+                    .map(|null_at| branches[1 - null_at].clone()),
+                _ => None,
+            };
+            if let Some(inner) = inner {
+                map.remove("anyOf");
+                map.insert("if".to_owned(), null_branch);
+                map.insert("else".to_owned(), inner);
+            }
+            map.values_mut().for_each(nullable_as_if_else);
+        }
+        Value::Array(items) => items.iter_mut().for_each(nullable_as_if_else),
+        _ => {}
+    }
+}
+
+/// schemars marks fixed-width integers only with a `format`, which validators do not
+/// enforce; the explicit bounds make e.g. a `u32` hash above 2³²−1 a violation.
+fn add_integer_bounds(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let bounds: Option<(Value, Value)> = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0.into(), u8::MAX.into())),
+                Some("uint16") => Some((0.into(), u16::MAX.into())),
+                Some("uint32") => Some((0.into(), u32::MAX.into())),
+                Some("uint64") => Some((0.into(), u64::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64") => Some((i64::MIN.into(), i64::MAX.into())),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                map.entry("minimum").or_insert(min);
+                map.entry("maximum").or_insert(max);
+            }
+            map.values_mut().for_each(add_integer_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_integer_bounds),
+        _ => {}
+    }
 }
 
 /// Adds the required `type: <name>` property to a message body schema.

@@ -128,11 +128,7 @@ pub struct SearchUpdatePayload {
 
 impl SearchUpdate {
     /// A search delta carrying `change` under both field names.
-    pub fn new(
-        subscription_id: impl Into<String>,
-        hit: SearchHit,
-        change: ChangeType,
-    ) -> Self {
+    pub fn new(subscription_id: impl Into<String>, hit: SearchHit, change: ChangeType) -> Self {
         Self {
             payload: SearchUpdatePayload {
                 subscription_id: subscription_id.into(),

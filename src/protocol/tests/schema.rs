@@ -60,7 +60,10 @@ fn op_batch_schema_carries_limits() {
     assert_eq!(map_name["minLength"], 1);
     assert_eq!(map_name["maxLength"], 256);
     assert_eq!(schema["$defs"]["Key"]["maxLength"], 1024);
-    assert_eq!(schema["$defs"]["OpBatchPayload"]["properties"]["ops"]["maxItems"], 10_000);
+    assert_eq!(
+        schema["$defs"]["OpBatchPayload"]["properties"]["ops"]["maxItems"],
+        10_000
+    );
 }
 
 #[test]
