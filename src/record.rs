@@ -30,7 +30,7 @@ impl LwwRecord {
         self.value.is_none()
     }
 
-    /// True when the record has a TTL that ran out at or before `now_millis`.
+    /// True when the record has a TTL that ran out strictly before `now_millis`.
     pub fn is_expired(&self, now_millis: u64) -> bool {
         self.ttl_ms
             .is_some_and(|ttl| self.timestamp.millis.saturating_add(ttl) < now_millis)
@@ -55,7 +55,7 @@ pub struct OrMapRecord {
 }
 
 impl OrMapRecord {
-    /// True when the record has a TTL that ran out at or before `now_millis`.
+    /// True when the record has a TTL that ran out strictly before `now_millis`.
     pub fn is_expired(&self, now_millis: u64) -> bool {
         self.ttl_ms
             .is_some_and(|ttl| self.timestamp.millis.saturating_add(ttl) < now_millis)

@@ -45,15 +45,8 @@ pub struct QueryUnsub {
     pub payload: QueryIdPayload,
 }
 
-/// Pagination state reported with a query result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CursorStatus {
-    Valid,
-    Expired,
-    Invalid,
-    None,
-}
+/// Pagination state reported with a query result (defined with the query engine).
+pub use crate::query::CursorStatus;
 
 /// One query result row. For OR maps `value` is the array of live values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,265 @@
+//! A map replica: a CRDT map and its Merkle tree, kept in step on every change.
+//!
+//! Both the server and the client hold maps this way, so a change can never update the data
+//! without the tree (or the other way round) and the roots they compare always describe the
+//! data they hold.
+
+use crate::hlc::Timestamp;
+use crate::lww::{LwwMap, MergeOutcome};
+use crate::merkle::{MerkleTree, lww_item_hash, or_entry_hash};
+use crate::ormap::{MergeKeyOutcome, OrMap, RemovedTag};
+use crate::record::{LwwRecord, OrMapRecord};
+
+/// Which CRDT a map holds.
+pub use crate::store::MapKind;
+
+/// An LWW map with its Merkle tree.
+#[derive(Debug, Clone, Default)]
+pub struct LwwReplica {
+    map: LwwMap,
+    merkle: MerkleTree,
+}
+
+impl LwwReplica {
+    /// A replica holding `records` (as reloaded from a store).
+    pub fn from_records(records: impl IntoIterator<Item = (String, LwwRecord)>) -> Self {
+        let mut replica = Self::default();
+        for (key, record) in records {
+            replica.merge(&key, record);
+        }
+        replica
+    }
+
+    /// LWW-merges one record; the tree follows when it wins.
+    pub fn merge(&mut self, key: &str, record: LwwRecord) -> MergeOutcome {
+        let hash = lww_item_hash(key, &record.timestamp);
+        let outcome = self.map.merge(key, record);
+        if outcome.is_applied() {
+            self.merkle.update(key, hash);
+        }
+        outcome
+    }
+
+    /// Turns TTL-expired records into tombstones (see [`LwwMap::expire`]).
+    pub fn expire(&mut self, now_millis: u64, server_node_id: &str) -> Vec<(String, LwwRecord)> {
+        let tombstones = self.map.expire(now_millis, server_node_id);
+        for (key, record) in &tombstones {
+            self.merkle
+                .update(key, lww_item_hash(key, &record.timestamp));
+        }
+        tombstones
+    }
+
+    /// Drops tombstones older than `older_than` from the map and the tree.
+    pub fn prune(&mut self, older_than: &Timestamp) -> Vec<String> {
+        let keys = self.map.prune(older_than);
+        for key in &keys {
+            self.merkle.remove(key);
+        }
+        keys
+    }
+
+    /// The CRDT (read-only: changes go through the replica).
+    pub fn map(&self) -> &LwwMap {
+        &self.map
+    }
+
+    /// The Merkle tree over every key, tombstones included.
+    pub fn merkle(&self) -> &MerkleTree {
+        &self.merkle
+    }
+}
+
+/// An OR map with its Merkle tree.
+#[derive(Debug, Clone, Default)]
+pub struct OrReplica {
+    map: OrMap,
+    merkle: MerkleTree,
+}
+
+impl OrReplica {
+    /// A replica holding `records` and `tombstones` (as reloaded from a store).
+    pub fn from_parts(
+        records: impl IntoIterator<Item = (String, Vec<OrMapRecord>)>,
+        tombstones: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut replica = Self::default();
+        for tag in tombstones {
+            replica.map.apply_tombstone(&tag);
+        }
+        for (key, key_records) in records {
+            for record in key_records {
+                replica.map.apply(&key, record);
+            }
+            replica.rehash(&key);
+        }
+        replica
+    }
+
+    /// Adds one record (an `OR_ADD`); false when it was already known or is tombstoned.
+    pub fn apply(&mut self, key: &str, record: OrMapRecord) -> bool {
+        let changed = self.map.apply(key, record);
+        if changed {
+            self.rehash(key);
+        }
+        changed
+    }
+
+    /// Removes one tag (an `OR_REMOVE`); returns the key that lost a record.
+    pub fn apply_tombstone(&mut self, tag: &str) -> Option<String> {
+        let key = self.map.apply_tombstone(tag);
+        if let Some(key) = &key {
+            self.rehash(key);
+        }
+        key
+    }
+
+    /// The sync path: merges a remote key's records and tombstones.
+    pub fn merge_key(
+        &mut self,
+        key: &str,
+        records: impl IntoIterator<Item = OrMapRecord>,
+        tombstones: impl IntoIterator<Item = String>,
+    ) -> MergeKeyOutcome {
+        let outcome = self.map.merge_key(key, records, tombstones);
+        let mut touched: Vec<&str> = outcome.removed.iter().map(|r| r.key.as_str()).collect();
+        if !outcome.is_empty() {
+            touched.push(key);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let touched: Vec<String> = touched.into_iter().map(str::to_owned).collect();
+        for k in &touched {
+            self.rehash(k);
+        }
+        outcome
+    }
+
+    /// Turns TTL-expired records into tombstones.
+    pub fn expire(&mut self, now_millis: u64) -> Vec<RemovedTag> {
+        let removed = self.map.expire(now_millis);
+        let mut keys: Vec<String> = removed.iter().map(|r| r.key.clone()).collect();
+        keys.dedup();
+        for key in &keys {
+            self.rehash(key);
+        }
+        removed
+    }
+
+    /// Drops tombstone tags older than `older_than` (the tree does not hash tombstones).
+    pub fn prune(&mut self, older_than: &Timestamp) -> Vec<String> {
+        self.map.prune(older_than)
+    }
+
+    /// The CRDT (read-only: changes go through the replica).
+    pub fn map(&self) -> &OrMap {
+        &self.map
+    }
+
+    /// The Merkle tree over every key with live records.
+    pub fn merkle(&self) -> &MerkleTree {
+        &self.merkle
+    }
+
+    fn rehash(&mut self, key: &str) {
+        let mut records = self.map.records(key).peekable();
+        if records.peek().is_none() {
+            self.merkle.remove(key);
+        } else {
+            let hash = or_entry_hash(key, records);
+            self.merkle.update(key, hash);
+        }
+    }
+}
+
+/// A map of either kind.
+#[derive(Debug, Clone)]
+pub enum Replica {
+    Lww(LwwReplica),
+    Or(OrReplica),
+}
+
+impl Replica {
+    /// An empty replica of `kind`.
+    pub fn empty(kind: MapKind) -> Self {
+        match kind {
+            MapKind::Lww => Self::Lww(LwwReplica::default()),
+            MapKind::Or => Self::Or(OrReplica::default()),
+        }
+    }
+
+    /// Which CRDT this is.
+    pub fn kind(&self) -> MapKind {
+        match self {
+            Self::Lww(_) => MapKind::Lww,
+            Self::Or(_) => MapKind::Or,
+        }
+    }
+
+    /// The Merkle tree.
+    pub fn merkle(&self) -> &MerkleTree {
+        match self {
+            Self::Lww(r) => r.merkle(),
+            Self::Or(r) => r.merkle(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::Combine;
+    use serde_json::json;
+
+    fn lww(value: serde_json::Value, millis: u64, node: &str) -> LwwRecord {
+        LwwRecord {
+            value: Some(value),
+            timestamp: Timestamp::new(millis, 0, node),
+            ttl_ms: None,
+        }
+    }
+
+    #[test]
+    fn lww_tree_follows_winning_merges_only() {
+        let mut r = LwwReplica::default();
+        r.merge("user-1", lww(json!(1), 1_700_000_000_000, "node-1"));
+        assert_eq!(r.merkle().root(Combine::Sum), 4_066_377_064);
+        r.merge("user-1", lww(json!(2), 1_600_000_000_000, "node-1"));
+        assert_eq!(
+            r.merkle().root(Combine::Sum),
+            4_066_377_064,
+            "a losing write changes nothing"
+        );
+        assert_eq!(r.merkle().root(Combine::Fmix), 752_903_945);
+    }
+
+    #[test]
+    fn reload_gives_the_same_roots() {
+        let mut a = LwwReplica::default();
+        a.merge("a", lww(json!("x"), 10, "n"));
+        a.merge("b", lww(json!("y"), 11, "n"));
+        let b = LwwReplica::from_records(a.map().records().map(|(k, r)| (k.to_owned(), r.clone())));
+        assert_eq!(
+            a.merkle().root(Combine::Fmix),
+            b.merkle().root(Combine::Fmix)
+        );
+    }
+
+    #[test]
+    fn or_tree_tracks_adds_and_removes() {
+        let mut r = OrReplica::default();
+        let record = OrMapRecord {
+            value: json!("v"),
+            timestamp: Timestamp::new(1_700_000_000_000, 0, "n1"),
+            tag: "1700000000000:0:n1".into(),
+            ttl_ms: None,
+        };
+        assert!(r.apply("k", record.clone()));
+        assert_eq!(r.merkle().root(Combine::Sum), 250_738_279);
+        assert_eq!(r.apply_tombstone(&record.tag).as_deref(), Some("k"));
+        assert_eq!(r.merkle().root(Combine::Sum), 0);
+        assert!(!r.apply("k", record), "a tombstoned tag stays removed");
+        let reloaded = OrReplica::from_parts(Vec::new(), ["1700000000000:0:n1".to_owned()]);
+        assert!(reloaded.map().is_tombstoned("1700000000000:0:n1"));
+    }
+}

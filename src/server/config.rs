@@ -1,0 +1,244 @@
+//! Server configuration: command-line flags with environment equivalents, plus an optional
+//! TOML file (`TOPGUN_CONFIG`) for permissions, search fields and limits.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::Environment;
+use crate::security::Policy;
+
+/// Which store backend holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Embedded durable store (redb) in the data directory.
+    Redb,
+    /// Nothing survives a restart; for tests and throwaway runs.
+    Memory,
+}
+
+/// Deployment mode; production refuses unsafe defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Development,
+    Production,
+}
+
+/// `topgun serve` flags. Every flag can also be given through the environment variable shown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOPGUN_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port for WebSocket clients and the HTTP endpoints (/health, /ready, /metrics).
+    #[arg(long, env = "TOPGUN_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Storage backend.
+    #[arg(long, env = "TOPGUN_STORE", value_enum, default_value = "redb")]
+    pub store: StoreKind,
+    /// Directory of the embedded store.
+    #[arg(long, env = "TOPGUN_DATA_DIR", default_value = "./topgun-data")]
+    pub data_dir: PathBuf,
+    /// JWT secret: an HS256 shared secret, or a PEM public key for RS256. Required in
+    /// production (at least 32 bytes for HS256); development falls back to a dev secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Deployment mode. `NODE_ENV=production` also selects production, as in TopGun.
+    #[arg(
+        long = "env",
+        env = "TOPGUN_ENV",
+        value_enum,
+        default_value = "development"
+    )]
+    pub mode: Mode,
+    /// Verbose per-access debug logging (map loads and the like).
+    #[arg(long, env = "TOPGUN_DEBUG", value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub debug: bool,
+    /// Most simultaneous WebSocket connections; past it the least recently active is evicted.
+    #[arg(long, env = "TOPGUN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// TOML file with permissions, full-text search fields and limits (see README).
+    #[arg(long, env = "TOPGUN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("expected 1/0/true/false, got {other:?}")),
+    }
+}
+
+/// Parses `serve` flags from the environment alone (for a bare `topgun` invocation).
+#[derive(Debug, clap::Parser)]
+struct EnvOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl ServeArgs {
+    /// The `serve` settings when no command was given: defaults plus environment variables.
+    pub fn parse_from_env() -> Self {
+        <EnvOnly as clap::Parser>::parse_from(["topgun"]).args
+    }
+
+    /// The effective mode: production if either `--env production` or `NODE_ENV=production`.
+    pub fn environment(&self, node_env: Option<&str>) -> Environment {
+        if self.mode == Mode::Production || node_env == Some("production") {
+            Environment::Production
+        } else {
+            Environment::Development
+        }
+    }
+}
+
+/// The optional TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Permission policies; absent means the mode's default (see `Permissions`).
+    #[serde(default)]
+    pub permissions: Option<Vec<Policy>>,
+    /// Full-text search: map name → indexed fields.
+    #[serde(default)]
+    pub search: BTreeMap<String, SearchMapConfig>,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Full-text search settings of one map.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchMapConfig {
+    /// Top-level record fields to index.
+    pub fields: Vec<String>,
+}
+
+/// Limits and timeouts, all with production-sane defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted WebSocket message in bytes.
+    pub max_frame_bytes: usize,
+    /// Deepest accepted nesting of maps/arrays in a message.
+    pub max_nesting_depth: usize,
+    /// Unauthenticated sockets are closed after this long.
+    pub auth_timeout_ms: u64,
+    /// Authenticated sockets without a PING for this long are closed (4002).
+    pub heartbeat_timeout_ms: u64,
+    /// Invalid frames allowed per connection per `invalid_frame_window_ms` before close 1008.
+    pub invalid_frames: u32,
+    /// Window of the invalid-frame token bucket.
+    pub invalid_frame_window_ms: u64,
+    /// Log lines about invalid frames per connection per window.
+    pub invalid_frame_log_lines: u32,
+    /// Clock leeway for JWT `exp`/`nbf`.
+    pub jwt_leeway_secs: u64,
+    /// Reject ops whose HLC timestamp is too far ahead of the server clock.
+    pub hlc_strict: bool,
+    /// How far ahead is too far (HLC strict mode).
+    pub max_drift_ms: u64,
+    /// Queued outbound messages per connection before it is considered too slow and closed.
+    pub outbound_queue: usize,
+    /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
+    pub gc_age_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 2 * 1024 * 1024,
+            max_nesting_depth: 64,
+            auth_timeout_ms: 10_000,
+            heartbeat_timeout_ms: 20_000,
+            invalid_frames: 10,
+            invalid_frame_window_ms: 10_000,
+            invalid_frame_log_lines: 5,
+            jwt_leeway_secs: 60,
+            hlc_strict: false,
+            max_drift_ms: 300_000,
+            outbound_queue: 4_096,
+            gc_age_ms: 30 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses the TOML file; unknown keys are errors so typos do not go unnoticed.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file_and_rejects_typos() {
+        let cfg = FileConfig::parse(
+            r#"
+            [[permissions]]
+            role = "USER"
+            map = "todos-*"
+            actions = ["READ", "PUT"]
+
+            [search.articles]
+            fields = ["title", "body"]
+
+            [limits]
+            invalid_frames = 3
+            hlc_strict = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.permissions.as_ref().map(Vec::len), Some(1));
+        assert_eq!(cfg.search["articles"].fields, vec!["title", "body"]);
+        assert_eq!(cfg.limits.invalid_frames, 3);
+        assert!(cfg.limits.hlc_strict);
+        assert_eq!(
+            cfg.limits.max_frame_bytes,
+            2 * 1024 * 1024,
+            "unset limits keep defaults"
+        );
+        assert!(FileConfig::parse("[limits]\ninvalid_frame = 3\n").is_err());
+    }
+
+    #[test]
+    fn debug_flag_accepts_env_style_values() {
+        assert_eq!(parse_flag("1"), Ok(true));
+        assert_eq!(parse_flag("0"), Ok(false));
+        assert!(parse_flag("maybe").is_err());
+    }
+}

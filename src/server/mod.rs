@@ -1,0 +1,216 @@
+//! The TopGun server.
+//!
+//! One module per concern, reached in one hop from [`dispatch`]:
+//! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
+//! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
+//! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
+//! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
+//! ownership seam), [`limits`] and [`metrics`].
+//!
+//! Time, randomness, the network and storage come in through seams ([`crate::clock`],
+//! [`crate::entropy`], [`crate::net`], [`crate::store`]) so tests and simulations run the
+//! same server.
+
+pub mod auth;
+pub mod config;
+pub mod connections;
+pub mod dispatch;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod operations;
+pub mod partitions;
+pub mod queries;
+pub mod session;
+pub mod storage;
+pub mod sync;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::auth::{JwtOptions, JwtVerifier};
+use crate::clock::SharedClock;
+use crate::entropy::SharedEntropy;
+use crate::hlc::{Hlc, HlcConfig, Timestamp};
+use crate::merkle::Combine;
+use crate::net::Listener;
+use crate::security::Permissions;
+use crate::store::Store;
+
+use self::config::Limits;
+use self::connections::Registry;
+use self::metrics::Metrics;
+use self::partitions::{Ownership, SingleNode};
+use self::queries::QueryRegistry;
+use self::storage::MapRegistry;
+
+/// Everything needed to build a server, already validated.
+pub struct ServerOptions {
+    /// The node id used in server HLC timestamps.
+    pub node_id: String,
+    /// The JWT secret (HS256) or PEM public key (RS256).
+    pub jwt_secret: String,
+    /// Permission policies.
+    pub permissions: Permissions,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Most simultaneous connections before LRU eviction.
+    pub max_connections: usize,
+    /// Per-access debug logging.
+    pub debug: bool,
+    /// Merkle combine function for clients whose generation is not yet known.
+    pub default_combine: Combine,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Secret(#[from] crate::auth::ConfigError),
+    #[error(transparent)]
+    Hlc(#[from] crate::hlc::HlcError),
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub limits: Limits,
+    pub default_combine: Combine,
+    pub clock: SharedClock,
+    pub entropy: SharedEntropy,
+    pub store: Arc<dyn Store>,
+    pub maps: MapRegistry,
+    pub connections: Registry,
+    pub queries: QueryRegistry,
+    pub verifier: JwtVerifier,
+    pub permissions: Permissions,
+    pub ownership: Box<dyn Ownership>,
+    pub metrics: Metrics,
+    /// Key that signs query cursors (tamper detection); fresh per process.
+    pub cursor_secret: [u8; 32],
+    hlc: Mutex<Hlc>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// The server HLC. Held only for a clock step, never across an `.await`.
+    pub fn hlc(&self) -> MutexGuard<'_, Hlc> {
+        self.hlc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh server timestamp.
+    pub fn now_timestamp(&self) -> Timestamp {
+        self.hlc().now()
+    }
+
+    /// Wall-clock milliseconds from the clock seam.
+    pub fn now_millis(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
+    /// A receiver that flips to `true` when the server begins shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// A running server's handle.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Builds a server over `store`, using the given clock and entropy seams.
+    pub fn new(
+        options: ServerOptions,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        entropy: SharedEntropy,
+    ) -> Result<Self, ServerError> {
+        let verifier = JwtVerifier::new(
+            &options.jwt_secret,
+            JwtOptions {
+                leeway_secs: options.limits.jwt_leeway_secs,
+            },
+        )?;
+        let hlc = Hlc::new(
+            options.node_id,
+            clock.clone(),
+            HlcConfig {
+                strict: options.limits.hlc_strict,
+                max_drift_ms: options.limits.max_drift_ms,
+            },
+        )?;
+        let (shutdown, _) = watch::channel(false);
+        let mut cursor_secret = [0u8; 32];
+        entropy.fill(&mut cursor_secret);
+        let shared = Shared {
+            maps: MapRegistry::new(store.clone(), options.debug),
+            connections: Registry::new(options.max_connections),
+            queries: QueryRegistry::default(),
+            limits: options.limits,
+            default_combine: options.default_combine,
+            clock,
+            entropy,
+            store,
+            verifier,
+            permissions: options.permissions,
+            ownership: Box::new(SingleNode),
+            metrics: Metrics::default(),
+            cursor_secret,
+            hlc: Mutex::new(hlc),
+            shutdown,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Accepts connections from `listener` until [`Server::shutdown`] is called.
+    pub async fn run<L: Listener>(&self, mut listener: L) -> std::io::Result<()> {
+        let mut stop = self.shared.shutdown_signal();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let shared = self.shared.clone();
+                            tokio::spawn(session::serve(shared, stream, peer));
+                        }
+                        // Accept errors (e.g. out of file descriptors) are transient: log and
+                        // keep serving the connections we have.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Begins a graceful shutdown: connections get `SHUTDOWN_PENDING` and close 1001, and the
+    /// store is flushed. Resolves when every connection has closed (or after `grace`).
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let _ = self.shared.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.shared.connections.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Err(e) = self.shared.store.close().await {
+            tracing::error!(error = %e, "store did not close cleanly");
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The write path: `OP_BATCH` and `CLIENT_OP`.
+//!
+//! Each op is checked (permission, HLC drift), merged with the **client's** timestamp and tag
+//! (no re-stamping), persisted, fanned out to the map's query subscribers, and acknowledged
+//! only once it has reached the level the client asked for. An ack never names an op that
+//! was not applied, and replays change nothing (the CRDT merges are idempotent).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::hlc::Timestamp;
+use crate::protocol::{
+    ClientOp, EventType, OpAck, OpAckPayload, OpBatchPayload, OpRejected, OpRejectedPayload,
+    OpResult, OpType, OrMapEntry, ServerBatchEvent, ServerBatchEventPayload, ServerEventPayload,
+    WriteConcern,
+};
+use crate::replica::{MapKind, Replica};
+use crate::security::Action;
+use crate::store::{Mutation, WriteBatch};
+
+use super::Shared;
+use super::dispatch::Flow;
+use super::metrics::Metrics;
+use super::partitions::Route;
+use super::session::{Session, send_to};
+use super::storage::{MapError, MapHandle};
+
+/// What a set of ops changed: the store mutations to persist and the events to fan out.
+#[derive(Debug, Default)]
+pub struct MapChanges {
+    mutations: WriteBatch,
+    events: BTreeMap<String, Vec<ServerEventPayload>>,
+}
+
+impl MapChanges {
+    fn event(&mut self, event: ServerEventPayload) {
+        self.events
+            .entry(event.map_name.clone())
+            .or_default()
+            .push(event);
+    }
+}
+
+/// Why one op was not applied.
+#[derive(Debug)]
+enum OpFailure {
+    /// Final: the client should drop the op (it will never succeed as sent).
+    Rejected { code: u32, reason: String },
+    /// Transient: the op must not be acked so the client sends it again.
+    Unavailable { reason: String },
+}
+
+/// Handles `OP_BATCH`.
+pub async fn handle_op_batch(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    batch: OpBatchPayload,
+) -> Flow {
+    let received = Instant::now();
+    let mut changes = MapChanges::default();
+    let mut last_acked: Option<String> = None;
+    let mut ack_blocked = false;
+    let mut denied = 0usize;
+    let mut tracked: Vec<(String, WriteConcern)> = Vec::new();
+    let mut strongest = WriteConcern::FireAndForget;
+
+    for op in batch.ops {
+        let concern = op.write_concern.or(batch.write_concern).unwrap_or_default();
+        let id = op.id.clone();
+        match apply_op(shared, session, op, &mut changes).await {
+            Ok(()) => {
+                Metrics::inc(&shared.metrics.ops_applied);
+                if let Some(id) = &id {
+                    if concern >= WriteConcern::Applied {
+                        tracked.push((id.clone(), concern));
+                    }
+                }
+                strongest = strongest.max(concern);
+            }
+            Err(OpFailure::Rejected { code, reason }) => {
+                Metrics::inc(&shared.metrics.ops_rejected);
+                if code == 403 {
+                    denied += 1;
+                }
+                reject(shared, session, id.as_deref(), code, reason);
+            }
+            Err(OpFailure::Unavailable { reason }) => {
+                Metrics::inc(&shared.metrics.ops_rejected);
+                reject(shared, session, id.as_deref(), 503, reason);
+                ack_blocked = true;
+            }
+        }
+        if !ack_blocked && id.is_some() {
+            last_acked = id;
+        }
+    }
+    if denied > 0 {
+        session.send_error(
+            shared,
+            403,
+            format!("Partial batch failure: {denied} ops denied"),
+        );
+    }
+
+    let durable = strongest >= WriteConcern::Replicated;
+    if !persist(shared, &changes.mutations, durable).await {
+        session.send_error(
+            shared,
+            500,
+            "Persisting the batch failed; it was not acknowledged",
+        );
+        return Flow::Continue;
+    }
+    fan_out(shared, session, std::mem::take(&mut changes.events));
+
+    if let Some(last_id) = last_acked {
+        let achieved = if durable {
+            WriteConcern::Persisted
+        } else {
+            WriteConcern::Applied
+        };
+        let results = (!tracked.is_empty()).then(|| {
+            tracked
+                .into_iter()
+                .map(|(op_id, _)| OpResult {
+                    op_id,
+                    success: true,
+                    achieved_level: achieved,
+                    error: None,
+                })
+                .collect()
+        });
+        let ack = OpAck {
+            payload: OpAckPayload {
+                last_id,
+                achieved_level: Some(achieved),
+                results,
+            },
+        };
+        let _ = session.send(shared, ack);
+        let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.metrics.observe_ack_latency(micros);
+    }
+    Flow::Continue
+}
+
+/// Handles `CLIENT_OP`: one op through the same path as a batch.
+pub async fn handle_client_op(shared: &Arc<Shared>, session: &mut Session, op: ClientOp) -> Flow {
+    let payload = OpBatchPayload {
+        ops: vec![op],
+        write_concern: None,
+        timeout: None,
+    };
+    handle_op_batch(shared, session, payload).await
+}
+
+fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, reason: String) {
+    tracing::debug!(conn = session.id, op = op_id.unwrap_or("-"), code, %reason, "op rejected");
+    let _ = session.send(
+        shared,
+        OpRejected {
+            payload: OpRejectedPayload {
+                op_id: op_id.unwrap_or_default().to_owned(),
+                reason,
+                code: Some(code),
+            },
+        },
+    );
+}
+
+/// Checks and applies one op, recording what changed.
+async fn apply_op(
+    shared: &Shared,
+    session: &Session,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
+    let action = if op.op_type == Some(OpType::Remove)
+        || op.record.as_ref().is_some_and(|r| r.value.is_none())
+    {
+        Action::Remove
+    } else {
+        Action::Put
+    };
+    if !shared
+        .permissions
+        .check(session.principal(), &op.map_name, action)
+    {
+        return Err(OpFailure::Rejected {
+            code: 403,
+            reason: "Access Denied".to_owned(),
+        });
+    }
+    if let Route::Forward { node_id } = shared.ownership.route(&op.key) {
+        return Err(OpFailure::Unavailable {
+            reason: format!("key {} is owned by node {node_id}", op.key),
+        });
+    }
+    let kind = if op.is_or_op() {
+        MapKind::Or
+    } else {
+        MapKind::Lww
+    };
+    let map = shared
+        .maps
+        .get(&op.map_name, kind, Some(kind))
+        .await
+        .map_err(|e| match e {
+            MapError::KindMismatch { .. } => OpFailure::Rejected {
+                code: 400,
+                reason: format!("Map type mismatch: {e}"),
+            },
+            MapError::LoadFailed { .. } => OpFailure::Unavailable {
+                reason: e.to_string(),
+            },
+        })?;
+    if let Some(ts) = op_timestamp(&op) {
+        shared.hlc().update(&ts).map_err(|e| OpFailure::Rejected {
+            code: 400,
+            reason: e.to_string(),
+        })?;
+    }
+    match op.op_type {
+        Some(OpType::OrAdd) => apply_or_add(&map, op, changes),
+        Some(OpType::OrRemove) => apply_or_remove(&map, op, changes),
+        _ => apply_lww(&map, op, changes),
+    }
+}
+
+/// The HLC timestamp an op carries (for the drift check and clock update).
+fn op_timestamp(op: &ClientOp) -> Option<Timestamp> {
+    match op.op_type {
+        Some(OpType::OrAdd) => op.or_record.as_ref().map(|r| r.timestamp.clone()),
+        Some(OpType::OrRemove) => op.or_tag.as_deref().and_then(|t| t.parse().ok()),
+        _ => op.record.as_ref().map(|r| r.timestamp.clone()),
+    }
+}
+
+fn missing(field: &str, op_type: &str) -> OpFailure {
+    OpFailure::Rejected {
+        code: 400,
+        reason: format!("{op_type} op without {field}"),
+    }
+}
+
+fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+    let record = op.record.ok_or_else(|| missing("record", "LWW"))?;
+    let mut guard = map.lock();
+    let Replica::Lww(replica) = &mut *guard else {
+        return Err(missing("an LWW map", "LWW"));
+    };
+    if replica.merge(&op.key, record.clone()).is_applied() {
+        changes.mutations.push(Mutation::PutLww {
+            map: op.map_name.clone(),
+            key: op.key.clone(),
+            record: record.clone(),
+        });
+        let event_type = if record.is_tombstone() {
+            EventType::Remove
+        } else {
+            EventType::Put
+        };
+        changes.event(ServerEventPayload {
+            map_name: op.map_name,
+            key: op.key,
+            event_type,
+            record: Some(record),
+            or_record: None,
+            or_tag: None,
+            epoch: None,
+        });
+    }
+    Ok(())
+}
+
+fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+    let record = op.or_record.ok_or_else(|| missing("orRecord", "OR_ADD"))?;
+    let mut guard = map.lock();
+    let Replica::Or(replica) = &mut *guard else {
+        return Err(missing("an OR map", "OR_ADD"));
+    };
+    if replica.apply(&op.key, record.clone()) {
+        changes.mutations.push(Mutation::PutOrKey {
+            map: op.map_name.clone(),
+            key: op.key.clone(),
+            records: replica.map().records(&op.key).cloned().collect(),
+        });
+        changes.event(ServerEventPayload {
+            map_name: op.map_name,
+            key: op.key,
+            event_type: EventType::OrAdd,
+            record: None,
+            or_record: Some(record),
+            or_tag: None,
+            epoch: None,
+        });
+    }
+    Ok(())
+}
+
+fn apply_or_remove(
+    map: &MapHandle,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
+    let tag = op.or_tag.ok_or_else(|| missing("orTag", "OR_REMOVE"))?;
+    let mut guard = map.lock();
+    let Replica::Or(replica) = &mut *guard else {
+        return Err(missing("an OR map", "OR_REMOVE"));
+    };
+    if replica.map().is_tombstoned(&tag) {
+        return Ok(());
+    }
+    let owner = replica.apply_tombstone(&tag);
+    changes.mutations.push(Mutation::AddOrTombstones {
+        map: op.map_name.clone(),
+        tags: vec![tag.clone()],
+    });
+    if let Some(owner) = owner {
+        changes.mutations.push(Mutation::PutOrKey {
+            map: op.map_name.clone(),
+            key: owner.clone(),
+            records: replica.map().records(&owner).cloned().collect(),
+        });
+    }
+    changes.event(ServerEventPayload {
+        map_name: op.map_name,
+        key: op.key,
+        event_type: EventType::OrRemove,
+        record: None,
+        or_record: None,
+        or_tag: Some(tag),
+        epoch: None,
+    });
+    Ok(())
+}
+
+/// Merges one pushed OR entry (the sync path), recording what changed.
+pub fn merge_or_entry(map: &MapHandle, entry: OrMapEntry, changes: &mut MapChanges) {
+    let mut guard = map.lock();
+    let Replica::Or(replica) = &mut *guard else {
+        return;
+    };
+    let new_tombstones: Vec<String> = entry
+        .tombstones
+        .iter()
+        .filter(|t| !replica.map().is_tombstoned(t))
+        .cloned()
+        .collect();
+    let outcome = replica.merge_key(&entry.key, entry.records, entry.tombstones);
+    let map_name = map.name().to_owned();
+    if !new_tombstones.is_empty() {
+        changes.mutations.push(Mutation::AddOrTombstones {
+            map: map_name.clone(),
+            tags: new_tombstones,
+        });
+    }
+    let mut touched: Vec<&str> = outcome.removed.iter().map(|r| r.key.as_str()).collect();
+    if !outcome.added.is_empty() || !outcome.updated.is_empty() {
+        touched.push(&entry.key);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for key in touched {
+        changes.mutations.push(Mutation::PutOrKey {
+            map: map_name.clone(),
+            key: key.to_owned(),
+            records: replica.map().records(key).cloned().collect(),
+        });
+    }
+    for record in outcome.added.into_iter().chain(outcome.updated) {
+        changes.event(ServerEventPayload {
+            map_name: map_name.clone(),
+            key: entry.key.clone(),
+            event_type: EventType::OrAdd,
+            record: None,
+            or_record: Some(record),
+            or_tag: None,
+            epoch: None,
+        });
+    }
+    for removed in outcome.removed {
+        changes.event(ServerEventPayload {
+            map_name: map_name.clone(),
+            key: removed.key,
+            event_type: EventType::OrRemove,
+            record: None,
+            or_record: None,
+            or_tag: Some(removed.tag),
+            epoch: None,
+        });
+    }
+}
+
+/// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
+pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
+    if persist(shared, &changes.mutations, false).await {
+        fan_out(shared, session, std::mem::take(&mut changes.events));
+    }
+}
+
+/// Hands `mutations` to the store. With `wait`, resolves after the commit is durable and
+/// reports its success; otherwise the commit is queued in order and failures are logged.
+async fn persist(shared: &Arc<Shared>, mutations: &WriteBatch, wait: bool) -> bool {
+    // A durable ack also needs every earlier queued commit on disk; committing even an empty
+    // batch behind them in the store's FIFO queue gives exactly that.
+    if mutations.is_empty() && !wait {
+        return true;
+    }
+    let store = shared.store.clone();
+    let batch = mutations.clone();
+    if wait {
+        match store.commit(batch).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "persisting a batch failed");
+                false
+            }
+        }
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = store.commit(batch).await {
+                tracing::error!(error = %e, "background persist failed");
+            }
+        });
+        true
+    }
+}
+
+/// Sends one `SERVER_BATCH_EVENT` per subscribed connection (not the writer) with the events
+/// of the maps it holds a query on, stamped with a fresh server HLC timestamp.
+fn fan_out(shared: &Shared, session: &Session, events: BTreeMap<String, Vec<ServerEventPayload>>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut per_conn: BTreeMap<u64, (super::connections::ConnHandle, Vec<ServerEventPayload>)> =
+        BTreeMap::new();
+    for (map, map_events) in events {
+        for conn in shared.queries.subscribers(&map) {
+            if conn.id == session.id {
+                continue;
+            }
+            per_conn
+                .entry(conn.id)
+                .or_insert_with(|| (conn, Vec::new()))
+                .1
+                .extend(map_events.iter().cloned());
+        }
+    }
+    if per_conn.is_empty() {
+        return;
+    }
+    let timestamp = shared.now_timestamp();
+    for (_, (conn, events)) in per_conn {
+        let message = ServerBatchEvent {
+            payload: ServerBatchEventPayload { events },
+            timestamp: Some(timestamp.clone()),
+        };
+        if let Err(e) = send_to(shared, &conn, &message.into()) {
+            tracing::debug!(conn = conn.id, error = %e, "subscriber missed an event");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! One client connection: the HTTP front door, the WebSocket read loop, the writer task, and
+//! the per-connection state handlers work with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::auth::Principal;
+use crate::merkle::Combine;
+use crate::net::Stream;
+use crate::protocol::codec::{self, Frame};
+use crate::protocol::{
+    AuthRequired, ErrorDetail, ErrorMessage, ErrorPayload, Message, ShutdownPending, Violation,
+};
+
+use super::Shared;
+use super::connections::{CLOSE_EVICTED, ConnHandle, ConnId, EVICTED_REASON, Outbound, SendError};
+use super::dispatch::{self, Flow};
+use super::http;
+use super::limits::{LogLimiter, TokenBucket};
+use super::metrics::Metrics;
+
+/// Close code: authentication failed or a message arrived before authentication.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// Close code: no `PING` within the heartbeat timeout.
+pub const CLOSE_HEARTBEAT: u16 = 4002;
+/// Close code: too many invalid frames (policy violation).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: server shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The per-connection state handlers read and change.
+pub struct Session {
+    /// Server-assigned id.
+    pub id: ConnId,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Who authenticated on this connection.
+    pub principal: Option<Principal>,
+    /// The Merkle combine function this client computes, once known (see [`Session::note_generation`]).
+    pub combine: Option<Combine>,
+    out: ConnHandle,
+    started: Instant,
+    last_ping: Instant,
+    invalid_frames: TokenBucket,
+    invalid_log: LogLimiter,
+}
+
+impl Session {
+    fn new(shared: &Shared, out: ConnHandle, peer: SocketAddr) -> Self {
+        let limits = &shared.limits;
+        Self {
+            id: out.id,
+            peer,
+            principal: None,
+            combine: None,
+            out,
+            started: Instant::now(),
+            last_ping: Instant::now(),
+            invalid_frames: TokenBucket::new(
+                limits.invalid_frames,
+                limits.invalid_frame_window_ms,
+                0,
+            ),
+            invalid_log: LogLimiter::new(
+                limits.invalid_frame_log_lines,
+                limits.invalid_frame_window_ms,
+            ),
+        }
+    }
+
+    /// Records a `PING` (or a successful `AUTH`) for the heartbeat deadline.
+    pub fn heartbeat(&mut self) {
+        self.last_ping = Instant::now();
+    }
+
+    /// The connection's outbound handle.
+    pub fn handle(&self) -> &ConnHandle {
+        &self.out
+    }
+
+    /// Who is connected; before authentication an anonymous principal without roles, which
+    /// no policy grants anything.
+    pub fn principal(&self) -> &Principal {
+        static ANONYMOUS: std::sync::OnceLock<Principal> = std::sync::OnceLock::new();
+        self.principal
+            .as_ref()
+            .unwrap_or_else(|| ANONYMOUS.get_or_init(|| Principal::new("", Vec::<String>::new())))
+    }
+
+    /// True once `AUTH` succeeded.
+    pub fn is_authenticated(&self) -> bool {
+        self.principal.is_some()
+    }
+
+    /// The user id for logs (`-` before authentication).
+    pub fn user(&self) -> &str {
+        self.principal.as_ref().map_or("-", |p| p.user_id.as_str())
+    }
+
+    /// The combine function to answer Merkle requests with.
+    pub fn combine(&self, shared: &Shared) -> Combine {
+        self.combine.unwrap_or(shared.default_combine)
+    }
+
+    /// Records a hint about which client generation is connected: the 2026-01 client sends
+    /// JS `undefined` (ext-0) and object `sort`s and sums Merkle hashes; the 2026-08 client
+    /// strips `undefined`, sends array `sort`s and combines with fmix32 (PROTOCOL.md §6.5).
+    pub fn note_generation(&mut self, combine: Combine) {
+        if self.combine != Some(combine) {
+            tracing::debug!(conn = self.id, ?combine, "client Merkle combine detected");
+            self.combine = Some(combine);
+        }
+    }
+
+    /// Milliseconds since the connection opened (the time base of the per-connection limits).
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Queues a message to this client.
+    pub fn send(&self, shared: &Shared, message: impl Into<Message>) -> Result<(), SendError> {
+        send_to(shared, &self.out, &message.into())
+    }
+
+    /// Queues a close of this connection after what is already queued.
+    pub async fn close(&self, code: u16, reason: &str) {
+        self.out.close(code, reason).await;
+    }
+
+    /// Queues `ERROR {code, message}`.
+    pub fn send_error(&self, shared: &Shared, code: u32, message: impl Into<String>) {
+        let _ = self.send(shared, ErrorMessage::new(code, message));
+    }
+}
+
+/// Encodes `message` as msgpack and queues it on `conn`.
+pub fn send_to(shared: &Shared, conn: &ConnHandle, message: &Message) -> Result<(), SendError> {
+    match codec::encode_msgpack(message) {
+        Ok(bytes) => {
+            conn.send(Outbound::Binary(Bytes::from(bytes)))?;
+            Metrics::inc(&shared.metrics.frames_out);
+            Ok(())
+        }
+        Err(e) => {
+            // Our own types failed to encode: a bug, not the client's fault. Say so loudly.
+            tracing::error!(conn = conn.id, r#type = message.type_name(), error = %e, "encode failed");
+            Ok(())
+        }
+    }
+}
+
+/// Serves one accepted stream until it closes.
+pub async fn serve<S: Stream>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr) {
+    let head_deadline = Duration::from_millis(shared.limits.auth_timeout_ms);
+    let (head, rest) = match tokio::time::timeout(head_deadline, http::read_head(&mut stream)).await
+    {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad HTTP request");
+            return;
+        }
+        Err(_) => return,
+    };
+    match head.websocket_key() {
+        Some(key) => {
+            if http::accept_upgrade(&mut stream, key).await.is_ok() {
+                run_websocket(shared, stream, rest, peer).await;
+            }
+        }
+        None => {
+            let _ = serve_http(&shared, &mut stream, &head).await;
+        }
+    }
+}
+
+async fn serve_http<S: Stream>(
+    shared: &Shared,
+    stream: &mut S,
+    head: &http::RequestHead,
+) -> std::io::Result<()> {
+    if head.method != "GET" {
+        return http::respond(stream, 405, "text/plain", "method not allowed\n").await;
+    }
+    match head.path.as_str() {
+        "/health" => http::respond(stream, 200, "text/plain", "ok\n").await,
+        "/ready" => {
+            let store_ok = shared.store.get_meta("readiness-probe").await.is_ok();
+            if store_ok && !shared.is_shutting_down() {
+                http::respond(stream, 200, "text/plain", "ready\n").await
+            } else {
+                http::respond(stream, 503, "text/plain", "not ready\n").await
+            }
+        }
+        "/metrics" => {
+            let body = shared.metrics.render();
+            http::respond(stream, 200, "text/plain; version=0.0.4", &body).await
+        }
+        _ => http::respond(stream, 404, "text/plain", "not found\n").await,
+    }
+}
+
+fn websocket_config(shared: &Shared) -> WebSocketConfig {
+    // Small buffers keep idle connections cheap (tungstenite's defaults are 128 KiB each way).
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(shared.limits.max_frame_bytes))
+        .max_frame_size(Some(shared.limits.max_frame_bytes))
+}
+
+async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>, peer: SocketAddr) {
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        rest,
+        Role::Server,
+        Some(websocket_config(&shared)),
+    )
+    .await;
+    let (sink, mut source) = ws.split();
+    let id = shared.connections.next_id();
+    let (handle, outbound) = super::connections::outbound_queue(id, shared.limits.outbound_queue);
+    if let Some(evicted) = shared.connections.admit(handle.clone()) {
+        Metrics::inc(&shared.metrics.connections_evicted);
+        tracing::info!(
+            evicted = evicted.id,
+            admitted = id,
+            "connection limit reached: evicting the least recently active connection"
+        );
+        evicted.close(CLOSE_EVICTED, EVICTED_REASON).await;
+    }
+    Metrics::inc(&shared.metrics.connections_total);
+    shared
+        .metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let writer = tokio::spawn(write_loop(sink, outbound));
+
+    let mut session = Session::new(&shared, handle, peer);
+    tracing::debug!(conn = id, %peer, "connection opened");
+    let _ = session.send(&shared, AuthRequired {});
+    read_loop(&shared, &mut session, &mut source).await;
+
+    shared.connections.remove(id);
+    shared.queries.remove_connection(id);
+    shared
+        .metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    drop(session);
+    let _ = writer.await;
+    tracing::debug!(conn = id, "connection closed");
+}
+
+async fn read_loop<S: Stream>(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stop = shared.shutdown_signal();
+    loop {
+        let flow = tokio::select! {
+            frame = source.next() => match frame {
+                Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Frame::Binary(&bytes)).await,
+                Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Frame::Text(text.as_str())).await,
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Flow::Closed,
+                Some(Ok(_)) => Flow::Continue, // WebSocket-level ping/pong: tungstenite answers.
+            },
+            _ = ticker.tick() => check_deadlines(shared, session).await,
+            _ = stop.changed() => {
+                let _ = session.send(shared, ShutdownPending { retry_after: 5_000 });
+                session.close(CLOSE_GOING_AWAY, "Server Shutdown").await;
+                Flow::Closed
+            }
+        };
+        if flow == Flow::Closed {
+            return;
+        }
+    }
+}
+
+async fn check_deadlines(shared: &Shared, session: &mut Session) -> Flow {
+    let limits = &shared.limits;
+    if !session.is_authenticated() {
+        if session.started.elapsed() >= Duration::from_millis(limits.auth_timeout_ms) {
+            tracing::debug!(conn = session.id, "authentication deadline passed");
+            session
+                .close(CLOSE_UNAUTHORIZED, "Authentication timeout")
+                .await;
+            return Flow::Closed;
+        }
+    } else if session.last_ping.elapsed() >= Duration::from_millis(limits.heartbeat_timeout_ms) {
+        tracing::info!(
+            conn = session.id,
+            user = session.user(),
+            "heartbeat timeout"
+        );
+        session.close(CLOSE_HEARTBEAT, "Heartbeat timeout").await;
+        return Flow::Closed;
+    }
+    Flow::Continue
+}
+
+/// Decode → validate → type → dispatch, with the invalid-frame policy (SEC-03, SEC-04).
+async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, frame: Frame<'_>) -> Flow {
+    Metrics::inc(&shared.metrics.frames_in);
+    shared.connections.touch(session.id);
+    let limits = codec::Limits {
+        max_depth: shared.limits.max_nesting_depth,
+        max_frame_bytes: shared.limits.max_frame_bytes,
+    };
+    if let Frame::Binary(bytes) = frame
+        && contains_js_undefined(bytes)
+    {
+        session.note_generation(Combine::Sum);
+    }
+    let value = match codec::decode_value(frame, &limits) {
+        Ok(value) => value,
+        Err(e) => {
+            let violation = Violation {
+                path: String::new(),
+                reason: e.to_string(),
+            };
+            return reject_invalid(shared, session, None, vec![violation]).await;
+        }
+    };
+    let type_name = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    let Some(type_name) = type_name else {
+        let violation = Violation {
+            path: "/type".to_owned(),
+            reason: "message has no string `type`".to_owned(),
+        };
+        return reject_invalid(shared, session, None, vec![violation]).await;
+    };
+    if let Err(violations) = crate::protocol::validate(&type_name, &value) {
+        return reject_invalid(shared, session, Some(&type_name), violations).await;
+    }
+    match codec::decode_typed(value) {
+        Ok(message) => dispatch::dispatch(shared, session, message).await,
+        Err(e) => {
+            let violation = Violation {
+                path: String::new(),
+                reason: e.to_string(),
+            };
+            reject_invalid(shared, session, Some(&type_name), vec![violation]).await
+        }
+    }
+}
+
+/// True when a msgpack frame carries ext-0 (`d4 00 00`, JS `undefined`), which only the
+/// 2026-01 client sends. A false positive inside a binary payload only picks a Merkle combine
+/// function; correctness never depends on it.
+fn contains_js_undefined(bytes: &[u8]) -> bool {
+    bytes.windows(3).any(|w| w == [0xd4, 0x00, 0x00])
+}
+
+async fn reject_invalid(
+    shared: &Shared,
+    session: &mut Session,
+    type_name: Option<&str>,
+    violations: Vec<Violation>,
+) -> Flow {
+    Metrics::inc(&shared.metrics.invalid_frames);
+    let now = session.elapsed_ms();
+    if let Some(suppressed) = session.invalid_log.allow(now) {
+        let first: Vec<String> = violations
+            .iter()
+            .take(3)
+            .map(|v| format!("{}: {}", v.path, v.reason))
+            .collect();
+        tracing::warn!(
+            conn = session.id,
+            user = session.user(),
+            r#type = type_name.unwrap_or("-"),
+            violations = ?first,
+            suppressed,
+            "invalid message rejected"
+        );
+    }
+    let message = match type_name {
+        Some(t) => format!("Invalid message format: {t} violates its schema"),
+        None => "Invalid message format".to_owned(),
+    };
+    let details = violations
+        .into_iter()
+        .take(20)
+        .map(|v| ErrorDetail {
+            path: v.path,
+            reason: v.reason,
+        })
+        .collect();
+    let _ = session.send(
+        shared,
+        ErrorMessage {
+            payload: ErrorPayload {
+                code: 400,
+                message,
+                details: Some(details),
+            },
+        },
+    );
+    if session.invalid_frames.try_take(now) {
+        Flow::Continue
+    } else {
+        Metrics::inc(&shared.metrics.invalid_frame_closes);
+        tracing::warn!(
+            conn = session.id,
+            user = session.user(),
+            "too many invalid messages: closing"
+        );
+        session
+            .close(CLOSE_POLICY, "Too many invalid messages")
+            .await;
+        Flow::Closed
+    }
+}
+
+/// Drains a connection's outbound queue onto the socket, flushing when the queue runs dry
+/// so bursts go out in few syscalls.
+async fn write_loop<S: Stream>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>,
+    mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
+) {
+    while let Some(first) = outbound.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            let ws_message = match frame {
+                Outbound::Binary(bytes) => WsMessage::Binary(bytes),
+                Outbound::Text(text) => WsMessage::Text(text.into()),
+                Outbound::Close(code, reason) => {
+                    let close = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(WsMessage::Close(Some(close))).await;
+                    return;
+                }
+            };
+            if sink.feed(ws_message).await.is_err() {
+                return;
+            }
+            next = outbound.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
