@@ -196,3 +196,130 @@ fn replica_from(snapshot: MapSnapshot) -> Replica {
         } => Replica::Or(OrReplica::from_parts(records, tombstones)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::record::LwwRecord;
+    use crate::store::{BoxFuture, CounterSnapshot, MemoryStore};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose first `failures` map loads fail, and which counts loads.
+    struct FlakyStore {
+        inner: MemoryStore,
+        failures: AtomicUsize,
+        loads: AtomicUsize,
+    }
+
+    impl Store for FlakyStore {
+        fn load_map(&self, map: &str) -> BoxFuture<'_, Result<Option<MapSnapshot>, StoreError>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            let fail = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let map = map.to_owned();
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if fail {
+                    Err(StoreError::Closed)
+                } else {
+                    self.inner.load_map(&map).await
+                }
+            })
+        }
+        fn list_maps(&self) -> BoxFuture<'_, Result<Vec<(String, MapKind)>, StoreError>> {
+            self.inner.list_maps()
+        }
+        fn load_counters(
+            &self,
+        ) -> BoxFuture<'_, Result<BTreeMap<String, CounterSnapshot>, StoreError>> {
+            self.inner.load_counters()
+        }
+        fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
+            self.inner.load_fencing_tokens()
+        }
+        fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
+            self.inner.get_meta(key)
+        }
+        fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.commit(batch)
+        }
+        fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.close()
+        }
+    }
+
+    fn flaky(failures: usize) -> Arc<FlakyStore> {
+        Arc::new(FlakyStore {
+            inner: MemoryStore::new(),
+            failures: AtomicUsize::new(failures),
+            loads: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_load_and_see_the_full_map() {
+        let store = flaky(0);
+        let mut batch = WriteBatch::new();
+        batch.push(Mutation::PutLww {
+            map: "m".into(),
+            key: "k".into(),
+            record: LwwRecord {
+                value: Some(serde_json::json!(1)),
+                timestamp: Timestamp::new(1, 0, "n"),
+                ttl_ms: None,
+            },
+        });
+        store.commit(batch).await.unwrap();
+        let registry = MapRegistry::new(store.clone(), false);
+        let (a, b) = tokio::join!(
+            registry.get("m", MapKind::Lww, None),
+            registry.get("m", MapKind::Lww, None)
+        );
+        assert_eq!(
+            store.loads.load(Ordering::SeqCst),
+            1,
+            "one load serves both"
+        );
+        for handle in [a.unwrap(), b.unwrap()] {
+            assert_eq!(handle.lock().merkle().len(), 1, "never a half-loaded map");
+        }
+        assert_eq!(registry.state("m"), MapLoadState::Ready);
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_reported_and_retried_on_next_access() {
+        let store = flaky(1);
+        let registry = MapRegistry::new(store.clone(), false);
+        let first = registry.get("m", MapKind::Lww, None).await;
+        assert!(matches!(first, Err(MapError::LoadFailed { .. })));
+        assert_eq!(registry.state("m"), MapLoadState::Unloaded);
+        assert!(registry.get("m", MapKind::Lww, None).await.is_ok());
+        assert_eq!(store.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn map_kind_is_fixed_at_first_touch_and_persisted() {
+        let store = flaky(0);
+        let registry = MapRegistry::new(store.clone(), false);
+        registry.get("m", MapKind::Or, None).await.unwrap();
+        let mismatch = registry.get("m", MapKind::Lww, Some(MapKind::Lww)).await;
+        assert!(matches!(
+            mismatch,
+            Err(MapError::KindMismatch {
+                actual: MapKind::Or,
+                ..
+            })
+        ));
+        let reloaded = MapRegistry::new(store, false);
+        let handle = reloaded.get("m", MapKind::Lww, None).await.unwrap();
+        assert_eq!(
+            handle.lock().kind(),
+            MapKind::Or,
+            "the persisted kind wins over a new first touch"
+        );
+    }
+}
