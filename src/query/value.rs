@@ -4,7 +4,8 @@
 //! - [`FieldPath`]: how an attribute name finds a value inside a record. A path first tries the
 //!   attribute as one literal top-level key (what TopGun 2026-01 does, so `"a.b"` still finds a
 //!   key literally named `a.b`); only when that key is absent is it split on `.` and walked
-//!   through nested objects (and arrays, by decimal index).
+//!   through nested objects and arrays (by decimal index, as JS `data["0"]` indexes an array —
+//!   relevant for OR-map values, which are arrays of live values).
 //! - JS operator semantics for filters: [`strict_equals`] (`===`) and [`relational`]
 //!   (`< <= > >=`).
 //! - [`compare_values`]: the sort order, a *total* order modelled on TopGun's `compareValues`.
@@ -44,9 +45,6 @@ impl FieldPath {
     pub fn resolve<'a>(&self, record: &'a Value) -> Option<&'a Value> {
         if let Some(direct) = record.as_object().and_then(|map| map.get(&self.raw)) {
             return Some(direct);
-        }
-        if self.segments.len() < 2 {
-            return None;
         }
         self.segments
             .iter()
@@ -299,6 +297,10 @@ mod tests {
         assert_eq!(FieldPath::new("a.c.9").resolve(&record), None);
         assert_eq!(FieldPath::new("x.y.z").resolve(&record), None);
         assert_eq!(FieldPath::new("missing").resolve(&record), None);
+        assert_eq!(
+            FieldPath::new("1").resolve(&json!(["a", "b"])),
+            Some(&json!("b"))
+        );
     }
 
     #[test]
