@@ -182,10 +182,7 @@ pub async fn handle_ormap_bucket_request(
     session: &mut Session,
     req: BucketRequest,
 ) -> Flow {
-    if !may_read(shared, session, &req.map_name) {
-        return Flow::Continue;
-    }
-    let Some(map) = load_or(shared, session, &req.map_name).await else {
+    let Some(map) = readable_or_map(shared, session, &req.map_name).await else {
         return Flow::Continue;
     };
     let combine = session.combine(shared);
@@ -235,10 +232,7 @@ pub async fn handle_ormap_diff_request(
     session: &mut Session,
     req: OrMapDiffRequestPayload,
 ) -> Flow {
-    if !may_read(shared, session, &req.map_name) {
-        return Flow::Continue;
-    }
-    let Some(map) = load_or(shared, session, &req.map_name).await else {
+    let Some(map) = readable_or_map(shared, session, &req.map_name).await else {
         return Flow::Continue;
     };
     if let Some(entries) = with_or(&map, |replica| or_entries(replica, &req.keys)) {
@@ -364,6 +358,14 @@ async fn load(
             None
         }
     }
+}
+
+/// The OR map `map` if the client may read it (answering the error otherwise).
+async fn readable_or_map(shared: &Shared, session: &Session, map: &str) -> Option<MapHandle> {
+    if !may_read(shared, session, map) {
+        return None;
+    }
+    load_or(shared, session, map).await
 }
 
 async fn load_or(shared: &Shared, session: &Session, map: &str) -> Option<MapHandle> {
