@@ -6,4 +6,6 @@
 
 mod handshake;
 mod harness;
+mod sync;
+mod walk;
 mod writes;
