@@ -160,9 +160,8 @@ async fn open_redb(dir: &std::path::Path) -> RedbStore {
     loop {
         match RedbStore::open(dir) {
             Ok(store) => return store,
-            Err(e) if attempts < 100 => {
+            Err(_) if attempts < 100 => {
                 attempts += 1;
-                let _ = e;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("cannot reopen redb in {}: {e}", dir.display()),
@@ -281,7 +280,7 @@ impl Client {
     /// The next application frame within [`RECV_TIMEOUT`]; fails on close or timeout.
     pub async fn recv(&mut self) -> Message {
         match self.next_frame(RECV_TIMEOUT).await {
-            Some(Incoming::Message(m)) => m,
+            Some(Incoming::Message(m)) => *m,
             Some(Incoming::Close(code, reason)) => {
                 panic!(
                     "{}: expected a message, got CLOSE {code} {reason}",
@@ -350,7 +349,7 @@ impl Client {
     fn decode_frame(&mut self, frame: Frame<'_>) -> Incoming {
         self.last_raw =
             decode_value(frame, &CodecLimits::default()).expect("server frame is valid");
-        Incoming::Message(decode(frame).expect("server frame decodes"))
+        Incoming::Message(Box::new(decode(frame).expect("server frame decodes")))
     }
 
     /// The raw map of the last message received, as it was on the wire.
@@ -366,7 +365,7 @@ impl Client {
 
 #[derive(Debug)]
 enum Incoming {
-    Message(Message),
+    Message(Box<Message>),
     Close(u16, String),
 }
 

@@ -6,6 +6,7 @@
 
 mod handshake;
 mod harness;
+mod lifecycle;
 mod sync;
 mod walk;
 mod writes;
