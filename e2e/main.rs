@@ -1,1 +1,12 @@
-//! End-to-end suites.
+//! End-to-end suites: a real server on an ephemeral port, real WebSocket clients speaking raw
+//! msgpack, one `#[tokio::test]` per scenario, each asserting behaviour and snapshotting its
+//! redacted transcript into `snapshots/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod handshake;
+mod harness;
+mod lifecycle;
+mod sync;
+mod walk;
+mod writes;

@@ -1,0 +1,171 @@
+//! Scenarios 5–6: write concerns and acknowledgements, replay idempotence, and fan-out of
+//! writes to query subscribers.
+
+use serde_json::{Value, json};
+use topgun::protocol::{EventType, Message, WriteConcern};
+
+use crate::harness::{CLIENT_NODE, Client, TestServer, Transcript, msg};
+use crate::snapshot;
+
+/// Client HLC millis of the fixed fake client clock.
+const T0: u64 = 1_789_999_000_000;
+
+/// A `PUT` op with a client timestamp `T0 + n`.
+fn put(id: &str, map: &str, key: &str, value: Value, n: u64) -> Value {
+    json!({
+        "id": id, "mapName": map, "key": key, "opType": "PUT",
+        "record": {"value": value, "timestamp": {"millis": T0 + n, "counter": 0, "nodeId": CLIENT_NODE}}
+    })
+}
+
+/// The current LWW root of `map` as the server reports it.
+async fn root_of(client: &mut Client, map: &str) -> u32 {
+    client
+        .send(msg(json!({"type": "SYNC_INIT", "mapName": map})))
+        .await;
+    match client.expect_type("SYNC_RESP_ROOT").await {
+        Message::SyncRespRoot(r) => r.payload.root_hash,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn write_concerns_acks_and_idempotent_replay() {
+    let server = TestServer::start().await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+
+    let batch = json!({"type": "OP_BATCH", "payload": {"ops": [
+        put("1", "todos", "a", json!({"title": "one"}), 1),
+        put("2", "todos", "b", json!({"title": "two"}), 2),
+        put("3", "todos", "c", json!({"title": "three"}), 3),
+    ]}});
+    a.send(msg(batch.clone())).await;
+    let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(ack.payload.last_id, "3");
+    assert_eq!(ack.payload.achieved_level, Some(WriteConcern::Applied));
+
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {
+        "writeConcern": "PERSISTED",
+        "ops": [
+            put("4", "todos", "d", json!({"title": "four"}), 4),
+            put("5", "todos", "e", json!({"title": "five"}), 5),
+        ]
+    }})))
+    .await;
+    let Message::OpAck(durable) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(durable.payload.last_id, "5");
+    assert_eq!(
+        durable.payload.achieved_level,
+        Some(WriteConcern::Persisted)
+    );
+    let results = durable.payload.results.expect("per-op results");
+    let ids: Vec<&str> = results.iter().map(|r| r.op_id.as_str()).collect();
+    assert_eq!(ids, ["4", "5"]);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.success && r.achieved_level == WriteConcern::Persisted)
+    );
+
+    // A client that lost the ack resends the batch: acked again, nothing changes.
+    let before = root_of(&mut a, "todos").await;
+    assert_ne!(before, 0);
+    a.send(msg(batch)).await;
+    let Message::OpAck(again) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(again.payload.last_id, "3");
+    assert_eq!(root_of(&mut a, "todos").await, before);
+
+    a.close().await;
+    server.stop().await;
+    snapshot!("write_concerns", t);
+}
+
+#[tokio::test]
+async fn writes_fan_out_to_subscribers_but_not_the_writer() {
+    let server = TestServer::start().await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+    let mut b = Client::authed(&server, "bob", &t).await;
+
+    b.send(msg(json!({"type": "QUERY_SUB", "payload": {
+        "queryId": "q1", "mapName": "todos", "query": {}
+    }})))
+    .await;
+    let Message::QueryResp(resp) = b.expect_type("QUERY_RESP").await else {
+        unreachable!()
+    };
+    assert_eq!(resp.payload.query_id, "q1");
+    assert!(resp.payload.results.is_empty());
+
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [
+        put("1", "todos", "milk", json!({"title": "buy milk"}), 10),
+    ]}})))
+    .await;
+    a.expect_type("OP_ACK").await;
+    let event = next_batch_event(&mut b).await;
+    let Message::ServerBatchEvent(event) = event else {
+        unreachable!()
+    };
+    let top = event.timestamp.clone().expect("top-level timestamp");
+    assert_eq!(top.node_id, crate::harness::SERVER_NODE);
+    let [put_event] = event.payload.events.as_slice() else {
+        panic!("one event expected: {event:?}")
+    };
+    assert_eq!(put_event.event_type, EventType::Put);
+    assert_eq!(put_event.key, "milk");
+    let record = put_event.record.as_ref().expect("record");
+    assert_eq!(record.value, Some(json!({"title": "buy milk"})));
+    assert_eq!(record.timestamp.millis, T0 + 10);
+
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [{
+        "id": "2", "mapName": "todos", "key": "milk", "opType": "REMOVE",
+        "record": {"value": null, "timestamp": {"millis": T0 + 11, "counter": 0, "nodeId": CLIENT_NODE}}
+    }]}})))
+    .await;
+    a.expect_type("OP_ACK").await;
+    let Message::ServerBatchEvent(removal) = next_batch_event(&mut b).await else {
+        unreachable!()
+    };
+    let [remove_event] = removal.payload.events.as_slice() else {
+        panic!("one event expected: {removal:?}")
+    };
+    assert_eq!(remove_event.event_type, EventType::Remove);
+    assert_eq!(
+        remove_event.record.as_ref().and_then(|r| r.value.clone()),
+        None
+    );
+    let raw_record = &b.last_raw()["payload"]["events"][0]["record"];
+    assert!(
+        raw_record
+            .as_object()
+            .is_some_and(|r| r.get("value") == Some(&Value::Null)),
+        "a tombstone carries an explicit null value: {raw_record}"
+    );
+    // The writer hears only its acks.
+    a.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+    snapshot!("fan_out", t);
+}
+
+/// The next `SERVER_BATCH_EVENT`, skipping live-query updates sent alongside it.
+async fn next_batch_event(client: &mut Client) -> Message {
+    loop {
+        let m = client.recv().await;
+        match m.type_name() {
+            "SERVER_BATCH_EVENT" => return m,
+            "QUERY_UPDATE" => continue,
+            other => panic!("unexpected {other}: {m:?}"),
+        }
+    }
+}
