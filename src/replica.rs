@@ -262,4 +262,98 @@ mod tests {
         let reloaded = OrReplica::from_parts(Vec::new(), ["1700000000000:0:n1".to_owned()]);
         assert!(reloaded.map().is_tombstoned("1700000000000:0:n1"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn lww_op() -> impl Strategy<Value = (String, LwwRecord)> {
+            (
+                0u8..6,
+                0u64..50,
+                0u32..3,
+                0u8..3,
+                proptest::option::of(0i64..100),
+            )
+                .prop_map(|(key, millis, counter, node, value)| {
+                    (
+                        format!("k{key}"),
+                        LwwRecord {
+                            value: value.map(|v| json!(v)),
+                            timestamp: Timestamp::new(millis, counter, format!("n{node}")),
+                            ttl_ms: None,
+                        },
+                    )
+                })
+        }
+
+        fn or_op() -> impl Strategy<Value = (String, OrMapRecord, bool)> {
+            (0u8..4, 0u64..50, 0u8..3, 0i64..5, any::<bool>()).prop_map(
+                |(key, millis, node, value, removed)| {
+                    let timestamp = Timestamp::new(millis, 0, format!("n{node}"));
+                    let record = OrMapRecord {
+                        value: json!(value),
+                        tag: timestamp.to_string(),
+                        timestamp,
+                        ttl_ms: None,
+                    };
+                    (format!("k{key}"), record, removed)
+                },
+            )
+        }
+
+        proptest! {
+            /// Replicas that saw the same LWW ops in any order (with duplicates) hold the same
+            /// records and the same Merkle roots under both combine functions.
+            #[test]
+            fn lww_replicas_converge_with_equal_roots(
+                ops in proptest::collection::vec(lww_op(), 0..40),
+                seed in any::<u64>(),
+            ) {
+                // Distinct timestamps per write, as HLCs guarantee.
+                let mut seen = std::collections::HashSet::new();
+                let ops: Vec<_> = ops.into_iter().filter(|(_, r)| seen.insert(r.timestamp.clone())).collect();
+                let mut shuffled = ops.clone();
+                shuffled.extend(ops.iter().take(5).cloned());
+                let n = shuffled.len().max(1);
+                shuffled.rotate_left((seed as usize) % n);
+                shuffled.reverse();
+                let (mut a, mut b) = (LwwReplica::default(), LwwReplica::default());
+                for (k, r) in ops { a.merge(&k, r); }
+                for (k, r) in shuffled { b.merge(&k, r); }
+                prop_assert_eq!(a.map(), b.map());
+                for combine in [Combine::Sum, Combine::Fmix] {
+                    prop_assert_eq!(a.merkle().root(combine), b.merkle().root(combine));
+                }
+            }
+
+            /// The same for OR replicas receiving adds and removes in any order.
+            #[test]
+            fn or_replicas_converge_with_equal_roots(
+                ops in proptest::collection::vec(or_op(), 0..30),
+            ) {
+                let mut seen = std::collections::HashSet::new();
+                let ops: Vec<_> = ops.into_iter().filter(|(_, r, _)| seen.insert(r.tag.clone())).collect();
+                let apply = |replica: &mut OrReplica, (key, record, removed): &(String, OrMapRecord, bool)| {
+                    replica.apply(key, record.clone());
+                    if *removed {
+                        replica.apply_tombstone(&record.tag);
+                    }
+                };
+                let (mut a, mut b) = (OrReplica::default(), OrReplica::default());
+                for op in &ops { apply(&mut a, op); }
+                // b sees every remove before the matching add (the worst reordering).
+                for (key, record, removed) in ops.iter().rev() {
+                    if *removed { b.apply_tombstone(&record.tag); }
+                    b.apply(key, record.clone());
+                }
+                for combine in [Combine::Sum, Combine::Fmix] {
+                    prop_assert_eq!(a.merkle().root(combine), b.merkle().root(combine));
+                }
+                let keys_a: Vec<_> = a.map().keys().collect();
+                let keys_b: Vec<_> = b.map().keys().collect();
+                prop_assert_eq!(keys_a, keys_b);
+            }
+        }
+    }
 }
