@@ -1,2 +1,216 @@
-//! Core benchmarks.
-fn main() {}
+//! Criterion benchmarks of the pure core (HLC, LWW and OR maps, Merkle tree) and of the
+//! ingress path of a 100-op `OP_BATCH` frame shaped like the TypeScript client's: every map
+//! a msgpack map16, `millis` as float64. Figures are printed, never asserted; measurement
+//! times are short so that `just bench` stays within a couple of minutes on a small machine.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+
+use topgun::clock::SystemClock;
+use topgun::hlc::{Hlc, HlcConfig, Timestamp};
+use topgun::merkle::MerkleTree;
+use topgun::ormap::OrMap;
+use topgun::protocol::codec::{Frame, Limits, decode, decode_typed, decode_value, encode_msgpack};
+use topgun::protocol::validate;
+use topgun::protocol::{ClientOp, Message, OpBatch, OpBatchPayload, OpType};
+use topgun::record::{LwwRecord, OrMapRecord};
+use topgun::replica::LwwReplica;
+
+const BATCH_OPS: usize = 100;
+const KEYS: usize = 1_000;
+/// A current wall-clock time: above 2³², so the encoder writes it as float64.
+const BASE_MILLIS: u64 = 1_795_698_229_131;
+
+fn configure() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("todo-{i}")).collect()
+}
+
+fn bench_hlc(c: &mut Criterion) {
+    let Ok(mut hlc) = Hlc::new("bench-node", Arc::new(SystemClock), HlcConfig::default()) else {
+        return;
+    };
+    c.bench_function("hlc/now", |b| b.iter(|| black_box(hlc.now())));
+}
+
+fn bench_lww(c: &mut Criterion) {
+    let keys = keys();
+    let mut replica = LwwReplica::default();
+    let mut counter = 0u32;
+    c.bench_function("lww/replica_merge (map + merkle)", |b| {
+        b.iter(|| {
+            counter = counter.wrapping_add(1);
+            let key = &keys[counter as usize % KEYS];
+            let record = LwwRecord {
+                value: Some(json!({"title": "write spec", "prio": 3})),
+                timestamp: Timestamp::new(BASE_MILLIS, counter, "client-b"),
+                ttl_ms: None,
+            };
+            black_box(replica.merge(key, record))
+        })
+    });
+}
+
+fn or_record(millis: u64) -> OrMapRecord {
+    let timestamp = Timestamp::new(millis, 0, "client-b");
+    OrMapRecord {
+        value: json!({"tag": "urgent"}),
+        tag: timestamp.to_string(),
+        timestamp,
+        ttl_ms: None,
+    }
+}
+
+fn bench_ormap(c: &mut Criterion) {
+    let keys = keys();
+    let mut map = OrMap::new();
+    let mut millis = BASE_MILLIS;
+    c.bench_function("ormap/add", |b| {
+        b.iter(|| {
+            millis += 1;
+            let key = &keys[millis as usize % KEYS];
+            let timestamp = Timestamp::new(millis, 0, "client-b");
+            black_box(map.add(key, json!({"tag": "urgent"}), timestamp, None))
+        })
+    });
+
+    let mut map = OrMap::new();
+    let mut millis = BASE_MILLIS;
+    c.bench_function("ormap/merge_key (2 records, 1 tombstone)", |b| {
+        b.iter(|| {
+            millis += 3;
+            let key = &keys[millis as usize % KEYS];
+            let removed = or_record(millis - 3).tag;
+            let records = [or_record(millis), or_record(millis + 1)];
+            black_box(map.merge_key(key, records, [removed]))
+        })
+    });
+}
+
+fn bench_merkle(c: &mut Criterion) {
+    let keys = keys();
+    let mut tree = MerkleTree::new();
+    let mut hash = 0u32;
+    c.bench_function("merkle/update", |b| {
+        b.iter(|| {
+            hash = hash.wrapping_add(0x9e37_79b9);
+            tree.update(&keys[hash as usize % KEYS], hash);
+        })
+    });
+}
+
+/// A 100-op `OP_BATCH` of LWW puts, as the client sends it.
+fn op_batch() -> Message {
+    let ops = (0..BATCH_OPS)
+        .map(|i| ClientOp {
+            id: Some((i + 1).to_string()),
+            map_name: "todos".to_owned(),
+            key: format!("todo-{i}"),
+            op_type: Some(OpType::Put),
+            record: Some(LwwRecord {
+                value: Some(json!({"title": format!("task {i}"), "prio": i % 5, "done": false})),
+                timestamp: Timestamp::new(BASE_MILLIS + i as u64, 0, "wire-client-b"),
+                ttl_ms: None,
+            }),
+            or_record: None,
+            or_tag: None,
+            write_concern: None,
+            timeout: None,
+        })
+        .collect();
+    Message::OpBatch(OpBatch {
+        payload: OpBatchPayload {
+            ops,
+            write_concern: None,
+            timeout: None,
+        },
+    })
+}
+
+/// Re-encodes `value` with every map as map16, as msgpackr writes objects.
+fn write_with_map16(out: &mut Vec<u8>, value: &rmpv::Value) -> Result<(), String> {
+    match value {
+        rmpv::Value::Map(entries) => {
+            let len = u16::try_from(entries.len()).map_err(|e| e.to_string())?;
+            out.push(0xde);
+            out.extend_from_slice(&len.to_be_bytes());
+            for (key, item) in entries {
+                write_with_map16(out, key)?;
+                write_with_map16(out, item)?;
+            }
+        }
+        rmpv::Value::Array(items) => {
+            let len = u32::try_from(items.len()).map_err(|e| e.to_string())?;
+            rmp::encode::write_array_len(out, len).map_err(|e| e.to_string())?;
+            for item in items {
+                write_with_map16(out, item)?;
+            }
+        }
+        other => rmpv::encode::write_value(out, other).map_err(|e| e.to_string())?,
+    }
+    Ok(())
+}
+
+fn client_frame() -> Result<Vec<u8>, String> {
+    let packed = encode_msgpack(&op_batch()).map_err(|e| e.to_string())?;
+    let tree = rmpv::decode::read_value(&mut packed.as_slice()).map_err(|e| e.to_string())?;
+    let mut frame = Vec::with_capacity(packed.len() + 256);
+    write_with_map16(&mut frame, &tree)?;
+    Ok(frame)
+}
+
+fn bench_ingress(c: &mut Criterion) {
+    let frame = match client_frame() {
+        Ok(frame) => frame,
+        Err(error) => {
+            eprintln!("cannot build the OP_BATCH frame: {error}");
+            return;
+        }
+    };
+    let limits = Limits::default();
+    let Ok(value) = decode_value(Frame::Binary(&frame), &limits) else {
+        eprintln!("the OP_BATCH frame does not decode");
+        return;
+    };
+    if validate("OP_BATCH", &value).is_err() || decode(Frame::Binary(&frame)).is_err() {
+        eprintln!("the OP_BATCH frame does not validate");
+        return;
+    }
+
+    let mut group = c.benchmark_group(format!("ingress/op_batch_{BATCH_OPS}"));
+    group.throughput(Throughput::Elements(BATCH_OPS as u64));
+    group.bench_function("decode_value", |b| {
+        b.iter(|| black_box(decode_value(Frame::Binary(black_box(&frame)), &limits)))
+    });
+    group.bench_function("validate", |b| {
+        b.iter(|| black_box(validate("OP_BATCH", black_box(&value))))
+    });
+    group.bench_function("decode_typed", |b| {
+        b.iter_batched(
+            || value.clone(),
+            |value| black_box(decode_typed(value)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("decode (full)", |b| {
+        b.iter(|| black_box(decode(Frame::Binary(black_box(&frame)))))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = configure();
+    targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress
+}
+criterion_main!(benches);

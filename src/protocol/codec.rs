@@ -17,11 +17,13 @@
 //! text. [`encode_batch`] / [`decode_batch_data`] handle the §1.6 `BATCH` envelope.
 
 use rmp::Marker;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 use super::misc::Batch;
 use super::validate::{Violation, known_type, validate};
 use super::{Bytes, Message};
+
+mod msgpack_reader;
 
 /// One WebSocket frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +132,7 @@ pub fn decode_value(frame: Frame<'_>, limits: &Limits) -> Result<Value, DecodeEr
             let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
             json_to_value(text, limits)
         }
-        Frame::Binary(bytes) => msgpack_to_value(bytes, limits),
+        Frame::Binary(bytes) => msgpack_reader::read_frame(bytes, limits),
         Frame::Text(text) => json_to_value(text, limits),
     }
 }
@@ -223,85 +225,6 @@ fn normalise_float(f: f64) -> Result<Value, Located> {
         });
     }
     Ok(Number::from_f64(f).map_or(Value::Null, Value::Number))
-}
-
-fn msgpack_to_value(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
-    let mut reader = bytes;
-    // rmpv gets a little more room than the limit so that our own walk reports the path.
-    let raw =
-        rmpv::decode::read_value_with_max_depth(&mut reader, limits.max_depth.saturating_add(16))
-            .map_err(|e| match e {
-            rmpv::decode::Error::DepthLimitExceeded => DecodeError::TooDeep {
-                path: String::new(),
-                max: limits.max_depth,
-            },
-            other => DecodeError::Msgpack(other.to_string()),
-        })?;
-    if !reader.is_empty() {
-        return Err(DecodeError::TrailingBytes(reader.len()));
-    }
-    match convert_msgpack(raw, 1, limits) {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(DecodeError::NotAnObject),
-        Err(located) => Err(located.into_error(limits)),
-    }
-}
-
-/// Converts one msgpack value; `None` means JS `undefined` (ext-0), i.e. absent.
-fn convert_msgpack(
-    raw: rmpv::Value,
-    depth: usize,
-    limits: &Limits,
-) -> Result<Option<Value>, Located> {
-    use rmpv::Value as Mp;
-    let value = match raw {
-        Mp::Nil => Value::Null,
-        Mp::Boolean(b) => Value::Bool(b),
-        Mp::Integer(i) => match (i.as_u64(), i.as_i64()) {
-            (Some(u), _) => Value::from(u),
-            (None, Some(s)) => Value::from(s),
-            (None, None) => Value::Null,
-        },
-        Mp::F32(f) => normalise_float(f64::from(f))?,
-        Mp::F64(f) => normalise_float(f)?,
-        Mp::String(s) => Value::String(
-            s.into_str()
-                .ok_or_else(|| Located::new(LocatedKind::InvalidUtf8))?,
-        ),
-        Mp::Binary(bytes) => Value::Array(bytes.into_iter().map(Value::from).collect()),
-        Mp::Ext(0, data) if data == [0] => return Ok(None),
-        Mp::Ext(ext_type, _) => return Err(Located::new(LocatedKind::UnsupportedExt(ext_type))),
-        Mp::Array(items) => {
-            check_depth(depth, limits)?;
-            let mut out = Vec::with_capacity(items.len());
-            for (index, item) in items.into_iter().enumerate() {
-                let item = convert_msgpack(item, depth + 1, limits).map_err(|e| e.at(index))?;
-                out.push(item.unwrap_or(Value::Null));
-            }
-            Value::Array(out)
-        }
-        Mp::Map(entries) => {
-            check_depth(depth, limits)?;
-            let mut out = Map::with_capacity(entries.len());
-            for (key, item) in entries {
-                let key = match key {
-                    Mp::String(s) => s
-                        .into_str()
-                        .ok_or_else(|| Located::new(LocatedKind::InvalidUtf8))?,
-                    _ => return Err(Located::new(LocatedKind::NonStringKey)),
-                };
-                match convert_msgpack(item, depth + 1, limits) {
-                    Ok(Some(item)) => {
-                        out.insert(key, item);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(e.at(key)),
-                }
-            }
-            Value::Object(out)
-        }
-    };
-    Ok(Some(value))
 }
 
 fn check_depth(depth: usize, limits: &Limits) -> Result<(), Located> {

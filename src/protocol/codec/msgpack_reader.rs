@@ -1,0 +1,524 @@
+//! The inbound msgpack reader: frame bytes straight to a normalised `serde_json::Value`, in
+//! one pass over the slice with the `rmp` low-level API (markers and lengths), without an
+//! intermediate `rmpv::Value` tree. The normalisation rules are those of [`super`]'s docs.
+//!
+//! The happy path allocates only the output (no path strings). A normalisation failure
+//! carries its JSON-pointer path, assembled segment by segment while unwinding. Errors keep
+//! the precedence of a parse-then-convert decoder: a malformed stream, then trailing bytes,
+//! then the first normalisation failure in document order. The walk stops at the first
+//! failure, so on that (rare) path the whole frame is re-scanned, iteratively, for the two
+//! errors that would outrank it.
+
+use rmp::Marker;
+use rmp::decode::{RmpRead, read_marker};
+use serde_json::{Map, Value};
+
+use super::{DecodeError, Limits, Located, LocatedKind, normalise_float, token_len};
+
+/// Decodes one msgpack frame (see the module docs).
+pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+    let mut reader = Reader::new(bytes, limits.max_depth);
+    match reader.value(1) {
+        Ok(value) => {
+            reader.finish()?;
+            value.ok_or(DecodeError::NotAnObject)
+        }
+        Err(Failure::Malformed(error)) => Err(error),
+        Err(Failure::Located(located)) => {
+            check_well_formed(bytes)?;
+            Err(located.into_error(limits))
+        }
+    }
+}
+
+/// Why the walk stopped.
+enum Failure {
+    /// The bytes are not msgpack (truncated, or a length past the end).
+    Malformed(DecodeError),
+    /// Well-formed msgpack that the normalisation rules refuse.
+    Located(Located),
+}
+
+impl Failure {
+    /// Prefixes a located failure with the segment of the container entry it occurred in.
+    fn at(self, segment: impl ToString) -> Self {
+        match self {
+            Self::Located(located) => Self::Located(located.at(segment)),
+            malformed => malformed,
+        }
+    }
+}
+
+impl From<Located> for Failure {
+    fn from(located: Located) -> Self {
+        Self::Located(located)
+    }
+}
+
+impl From<DecodeError> for Failure {
+    fn from(error: DecodeError) -> Self {
+        Self::Malformed(error)
+    }
+}
+
+/// A cursor over the frame.
+struct Reader<'a> {
+    input: &'a [u8],
+    total: usize,
+    max_depth: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(input: &'a [u8], max_depth: usize) -> Self {
+        Self {
+            input,
+            total: input.len(),
+            max_depth,
+        }
+    }
+
+    fn truncated(&self, what: &str) -> DecodeError {
+        DecodeError::Msgpack(format!(
+            "unexpected end of input at byte {} while reading {what}",
+            self.total - self.input.len()
+        ))
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.input.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.input.len()))
+        }
+    }
+
+    fn marker(&mut self) -> Result<Marker, DecodeError> {
+        read_marker(&mut self.input).map_err(|_| self.truncated("a marker"))
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        if len > self.input.len() {
+            return Err(self.truncated(&format!("{len} bytes of data")));
+        }
+        let (head, rest) = self.input.split_at(len);
+        self.input = rest;
+        Ok(head)
+    }
+
+    /// Reads a big-endian number that follows a marker, with the `rmp` data readers.
+    fn data<T>(
+        &mut self,
+        read: impl FnOnce(&mut &'a [u8]) -> Result<T, rmp::decode::ValueReadError>,
+    ) -> Result<T, DecodeError> {
+        read(&mut self.input).map_err(|_| self.truncated("a length or number"))
+    }
+
+    /// The length a sized marker announces: items of an array, entries of a map, bytes of a
+    /// str, bin or ext body (the ext type byte not included). Zero for other markers.
+    fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
+        Ok(match marker {
+            Marker::FixStr(n) | Marker::FixArray(n) | Marker::FixMap(n) => usize::from(n),
+            Marker::Str8 | Marker::Bin8 | Marker::Ext8 => {
+                usize::from(self.data(|r| r.read_data_u8())?)
+            }
+            Marker::Str16 | Marker::Bin16 | Marker::Array16 | Marker::Map16 | Marker::Ext16 => {
+                usize::from(self.data(|r| r.read_data_u16())?)
+            }
+            Marker::Str32 | Marker::Bin32 | Marker::Array32 | Marker::Map32 | Marker::Ext32 => {
+                self.data(|r| r.read_data_u32())? as usize
+            }
+            Marker::FixExt1 => 1,
+            Marker::FixExt2 => 2,
+            Marker::FixExt4 => 4,
+            Marker::FixExt8 => 8,
+            Marker::FixExt16 => 16,
+            _ => 0,
+        })
+    }
+
+    /// Reads one value at nesting `depth`; `None` is JS `undefined` (ext-0), i.e. absent.
+    fn value(&mut self, depth: usize) -> Result<Option<Value>, Failure> {
+        let marker = self.marker()?;
+        let value = match marker {
+            // msgpack never uses 0xc1; it has always decoded as nil here, so it still does.
+            Marker::Null | Marker::Reserved => Value::Null,
+            Marker::True => Value::Bool(true),
+            Marker::False => Value::Bool(false),
+            Marker::FixPos(n) => Value::from(n),
+            Marker::FixNeg(n) => Value::from(n),
+            Marker::U8 => Value::from(self.data(|r| r.read_data_u8())?),
+            Marker::U16 => Value::from(self.data(|r| r.read_data_u16())?),
+            Marker::U32 => Value::from(self.data(|r| r.read_data_u32())?),
+            Marker::U64 => Value::from(self.data(|r| r.read_data_u64())?),
+            Marker::I8 => Value::from(self.data(|r| r.read_data_i8())?),
+            Marker::I16 => Value::from(self.data(|r| r.read_data_i16())?),
+            Marker::I32 => Value::from(self.data(|r| r.read_data_i32())?),
+            Marker::I64 => Value::from(self.data(|r| r.read_data_i64())?),
+            Marker::F32 => normalise_float(f64::from(self.data(|r| r.read_data_f32())?))?,
+            Marker::F64 => normalise_float(self.data(|r| r.read_data_f64())?)?,
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                let len = self.length(marker)?;
+                Value::String(self.utf8(len)?)
+            }
+            Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+                let len = self.length(marker)?;
+                Value::Array(self.take(len)?.iter().map(|b| Value::from(*b)).collect())
+            }
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+                let len = self.length(marker)?;
+                self.array(len, depth)?
+            }
+            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+                let len = self.length(marker)?;
+                self.map(len, depth)?
+            }
+            Marker::FixExt1
+            | Marker::FixExt2
+            | Marker::FixExt4
+            | Marker::FixExt8
+            | Marker::FixExt16
+            | Marker::Ext8
+            | Marker::Ext16
+            | Marker::Ext32 => {
+                let len = self.length(marker)?;
+                return self.ext(len);
+            }
+        };
+        Ok(Some(value))
+    }
+
+    fn utf8(&mut self, len: usize) -> Result<String, Failure> {
+        let bytes = self.take(len)?;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text.to_owned()),
+            Err(_) => Err(Located::new(LocatedKind::InvalidUtf8).into()),
+        }
+    }
+
+    fn check_depth(&self, depth: usize) -> Result<(), Failure> {
+        if depth > self.max_depth {
+            return Err(Located::new(LocatedKind::TooDeep).into());
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, len: usize, depth: usize) -> Result<Value, Failure> {
+        self.check_depth(depth)?;
+        // Every item takes at least one byte, so a lying length cannot over-allocate.
+        let mut items = Vec::with_capacity(len.min(self.input.len()));
+        for index in 0..len {
+            match self.value(depth + 1) {
+                Ok(item) => items.push(item.unwrap_or(Value::Null)),
+                Err(failure) => return Err(failure.at(index)),
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn map(&mut self, len: usize, depth: usize) -> Result<Value, Failure> {
+        self.check_depth(depth)?;
+        // Every entry takes at least two bytes.
+        let mut entries = Map::with_capacity(len.min(self.input.len() / 2));
+        for _ in 0..len {
+            let key = self.key()?;
+            match self.value(depth + 1) {
+                Ok(Some(item)) => {
+                    entries.insert(key, item);
+                }
+                Ok(None) => {}
+                Err(failure) => return Err(failure.at(key)),
+            }
+        }
+        Ok(Value::Object(entries))
+    }
+
+    /// A map key; a key that is not a string (or not UTF-8) fails at the map's own path.
+    fn key(&mut self) -> Result<String, Failure> {
+        let marker = self.marker()?;
+        match marker {
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                let len = self.length(marker)?;
+                self.utf8(len)
+            }
+            _ => Err(Located::new(LocatedKind::NonStringKey).into()),
+        }
+    }
+
+    /// An ext body of `len` bytes: ext-0 with the single byte 0 is `undefined`, the rest
+    /// are refused.
+    fn ext(&mut self, len: usize) -> Result<Option<Value>, Failure> {
+        let ext_type = self.data(|r| r.read_data_i8())?;
+        let data = self.take(len)?;
+        if ext_type == 0 && data == [0] {
+            return Ok(None);
+        }
+        Err(Located::new(LocatedKind::UnsupportedExt(ext_type)).into())
+    }
+}
+
+/// Scans the whole frame for a malformed stream or trailing bytes, without building values
+/// and without recursion (so a hostile nesting depth cannot exhaust the stack).
+fn check_well_formed(bytes: &[u8]) -> Result<(), DecodeError> {
+    let mut reader = Reader::new(bytes, 0);
+    let mut pending: usize = 1;
+    while pending > 0 {
+        pending -= 1;
+        let marker = reader.marker()?;
+        match marker {
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+                pending = pending.saturating_add(reader.length(marker)?);
+            }
+            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+                pending = pending.saturating_add(reader.length(marker)?.saturating_mul(2));
+            }
+            Marker::Reserved => {}
+            _ => {
+                let len =
+                    token_len(marker, reader.input).ok_or_else(|| reader.truncated("a length"))?;
+                reader.take(len.saturating_sub(1))?;
+            }
+        }
+    }
+    reader.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rmpv::Value as Mp;
+    use serde_json::json;
+
+    use super::*;
+
+    fn encode(value: &Mp) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, value).unwrap();
+        out
+    }
+
+    fn map(entries: Vec<(&str, Mp)>) -> Mp {
+        Mp::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+
+    fn nested_arrays(levels: usize) -> Mp {
+        (1..levels).fold(Mp::Array(vec![]), |inner, _| Mp::Array(vec![inner]))
+    }
+
+    /// The previous decoder (rmpv tree, then conversion), kept as the oracle.
+    fn oracle(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+        let mut reader = bytes;
+        let raw = rmpv::decode::read_value(&mut reader)
+            .map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(DecodeError::TrailingBytes(reader.len()));
+        }
+        match oracle_convert(raw, 1, limits) {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(DecodeError::NotAnObject),
+            Err(located) => Err(located.into_error(limits)),
+        }
+    }
+
+    fn oracle_convert(raw: Mp, depth: usize, limits: &Limits) -> Result<Option<Value>, Located> {
+        let too_deep = || Located::new(LocatedKind::TooDeep);
+        Ok(Some(match raw {
+            Mp::Nil => Value::Null,
+            Mp::Boolean(b) => Value::Bool(b),
+            Mp::Integer(i) => match (i.as_u64(), i.as_i64()) {
+                (Some(u), _) => Value::from(u),
+                (None, Some(s)) => Value::from(s),
+                (None, None) => Value::Null,
+            },
+            Mp::F32(f) => normalise_float(f64::from(f))?,
+            Mp::F64(f) => normalise_float(f)?,
+            Mp::String(s) => Value::String(
+                s.into_str()
+                    .ok_or_else(|| Located::new(LocatedKind::InvalidUtf8))?,
+            ),
+            Mp::Binary(bytes) => Value::Array(bytes.into_iter().map(Value::from).collect()),
+            Mp::Ext(0, data) if data == [0] => return Ok(None),
+            Mp::Ext(t, _) => return Err(Located::new(LocatedKind::UnsupportedExt(t))),
+            Mp::Array(items) => {
+                if depth > limits.max_depth {
+                    return Err(too_deep());
+                }
+                let mut out = Vec::new();
+                for (index, item) in items.into_iter().enumerate() {
+                    let item = oracle_convert(item, depth + 1, limits).map_err(|e| e.at(index))?;
+                    out.push(item.unwrap_or(Value::Null));
+                }
+                Value::Array(out)
+            }
+            Mp::Map(entries) => {
+                if depth > limits.max_depth {
+                    return Err(too_deep());
+                }
+                let mut out = Map::new();
+                for (key, item) in entries {
+                    let key = match key {
+                        Mp::String(s) => s
+                            .into_str()
+                            .ok_or_else(|| Located::new(LocatedKind::InvalidUtf8))?,
+                        _ => return Err(Located::new(LocatedKind::NonStringKey)),
+                    };
+                    match oracle_convert(item, depth + 1, limits) {
+                        Ok(Some(item)) => {
+                            out.insert(key, item);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(e.at(key)),
+                    }
+                }
+                Value::Object(out)
+            }
+        }))
+    }
+
+    /// Malformed-stream messages differ between the decoders; everything else must match.
+    fn same_outcome(
+        ours: &Result<Value, DecodeError>,
+        theirs: &Result<Value, DecodeError>,
+    ) -> bool {
+        match (ours, theirs) {
+            (Err(DecodeError::Msgpack(_)), Err(DecodeError::Msgpack(_))) => true,
+            _ => ours == theirs,
+        }
+    }
+
+    /// A msgpack str holding arbitrary (often invalid UTF-8) bytes.
+    fn raw_string(bytes: &[u8]) -> Mp {
+        let mut encoded = vec![0xa0 | bytes.len() as u8];
+        encoded.extend_from_slice(bytes);
+        rmpv::decode::read_value(&mut encoded.as_slice()).unwrap()
+    }
+
+    fn leaf() -> impl Strategy<Value = Mp> {
+        prop_oneof![
+            Just(Mp::Nil),
+            any::<bool>().prop_map(Mp::Boolean),
+            any::<u64>().prop_map(Mp::from),
+            any::<i64>().prop_map(Mp::from),
+            any::<f32>().prop_map(Mp::F32),
+            any::<f64>().prop_map(Mp::F64),
+            (-2_000_000_000_000_000i64..2_000_000_000_000_000).prop_map(|i| Mp::F64(i as f64)),
+            ".{0,12}".prop_map(Mp::from),
+            proptest::collection::vec(any::<u8>(), 0..6)
+                .prop_map(|b| raw_string(&b)),
+            proptest::collection::vec(any::<u8>(), 0..6).prop_map(Mp::Binary),
+            Just(Mp::Ext(0, vec![0])),
+            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..5))
+                .prop_map(|(t, d)| Mp::Ext(t, d)),
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = Mp> {
+        leaf().prop_recursive(5, 48, 6, |inner| {
+            let key = prop_oneof![
+                8 => "[a-z/~]{0,4}".prop_map(Mp::from),
+                1 => any::<i32>().prop_map(Mp::from),
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Mp::Array),
+                proptest::collection::vec((key, inner), 0..6).prop_map(Mp::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_previous_decoder(value in tree(), max_depth in 1usize..7) {
+            let limits = Limits { max_depth, max_frame_bytes: usize::MAX };
+            let bytes = encode(&value);
+            let ours = read_frame(&bytes, &limits);
+            let theirs = oracle(&bytes, &limits);
+            prop_assert!(same_outcome(&ours, &theirs), "{ours:?} vs {theirs:?}");
+        }
+
+        #[test]
+        fn matches_the_previous_decoder_on_damaged_frames(
+            value in tree(),
+            cut in any::<proptest::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let limits = Limits { max_depth: 4, max_frame_bytes: usize::MAX };
+            let mut bytes = encode(&value);
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes.extend_from_slice(&extra);
+            let ours = read_frame(&bytes, &limits);
+            let theirs = oracle(&bytes, &limits);
+            prop_assert!(same_outcome(&ours, &theirs), "{ours:?} vs {theirs:?}");
+        }
+    }
+
+    #[test]
+    fn the_full_default_depth_is_usable_and_one_more_level_is_located() {
+        let limits = Limits::default();
+        let ok = encode(&map(vec![("a", nested_arrays(63))]));
+        assert!(read_frame(&ok, &limits).is_ok());
+        let deep = encode(&map(vec![("a", nested_arrays(64))]));
+        let path = format!("/a{}", "/0".repeat(63));
+        assert_eq!(
+            read_frame(&deep, &limits),
+            Err(DecodeError::TooDeep { path, max: 64 })
+        );
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_without_recursing_into_it() {
+        let mut bytes = vec![0x91; 1_000_000];
+        bytes.push(0x90);
+        assert!(matches!(
+            read_frame(&bytes, &Limits::default()),
+            Err(DecodeError::TooDeep { .. })
+        ));
+        bytes.pop();
+        assert!(matches!(
+            read_frame(&bytes, &Limits::default()),
+            Err(DecodeError::Msgpack(_))
+        ));
+    }
+
+    #[test]
+    fn a_malformed_tail_outranks_an_earlier_normalisation_failure() {
+        let limits = Limits::default();
+        let mut bytes = encode(&map(vec![("a", Mp::F64(f64::NAN)), ("b", "x".into())]));
+        bytes.pop();
+        assert!(matches!(
+            read_frame(&bytes, &limits),
+            Err(DecodeError::Msgpack(_))
+        ));
+        bytes.extend_from_slice(b"x\xc0");
+        assert_eq!(
+            read_frame(&bytes, &limits),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn lying_lengths_fail_without_allocating_them() {
+        let limits = Limits::default();
+        for header in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xdf, 0xff, 0xff, 0xff, 0xff],
+        ] {
+            assert!(matches!(
+                read_frame(header, &limits),
+                Err(DecodeError::Msgpack(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn reserved_marker_reads_as_null_and_float_millis_as_integers() {
+        let mut bytes = encode(&map(vec![
+            ("m", Mp::F64(1_795_698_229_131.0)),
+            ("r", Mp::Nil),
+        ]));
+        let last = bytes.len() - 1;
+        bytes[last] = 0xc1;
+        assert_eq!(
+            read_frame(&bytes, &Limits::default()),
+            Ok(json!({"m": 1_795_698_229_131u64, "r": null}))
+        );
+    }
+}
