@@ -8,6 +8,7 @@
 //!    path, `bin` becomes an array of byte values, and frame size and nesting depth are
 //!    limited. A binary frame starting with `{` is read as JSON, like the 2026-01 server's
 //!    fallback (a msgpack message is a map and never starts with that byte).
+//!    msgpack is read in one pass, straight into the JSON value (`codec/msgpack_reader.rs`).
 //! 2. [`crate::protocol::validate()`]: the generated JSON Schema of the message's `type`.
 //! 3. [`decode_typed`]: `serde_json::from_value` into that type (unknown fields ignored).
 //!

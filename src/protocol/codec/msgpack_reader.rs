@@ -1,5 +1,5 @@
 //! The inbound msgpack reader: frame bytes straight to a normalised `serde_json::Value`, in
-//! one pass over the slice with the `rmp` low-level API (markers and lengths), without an
+//! one pass over the slice (markers decoded by `rmp`), without an
 //! intermediate `rmpv::Value` tree. The normalisation rules are those of [`super`]'s docs.
 //!
 //! The happy path allocates only the output (no path strings). A normalisation failure
@@ -10,7 +10,6 @@
 //! errors that would outrank it.
 
 use rmp::Marker;
-use rmp::decode::{RmpRead, read_marker};
 use serde_json::{Map, Value};
 
 use super::{DecodeError, Limits, Located, LocatedKind, normalise_float, token_len};
@@ -93,7 +92,11 @@ impl<'a> Reader<'a> {
     }
 
     fn marker(&mut self) -> Result<Marker, DecodeError> {
-        read_marker(&mut self.input).map_err(|_| self.truncated("a marker"))
+        let Some((first, rest)) = self.input.split_first() else {
+            return Err(self.truncated("a marker"));
+        };
+        self.input = rest;
+        Ok(Marker::from_u8(*first))
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
@@ -105,12 +108,13 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    /// Reads a big-endian number that follows a marker, with the `rmp` data readers.
-    fn data<T>(
-        &mut self,
-        read: impl FnOnce(&mut &'a [u8]) -> Result<T, rmp::decode::ValueReadError>,
-    ) -> Result<T, DecodeError> {
-        read(&mut self.input).map_err(|_| self.truncated("a length or number"))
+    /// The `N` bytes of a big-endian number that follows a marker.
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let Some((head, rest)) = self.input.split_first_chunk::<N>() else {
+            return Err(self.truncated("a length or number"));
+        };
+        self.input = rest;
+        Ok(*head)
     }
 
     /// The length a sized marker announces: items of an array, entries of a map, bytes of a
@@ -119,13 +123,13 @@ impl<'a> Reader<'a> {
         Ok(match marker {
             Marker::FixStr(n) | Marker::FixArray(n) | Marker::FixMap(n) => usize::from(n),
             Marker::Str8 | Marker::Bin8 | Marker::Ext8 => {
-                usize::from(self.data(|r| r.read_data_u8())?)
+                usize::from(u8::from_be_bytes(self.be()?))
             }
             Marker::Str16 | Marker::Bin16 | Marker::Array16 | Marker::Map16 | Marker::Ext16 => {
-                usize::from(self.data(|r| r.read_data_u16())?)
+                usize::from(u16::from_be_bytes(self.be()?))
             }
             Marker::Str32 | Marker::Bin32 | Marker::Array32 | Marker::Map32 | Marker::Ext32 => {
-                self.data(|r| r.read_data_u32())? as usize
+                u32::from_be_bytes(self.be()?) as usize
             }
             Marker::FixExt1 => 1,
             Marker::FixExt2 => 2,
@@ -146,16 +150,16 @@ impl<'a> Reader<'a> {
             Marker::False => Value::Bool(false),
             Marker::FixPos(n) => Value::from(n),
             Marker::FixNeg(n) => Value::from(n),
-            Marker::U8 => Value::from(self.data(|r| r.read_data_u8())?),
-            Marker::U16 => Value::from(self.data(|r| r.read_data_u16())?),
-            Marker::U32 => Value::from(self.data(|r| r.read_data_u32())?),
-            Marker::U64 => Value::from(self.data(|r| r.read_data_u64())?),
-            Marker::I8 => Value::from(self.data(|r| r.read_data_i8())?),
-            Marker::I16 => Value::from(self.data(|r| r.read_data_i16())?),
-            Marker::I32 => Value::from(self.data(|r| r.read_data_i32())?),
-            Marker::I64 => Value::from(self.data(|r| r.read_data_i64())?),
-            Marker::F32 => normalise_float(f64::from(self.data(|r| r.read_data_f32())?))?,
-            Marker::F64 => normalise_float(self.data(|r| r.read_data_f64())?)?,
+            Marker::U8 => Value::from(u8::from_be_bytes(self.be()?)),
+            Marker::U16 => Value::from(u16::from_be_bytes(self.be()?)),
+            Marker::U32 => Value::from(u32::from_be_bytes(self.be()?)),
+            Marker::U64 => Value::from(u64::from_be_bytes(self.be()?)),
+            Marker::I8 => Value::from(i8::from_be_bytes(self.be()?)),
+            Marker::I16 => Value::from(i16::from_be_bytes(self.be()?)),
+            Marker::I32 => Value::from(i32::from_be_bytes(self.be()?)),
+            Marker::I64 => Value::from(i64::from_be_bytes(self.be()?)),
+            Marker::F32 => normalise_float(f64::from(f32::from_be_bytes(self.be()?)))?,
+            Marker::F64 => normalise_float(f64::from_be_bytes(self.be()?))?,
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
                 let len = self.length(marker)?;
                 Value::String(self.utf8(len)?)
@@ -247,7 +251,7 @@ impl<'a> Reader<'a> {
     /// An ext body of `len` bytes: ext-0 with the single byte 0 is `undefined`, the rest
     /// are refused.
     fn ext(&mut self, len: usize) -> Result<Option<Value>, Failure> {
-        let ext_type = self.data(|r| r.read_data_i8())?;
+        let ext_type = i8::from_be_bytes(self.be()?);
         let data = self.take(len)?;
         if ext_type == 0 && data == [0] {
             return Ok(None);
@@ -402,8 +406,7 @@ mod tests {
             any::<f64>().prop_map(Mp::F64),
             (-2_000_000_000_000_000i64..2_000_000_000_000_000).prop_map(|i| Mp::F64(i as f64)),
             ".{0,12}".prop_map(Mp::from),
-            proptest::collection::vec(any::<u8>(), 0..6)
-                .prop_map(|b| raw_string(&b)),
+            proptest::collection::vec(any::<u8>(), 0..6).prop_map(|b| raw_string(&b)),
             proptest::collection::vec(any::<u8>(), 0..6).prop_map(Mp::Binary),
             Just(Mp::Ext(0, vec![0])),
             (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..5))
