@@ -20,6 +20,10 @@ use topgun::protocol::{ClientOp, Message, OpBatch, OpBatchPayload, OpType};
 use topgun::record::{LwwRecord, OrMapRecord};
 use topgun::replica::LwwReplica;
 
+/// The same allocator as the `topgun` binary, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH_OPS: usize = 100;
 const KEYS: usize = 1_000;
 /// A current wall-clock time: above 2³², so the encoder writes it as float64.

@@ -16,6 +16,11 @@ use topgun::server::config::{FileConfig, ServeArgs, StoreKind};
 use topgun::server::{Server, ServerOptions};
 use topgun::store::{MemoryStore, RedbStore, Store};
 
+/// Decoding frames is allocation-heavy (every message becomes a JSON-like tree first);
+/// mimalloc cuts that cost markedly against the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// topgun-rs: the TopGun offline-first data grid server, wire-compatible with TopGun's
 /// TypeScript clients (2026-01 and 2026-08).
 #[derive(Debug, Parser)]
