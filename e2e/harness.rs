@@ -196,7 +196,8 @@ pub fn render(message: &Message) -> String {
     format!("{type_name} {value}")
 }
 
-/// Replaces values that vary between runs: server timestamps, serverTime, tokens.
+/// Replaces values that vary between runs: server timestamps, serverTime, tokens, topic
+/// publisher ids.
 fn redact(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -211,6 +212,7 @@ fn redact(value: &mut Value) {
                 match key.as_str() {
                     "serverTime" => *field = json!("[serverTime]"),
                     "token" | "deviceToken" => *field = json!("[token]"),
+                    "publisherId" => *field = json!("[publisherId]"),
                     _ => redact(field),
                 }
             }

@@ -8,5 +8,6 @@ mod handshake;
 mod harness;
 mod lifecycle;
 mod sync;
+mod topics;
 mod walk;
 mod writes;

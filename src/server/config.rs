@@ -146,6 +146,8 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
     pub gc_age_ms: u64,
+    /// Topics one connection may subscribe to at once.
+    pub max_topic_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -163,6 +165,7 @@ impl Default for Limits {
             max_drift_ms: 300_000,
             outbound_queue: 4_096,
             gc_age_ms: 30 * 24 * 3_600_000,
+            max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
 //! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
 //! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
-//! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
-//! ownership seam), [`limits`] and [`metrics`].
+//! subscriptions), [`topics`] (pub/sub), [`storage`] (lazy map loading and persistence),
+//! [`partitions`] (the ownership seam), [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
 //! [`crate::entropy`], [`crate::net`], [`crate::store`]) so tests and simulations run the
@@ -24,6 +24,7 @@ pub mod queries;
 pub mod session;
 pub mod storage;
 pub mod sync;
+pub mod topics;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -44,6 +45,7 @@ use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
 use self::storage::MapRegistry;
+use self::topics::TopicRegistry;
 
 /// Everything needed to build a server, already validated.
 pub struct ServerOptions {
@@ -82,6 +84,7 @@ pub struct Shared {
     pub maps: MapRegistry,
     pub connections: Registry,
     pub queries: QueryRegistry,
+    pub topics: TopicRegistry,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -154,6 +157,7 @@ impl Server {
             maps: MapRegistry::new(store.clone(), options.debug),
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
+            topics: TopicRegistry::new(options.limits.max_topic_subscriptions, &cursor_secret),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,
