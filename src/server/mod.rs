@@ -4,7 +4,7 @@
 //! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
 //! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
 //! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
-//! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
+//! subscriptions), [`locks`] (distributed locks), [`storage`] (lazy map loading and persistence), [`partitions`] (the
 //! ownership seam), [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
@@ -17,6 +17,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod http;
 pub mod limits;
+pub mod locks;
 pub mod metrics;
 pub mod operations;
 pub mod partitions;
@@ -40,6 +41,7 @@ use crate::store::Store;
 
 use self::config::Limits;
 use self::connections::Registry;
+use self::locks::LockManager;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
@@ -82,6 +84,7 @@ pub struct Shared {
     pub maps: MapRegistry,
     pub connections: Registry,
     pub queries: QueryRegistry,
+    pub locks: LockManager,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -154,6 +157,7 @@ impl Server {
             maps: MapRegistry::new(store.clone(), options.debug),
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
+            locks: LockManager::new(store.clone(), clock.clone()),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,
@@ -180,6 +184,7 @@ impl Server {
     /// Accepts connections from `listener` until [`Server::shutdown`] is called.
     pub async fn run<L: Listener>(&self, mut listener: L) -> std::io::Result<()> {
         let mut stop = self.shared.shutdown_signal();
+        let _expiry = locks::spawn_expiry(&self.shared, locks::EXPIRY_SCAN_INTERVAL);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
