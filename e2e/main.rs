@@ -7,6 +7,7 @@
 mod handshake;
 mod harness;
 mod lifecycle;
+mod locks;
 mod sync;
 mod topics;
 mod walk;

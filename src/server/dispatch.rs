@@ -10,8 +10,13 @@ use std::sync::Arc;
 use crate::protocol::{Message, Pong};
 
 use super::Shared;
+use super::auth;
+use super::locks;
+use super::operations;
+use super::queries;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
-use super::{auth, operations, queries, sync, topics};
+use super::sync;
+use super::topics;
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +67,8 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::TopicSub(m) => topics::handle_topic_sub(shared, session, m.payload),
         Message::TopicUnsub(m) => topics::handle_topic_unsub(shared, session, m.payload),
         Message::TopicPub(m) => topics::handle_topic_pub(shared, session, m.payload),
+        Message::LockRequest(m) => locks::handle_lock_request(shared, session, m.payload).await,
+        Message::LockRelease(m) => locks::handle_lock_release(shared, session, m.payload).await,
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

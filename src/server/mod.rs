@@ -1,11 +1,18 @@
 //! The TopGun server.
 //!
 //! One module per concern, reached in one hop from [`dispatch`]:
-//! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
-//! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
-//! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
-//! subscriptions), [`topics`] (pub/sub), [`storage`] (lazy map loading and persistence),
-//! [`partitions`] (the ownership seam), [`limits`] and [`metrics`].
+//! - [`http`]: the front door (WebSocket upgrade or the plain endpoints);
+//! - [`session`]: one connection's read loop, writer and per-connection state;
+//! - [`auth`]: the handshake;
+//! - [`connections`]: the registry and LRU eviction;
+//! - [`operations`]: the write path;
+//! - [`sync`]: Merkle sync;
+//! - [`queries`]: query subscriptions;
+//! - [`topics`]: pub/sub;
+//! - [`locks`]: distributed locks with fencing tokens;
+//! - [`storage`]: lazy map loading and persistence;
+//! - [`partitions`]: the ownership seam;
+//! - [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
 //! [`crate::entropy`], [`crate::net`], [`crate::store`]) so tests and simulations run the
@@ -17,6 +24,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod http;
 pub mod limits;
+pub mod locks;
 pub mod metrics;
 pub mod operations;
 pub mod partitions;
@@ -41,6 +49,7 @@ use crate::store::Store;
 
 use self::config::Limits;
 use self::connections::Registry;
+use self::locks::LockManager;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
@@ -85,6 +94,7 @@ pub struct Shared {
     pub connections: Registry,
     pub queries: QueryRegistry,
     pub topics: TopicRegistry,
+    pub locks: LockManager,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -158,6 +168,7 @@ impl Server {
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
             topics: TopicRegistry::new(options.limits.max_topic_subscriptions, &cursor_secret),
+            locks: LockManager::new(store.clone(), clock.clone()),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,
@@ -184,6 +195,7 @@ impl Server {
     /// Accepts connections from `listener` until [`Server::shutdown`] is called.
     pub async fn run<L: Listener>(&self, mut listener: L) -> std::io::Result<()> {
         let mut stop = self.shared.shutdown_signal();
+        let _expiry = locks::spawn_expiry(&self.shared, locks::EXPIRY_SCAN_INTERVAL);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

@@ -253,6 +253,7 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
     shared.connections.remove(id);
     shared.queries.remove_connection(id);
     shared.topics.remove_connection(id);
+    super::locks::on_disconnect(&shared, id).await;
     shared
         .metrics
         .connections_open
