@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod generations;
 mod handshake;
 mod harness;
 mod lifecycle;
+mod process;
 mod sync;
+mod timeouts;
 mod walk;
 mod writes;
