@@ -57,6 +57,7 @@ impl Binary {
                 Ok(line) => line,
                 Err(e) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("topgun did not report its port: {e}");
                 }
             };
