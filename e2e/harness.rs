@@ -61,6 +61,24 @@ enum Storage {
     Redb(PathBuf),
 }
 
+/// What a scenario may change about a test server: limits, JWT secret, wall clock.
+#[derive(Clone)]
+pub struct Setup {
+    pub limits: Limits,
+    pub secret: String,
+    pub now_ms: u64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            secret: SECRET.to_owned(),
+            now_ms: SERVER_NOW_MS,
+        }
+    }
+}
+
 /// An in-process server on `127.0.0.1:<ephemeral>`.
 pub struct TestServer {
     server: Server,
@@ -68,6 +86,7 @@ pub struct TestServer {
     addr: std::net::SocketAddr,
     storage: Storage,
     max_connections: usize,
+    setup: Setup,
 }
 
 impl TestServer {
@@ -86,16 +105,25 @@ impl TestServer {
         Self::launch(Storage::Redb(dir), 100).await
     }
 
+    /// A server over an in-memory store with the given limits, secret and clock.
+    pub async fn with_setup(setup: Setup) -> Self {
+        Self::launch_with(Storage::Memory, 100, setup).await
+    }
+
     async fn launch(storage: Storage, max_connections: usize) -> Self {
+        Self::launch_with(storage, max_connections, Setup::default()).await
+    }
+
+    async fn launch_with(storage: Storage, max_connections: usize, setup: Setup) -> Self {
         let store: Arc<dyn Store> = match &storage {
             Storage::Memory => Arc::new(MemoryStore::new()),
             Storage::Redb(dir) => Arc::new(open_redb(dir).await),
         };
         let options = ServerOptions {
             node_id: SERVER_NODE.to_owned(),
-            jwt_secret: SECRET.to_owned(),
+            jwt_secret: setup.secret.clone(),
             permissions: Permissions::development_default(),
-            limits: Limits::default(),
+            limits: setup.limits.clone(),
             max_connections,
             debug: false,
             default_combine: Combine::Fmix,
@@ -103,7 +131,7 @@ impl TestServer {
         let server = Server::new(
             options,
             store,
-            Arc::new(ManualClock::new(SERVER_NOW_MS)),
+            Arc::new(ManualClock::new(setup.now_ms)),
             Arc::new(SeededEntropy::new(7)),
         )
         .expect("server builds");
@@ -119,6 +147,7 @@ impl TestServer {
             addr,
             storage,
             max_connections,
+            setup,
         }
     }
 
@@ -146,11 +175,12 @@ impl TestServer {
     /// Shuts down, reopens the same store directory and starts again (on a new port).
     pub async fn restart(self) -> Self {
         let max_connections = self.max_connections;
+        let setup = self.setup.clone();
         let storage = match self.stop().await {
             Some(dir) => Storage::Redb(dir),
             None => Storage::Memory,
         };
-        Self::launch(storage, max_connections).await
+        Self::launch_with(storage, max_connections, setup).await
     }
 }
 
@@ -235,7 +265,12 @@ pub struct Client {
 impl Client {
     /// Connects to `server`; frames are logged under `name`.
     pub async fn connect(server: &TestServer, name: &str, transcript: &Transcript) -> Self {
-        let (socket, _) = tokio::time::timeout(RECV_TIMEOUT, connect_async(server.url()))
+        Self::connect_url(&server.url(), name, transcript).await
+    }
+
+    /// Connects to a server at `url` (e.g. a separately started binary).
+    pub async fn connect_url(url: &str, name: &str, transcript: &Transcript) -> Self {
+        let (socket, _) = tokio::time::timeout(RECV_TIMEOUT, connect_async(url))
             .await
             .expect("connect in time")
             .expect("connect");
@@ -290,6 +325,19 @@ impl Client {
                 )
             }
             None => panic!("{}: no message within {RECV_TIMEOUT:?}", self.name),
+        }
+    }
+
+    /// The next application message within `wait`, or `None` on silence; fails on close.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Message> {
+        match self.next_frame(wait).await? {
+            Incoming::Message(m) => Some(*m),
+            Incoming::Close(code, reason) => {
+                panic!(
+                    "{}: expected a message, got CLOSE {code} {reason}",
+                    self.name
+                )
+            }
         }
     }
 

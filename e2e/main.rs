@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod generations;
 mod handshake;
 mod harness;
 mod lifecycle;
 mod locks;
+mod process;
 mod sync;
+mod timeouts;
 mod topics;
 mod walk;
 mod writes;

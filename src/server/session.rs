@@ -327,7 +327,16 @@ async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, frame: Frame<
     {
         session.note_generation(Combine::Sum);
     }
-    let value = match codec::decode_value(frame, &limits) {
+    // decode_value accepts any top-level value; a non-map is reported as such rather than as
+    // the missing `type` that would follow from it.
+    let decoded = codec::decode_value(frame, &limits).and_then(|value| {
+        if value.is_object() {
+            Ok(value)
+        } else {
+            Err(codec::DecodeError::NotAnObject)
+        }
+    });
+    let value = match decoded {
         Ok(value) => value,
         Err(e) => {
             let violation = Violation {

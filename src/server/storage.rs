@@ -322,4 +322,48 @@ mod tests {
             "the persisted kind wins over a new first touch"
         );
     }
+
+    /// A `MakeWriter` that appends every log line to a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Loads one map with debug logging enabled at the subscriber and returns what was logged.
+    async fn log_of_a_map_load(debug: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let registry = MapRegistry::new(flaky(0), debug);
+        registry.get("orders", MapKind::Lww, None).await.unwrap();
+        registry.get("orders", MapKind::Lww, None).await.unwrap();
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn map_load_debug_lines_only_when_debug_is_on() {
+        // BUG-07: per-access logging must not run unless the operator asked for it.
+        let quiet = log_of_a_map_load(false).await;
+        assert!(!quiet.contains("orders"), "debug off logged: {quiet}");
+        let verbose = log_of_a_map_load(true).await;
+        assert!(
+            verbose.contains("map loaded") && verbose.contains("map=\"orders\""),
+            "{verbose}"
+        );
+        assert_eq!(verbose.matches("map access").count(), 2, "{verbose}");
+    }
 }
