@@ -146,6 +146,8 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
     pub gc_age_ms: u64,
+    /// Live queries the whole server holds before `QUERY_SUB` is refused (`ERROR 429`).
+    pub max_live_queries: usize,
 }
 
 impl Default for Limits {
@@ -163,6 +165,7 @@ impl Default for Limits {
             max_drift_ms: 300_000,
             outbound_queue: 4_096,
             gc_age_ms: 30 * 24 * 3_600_000,
+            max_live_queries: 100_000,
         }
     }
 }

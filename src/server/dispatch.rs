@@ -59,6 +59,7 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::OrMapPushDiff(m) => sync::handle_ormap_push_diff(shared, session, m.payload).await,
         Message::QuerySub(m) => queries::handle_query_sub(shared, session, m.payload).await,
         Message::QueryUnsub(m) => queries::handle_query_unsub(shared, session, m.payload),
+        Message::QuerySyncInit(m) => queries::handle_query_sync_init(shared, session, m),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

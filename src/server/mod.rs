@@ -17,6 +17,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod http;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod operations;
 pub mod partitions;
