@@ -7,6 +7,7 @@
 mod handshake;
 mod harness;
 mod lifecycle;
+mod live;
 mod sync;
 mod walk;
 mod writes;

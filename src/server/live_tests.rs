@@ -82,7 +82,10 @@ fn enter_update_leave_follow_the_filter() {
     );
     assert_eq!(
         h.set("a", Some(json!({"done": false, "t": 2}))),
-        [WindowChange::Update("a".into(), json!({"done": false, "t": 2}))]
+        [WindowChange::Update(
+            "a".into(),
+            json!({"done": false, "t": 2})
+        )]
     );
     assert_eq!(h.set("a", Some(json!({"done": false, "t": 2}))), []);
     assert_eq!(h.set("a", Some(json!({"done": true}))), [leave("a")]);
@@ -133,7 +136,10 @@ fn an_update_that_sinks_past_the_window_swaps_in_the_next_match() {
         ("c", json!({"n": 3})),
     ];
     let mut h = Harness::new(json!({"sort": {"n": "asc"}, "limit": 2}), &rows);
-    assert_eq!(h.set("a", Some(json!({"n": 10}))), [leave("a"), enter("c", json!({"n": 3}))]);
+    assert_eq!(
+        h.set("a", Some(json!({"n": 10}))),
+        [leave("a"), enter("c", json!({"n": 3}))]
+    );
     assert_eq!(h.keys(), ["b", "c"]);
 }
 

@@ -110,7 +110,11 @@ impl QueryRegistry {
     pub fn get(&self, conn: ConnId, query_id: &str) -> Option<Subscription> {
         let inner = self.lock();
         let map = inner.by_conn.get(&conn)?.get(query_id)?;
-        inner.by_map.get(map)?.get(&(conn, query_id.to_owned())).cloned()
+        inner
+            .by_map
+            .get(map)?
+            .get(&(conn, query_id.to_owned()))
+            .cloned()
     }
 
     /// Every live query on `map` with its connection (a snapshot; the lock is released).
