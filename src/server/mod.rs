@@ -3,7 +3,7 @@
 //! One module per concern, reached in one hop from [`dispatch`]:
 //! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
 //! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
-//! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
+//! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] and [`live`] (query
 //! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
 //! ownership seam), [`limits`] and [`metrics`].
 //!

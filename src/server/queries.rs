@@ -288,3 +288,77 @@ pub fn handle_query_unsub(shared: &Shared, session: &mut Session, unsub: QueryId
     shared.queries.remove(session.id, &unsub.query_id);
     Flow::Continue
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Principal;
+    use crate::query::Query;
+    use crate::server::connections::outbound_queue;
+    use crate::server::storage::MapRegistry;
+    use crate::store::MemoryStore;
+
+    async fn subscription(conn: ConnId, map: &str) -> Subscription {
+        let maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let handle = maps.get(map, MapKind::Lww, None).await.unwrap();
+        let query = CompiledQuery::compile(&Query::default(), &QueryLimits::default()).unwrap();
+        let live = LiveQuery::new(
+            "q".to_owned(),
+            query,
+            handle,
+            None,
+            Principal::new("u", vec!["USER".to_owned()]),
+            0,
+            LiveWindow::default(),
+        );
+        Subscription {
+            conn: outbound_queue(conn, 8).0,
+            map: map.to_owned(),
+            live: Arc::new(live),
+        }
+    }
+
+    #[tokio::test]
+    async fn global_bound_refuses_new_queries_but_allows_replacing() {
+        let registry = QueryRegistry::default();
+        registry
+            .add("a".into(), subscription(1, "m").await, 2)
+            .unwrap();
+        registry
+            .add("b".into(), subscription(2, "m").await, 2)
+            .unwrap();
+        assert_eq!(
+            registry.add("c".into(), subscription(3, "m").await, 2),
+            Err(RegisterError::Global(2))
+        );
+        registry
+            .add("a".into(), subscription(1, "other").await, 2)
+            .unwrap();
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.live_on("m").len(), 1);
+        assert_eq!(registry.live_on("other").len(), 1);
+        registry.remove_connection(1);
+        registry
+            .add("c".into(), subscription(3, "m").await, 2)
+            .unwrap();
+        assert!(registry.get(3, "c").is_some());
+        assert!(registry.get(1, "a").is_none());
+    }
+
+    #[tokio::test]
+    async fn per_connection_bound_is_enforced() {
+        let registry = QueryRegistry::default();
+        let sub = subscription(1, "m").await;
+        for i in 0..MAX_QUERIES_PER_CONNECTION {
+            registry
+                .add(format!("q{i}"), sub.clone(), usize::MAX)
+                .unwrap();
+        }
+        assert_eq!(
+            registry.add("one-more".into(), sub, usize::MAX),
+            Err(RegisterError::PerConnection(MAX_QUERIES_PER_CONNECTION))
+        );
+        registry.remove(1, "q0");
+        assert_eq!(registry.len(), MAX_QUERIES_PER_CONNECTION - 1);
+    }
+}
