@@ -10,6 +10,7 @@ mod harness;
 mod lifecycle;
 mod locks;
 mod process;
+mod live;
 mod sync;
 mod timeouts;
 mod topics;

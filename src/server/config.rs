@@ -148,6 +148,8 @@ pub struct Limits {
     pub gc_age_ms: u64,
     /// Topics one connection may subscribe to at once.
     pub max_topic_subscriptions: usize,
+    /// Live queries the whole server holds before `QUERY_SUB` is refused (`ERROR 429`).
+    pub max_live_queries: usize,
 }
 
 impl Default for Limits {
@@ -166,6 +168,7 @@ impl Default for Limits {
             outbound_queue: 4_096,
             gc_age_ms: 30 * 24 * 3_600_000,
             max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_live_queries: 100_000,
         }
     }
 }

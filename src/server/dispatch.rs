@@ -69,6 +69,7 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::TopicPub(m) => topics::handle_topic_pub(shared, session, m.payload),
         Message::LockRequest(m) => locks::handle_lock_request(shared, session, m.payload).await,
         Message::LockRelease(m) => locks::handle_lock_release(shared, session, m.payload).await,
+        Message::QuerySyncInit(m) => queries::handle_query_sync_init(shared, session, m),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

@@ -7,7 +7,7 @@
 //! - [`connections`]: the registry and LRU eviction;
 //! - [`operations`]: the write path;
 //! - [`sync`]: Merkle sync;
-//! - [`queries`]: query subscriptions;
+//! - [`queries`] and [`live`]: query subscriptions and their incremental result windows;
 //! - [`topics`]: pub/sub;
 //! - [`locks`]: distributed locks with fencing tokens;
 //! - [`storage`]: lazy map loading and persistence;
@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod http;
 pub mod limits;
 pub mod locks;
+pub mod live;
 pub mod metrics;
 pub mod operations;
 pub mod partitions;

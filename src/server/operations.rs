@@ -435,6 +435,7 @@ fn fan_out(shared: &Shared, session: &Session, events: BTreeMap<String, Vec<Serv
     if events.is_empty() {
         return;
     }
+    super::live::on_changes(shared, &events);
     let mut per_conn: BTreeMap<u64, (super::connections::ConnHandle, Vec<ServerEventPayload>)> =
         BTreeMap::new();
     for (map, map_events) in events {

@@ -1,24 +1,23 @@
-//! Query subscriptions: `QUERY_SUB` / `QUERY_UNSUB` and the registry that decides who hears
-//! about changes to a map.
+//! Query subscriptions: `QUERY_SUB` / `QUERY_UNSUB` / `QUERY_SYNC_INIT` and the registry that
+//! decides who hears about changes to a map (the live maintenance itself is in [`super::live`]).
 //!
 //! Subscriptions are keyed by (connection, query id), never by the client-chosen id alone
 //! (TopGun 2026-01 kept one global namespace, so two clients could collide), and bounded per
-//! connection.
+//! connection and server-wide (`Limits::max_live_queries`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::Value;
-
 use crate::protocol::{
-    QueryIdPayload, QueryResp, QueryRespPayload, QueryResultRow, QuerySubPayload,
+    QueryIdPayload, QueryResp, QueryRespPayload, QueryResultRow, QuerySubPayload, QuerySyncInit,
 };
-use crate::query::{CompiledQuery, CursorContext, QueryLimits};
-use crate::replica::{MapKind, Replica};
+use crate::query::{CompiledQuery, CursorContext, QueryLimits, QueryPage};
+use crate::replica::MapKind;
 
 use super::Shared;
 use super::connections::{ConnHandle, ConnId};
 use super::dispatch::Flow;
+use super::live::{LiveQuery, LiveWindow, execute};
 use super::session::Session;
 use super::sync::{may_read, report_map_error};
 
@@ -30,7 +29,16 @@ pub const MAX_QUERIES_PER_CONNECTION: usize = 256;
 pub struct Subscription {
     pub conn: ConnHandle,
     pub map: String,
-    pub query: Arc<CompiledQuery>,
+    pub live: Arc<LiveQuery>,
+}
+
+/// Why a subscription was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("Query limit reached: at most {0} live queries per connection")]
+    PerConnection(usize),
+    #[error("Query limit reached: the server holds at most {0} live queries")]
+    Global(usize),
 }
 
 /// Every live query, by map.
@@ -43,28 +51,39 @@ pub struct QueryRegistry {
 struct Inner {
     by_map: HashMap<String, HashMap<(ConnId, String), Subscription>>,
     by_conn: HashMap<ConnId, HashMap<String, String>>,
+    total: usize,
 }
 
 impl QueryRegistry {
-    /// Registers (or replaces) a subscription; false when the connection is at its bound.
-    pub fn add(&self, query_id: String, sub: Subscription) -> bool {
+    /// Registers (or replaces) a subscription unless the connection or the server
+    /// (`global_max`) is at its bound.
+    pub fn add(
+        &self,
+        query_id: String,
+        sub: Subscription,
+        global_max: usize,
+    ) -> Result<(), RegisterError> {
         let mut inner = self.lock();
         let conn = sub.conn.id;
+        let total = inner.total;
         let owned = inner.by_conn.entry(conn).or_default();
-        if !owned.contains_key(&query_id) && owned.len() >= MAX_QUERIES_PER_CONNECTION {
-            return false;
+        let replacing = owned.contains_key(&query_id);
+        if !replacing && owned.len() >= MAX_QUERIES_PER_CONNECTION {
+            return Err(RegisterError::PerConnection(MAX_QUERIES_PER_CONNECTION));
+        }
+        if !replacing && total >= global_max {
+            return Err(RegisterError::Global(global_max));
         }
         if let Some(previous_map) = owned.insert(query_id.clone(), sub.map.clone()) {
-            if let Some(subs) = inner.by_map.get_mut(&previous_map) {
-                subs.remove(&(conn, query_id.clone()));
-            }
+            remove_from_map(&mut inner, &previous_map, conn, &query_id);
         }
         inner
             .by_map
             .entry(sub.map.clone())
             .or_default()
             .insert((conn, query_id), sub);
-        true
+        inner.total += 1;
+        Ok(())
     }
 
     /// Drops one subscription.
@@ -87,6 +106,31 @@ impl QueryRegistry {
         }
     }
 
+    /// One subscription of a connection.
+    pub fn get(&self, conn: ConnId, query_id: &str) -> Option<Subscription> {
+        let inner = self.lock();
+        let map = inner.by_conn.get(&conn)?.get(query_id)?;
+        inner
+            .by_map
+            .get(map)?
+            .get(&(conn, query_id.to_owned()))
+            .cloned()
+    }
+
+    /// Every live query on `map` with its connection (a snapshot; the lock is released).
+    pub fn live_on(&self, map: &str) -> Vec<(ConnHandle, Arc<LiveQuery>)> {
+        let inner = self.lock();
+        inner
+            .by_map
+            .get(map)
+            .map(|subs| {
+                subs.values()
+                    .map(|s| (s.conn.clone(), s.live.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Connections holding at least one query on `map`, each once.
     pub fn subscribers(&self, map: &str) -> Vec<ConnHandle> {
         let inner = self.lock();
@@ -102,7 +146,7 @@ impl QueryRegistry {
 
     /// Number of live queries.
     pub fn len(&self) -> usize {
-        self.lock().by_map.values().map(HashMap::len).sum()
+        self.lock().total
     }
 
     /// True when no query is live.
@@ -117,14 +161,16 @@ impl QueryRegistry {
 
 fn remove_from_map(inner: &mut Inner, map: &str, conn: ConnId, query_id: &str) {
     if let Some(subs) = inner.by_map.get_mut(map) {
-        subs.remove(&(conn, query_id.to_owned()));
+        if subs.remove(&(conn, query_id.to_owned())).is_some() {
+            inner.total = inner.total.saturating_sub(1);
+        }
         if subs.is_empty() {
             inner.by_map.remove(map);
         }
     }
 }
 
-/// `QUERY_SUB`: evaluate the query, answer `QUERY_RESP`, and register it for live events.
+/// `QUERY_SUB`: evaluate the query, answer `QUERY_RESP`, and register it for live updates.
 pub async fn handle_query_sub(
     shared: &Arc<Shared>,
     session: &mut Session,
@@ -154,82 +200,165 @@ pub async fn handle_query_sub(
     };
     let now = shared.now_millis();
     let context = CursorContext::new(&shared.cursor_secret, now);
-    let page = {
-        let guard = map.lock();
-        match &*guard {
-            Replica::Lww(r) => compiled.execute(r.map().entries(now), &context),
-            Replica::Or(r) => {
-                let rows: Vec<(String, Value)> = r
-                    .map()
-                    .keys()
-                    .filter_map(|key| {
-                        let values = r.map().get(key, now);
-                        (!values.is_empty()).then(|| {
-                            (
-                                key.to_owned(),
-                                Value::Array(values.into_iter().cloned().collect()),
-                            )
-                        })
-                    })
-                    .collect();
-                compiled.execute(rows.iter().map(|(k, v)| (k.as_str(), v)), &context)
-            }
-        }
-    };
-    let page = match page {
+    // The map stays locked from evaluation until the response is queued, so no write can
+    // slip between the initial results and the first live update.
+    let replica = map.lock();
+    let page = match execute(&compiled, &replica, now, &context) {
         Ok(page) => page,
         Err(e) => {
             session.send_error(shared, 400, format!("Query {} failed: {e}", sub.query_id));
             return Flow::Continue;
         }
     };
-    let registered = shared.queries.add(
+    let live = Arc::new(LiveQuery::new(
         sub.query_id.clone(),
+        compiled,
+        map.clone(),
+        sub.fields,
+        session.principal().clone(),
+        now,
+        LiveWindow::from_page(&page),
+    ));
+    let registered = shared.queries.add(
+        sub.query_id,
         Subscription {
             conn: session.handle().clone(),
-            map: sub.map_name.clone(),
-            query: Arc::new(compiled),
+            map: sub.map_name,
+            live: live.clone(),
         },
+        shared.limits.max_live_queries,
     );
-    if !registered {
-        session.send_error(
-            shared,
-            429,
-            format!("Query limit reached: at most {MAX_QUERIES_PER_CONNECTION} live queries per connection"),
-        );
-        return Flow::Continue;
+    match registered {
+        Ok(()) => {
+            let _ = session.send(shared, query_resp(shared, &live, page));
+        }
+        Err(e) => session.send_error(shared, 429, e.to_string()),
     }
-    let principal = session.principal().clone();
+    drop(replica);
+    Flow::Continue
+}
+
+/// `QUERY_SYNC_INIT` (2026-08): answers with a fresh `QUERY_RESP` for the subscription,
+/// which the client takes as its whole result set.
+pub fn handle_query_sync_init(shared: &Shared, session: &Session, init: QuerySyncInit) -> Flow {
+    let query_id = init.payload.query_id;
+    let Some(sub) = shared.queries.get(session.id, &query_id) else {
+        session.send_error(shared, 404, format!("Unknown query id {query_id}"));
+        return Flow::Continue;
+    };
+    let live = sub.live;
+    let replica = live.map.lock();
+    match live.execute(shared, &replica) {
+        Ok(page) => {
+            *live.window() = LiveWindow::from_page(&page);
+            let _ = session.send(shared, query_resp(shared, &live, page));
+        }
+        Err(e) => session.send_error(shared, 400, format!("Query {query_id} failed: {e}")),
+    }
+    drop(replica);
+    Flow::Continue
+}
+
+/// A `QUERY_RESP` carrying `page` as the subscriber may see it.
+fn query_resp(shared: &Shared, live: &LiveQuery, page: QueryPage) -> QueryResp {
     let results = page
         .results
         .into_iter()
         .filter_map(|(key, value)| {
-            shared
-                .permissions
-                .filter_value(&principal, &sub.map_name, value)
+            live.visible(shared, value)
                 .map(|value| QueryResultRow { key, value })
         })
         .collect();
-    let _ = session.send(
-        shared,
-        QueryResp {
-            payload: QueryRespPayload {
-                query_id: sub.query_id,
-                results,
-                next_cursor: page.next_cursor,
-                has_more: Some(page.has_more),
-                cursor_status: Some(page.cursor_status),
-                merkle_root_hash: None,
-                error: None,
-                code: None,
-            },
+    QueryResp {
+        payload: QueryRespPayload {
+            query_id: live.query_id.clone(),
+            results,
+            next_cursor: page.next_cursor,
+            has_more: Some(page.has_more),
+            cursor_status: Some(page.cursor_status),
+            merkle_root_hash: None,
+            error: None,
+            code: None,
         },
-    );
-    Flow::Continue
+    }
 }
 
 /// `QUERY_UNSUB`: silent, as in TopGun.
 pub fn handle_query_unsub(shared: &Shared, session: &mut Session, unsub: QueryIdPayload) -> Flow {
     shared.queries.remove(session.id, &unsub.query_id);
     Flow::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Principal;
+    use crate::query::Query;
+    use crate::server::connections::outbound_queue;
+    use crate::server::storage::MapRegistry;
+    use crate::store::MemoryStore;
+
+    async fn subscription(conn: ConnId, map: &str) -> Subscription {
+        let maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let handle = maps.get(map, MapKind::Lww, None).await.unwrap();
+        let query = CompiledQuery::compile(&Query::default(), &QueryLimits::default()).unwrap();
+        let live = LiveQuery::new(
+            "q".to_owned(),
+            query,
+            handle,
+            None,
+            Principal::new("u", vec!["USER".to_owned()]),
+            0,
+            LiveWindow::default(),
+        );
+        Subscription {
+            conn: outbound_queue(conn, 8).0,
+            map: map.to_owned(),
+            live: Arc::new(live),
+        }
+    }
+
+    #[tokio::test]
+    async fn global_bound_refuses_new_queries_but_allows_replacing() {
+        let registry = QueryRegistry::default();
+        registry
+            .add("a".into(), subscription(1, "m").await, 2)
+            .unwrap();
+        registry
+            .add("b".into(), subscription(2, "m").await, 2)
+            .unwrap();
+        assert_eq!(
+            registry.add("c".into(), subscription(3, "m").await, 2),
+            Err(RegisterError::Global(2))
+        );
+        registry
+            .add("a".into(), subscription(1, "other").await, 2)
+            .unwrap();
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.live_on("m").len(), 1);
+        assert_eq!(registry.live_on("other").len(), 1);
+        registry.remove_connection(1);
+        registry
+            .add("c".into(), subscription(3, "m").await, 2)
+            .unwrap();
+        assert!(registry.get(3, "c").is_some());
+        assert!(registry.get(1, "a").is_none());
+    }
+
+    #[tokio::test]
+    async fn per_connection_bound_is_enforced() {
+        let registry = QueryRegistry::default();
+        let sub = subscription(1, "m").await;
+        for i in 0..MAX_QUERIES_PER_CONNECTION {
+            registry
+                .add(format!("q{i}"), sub.clone(), usize::MAX)
+                .unwrap();
+        }
+        assert_eq!(
+            registry.add("one-more".into(), sub, usize::MAX),
+            Err(RegisterError::PerConnection(MAX_QUERIES_PER_CONNECTION))
+        );
+        registry.remove(1, "q0");
+        assert_eq!(registry.len(), MAX_QUERIES_PER_CONNECTION - 1);
+    }
 }
