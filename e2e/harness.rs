@@ -20,7 +20,7 @@ use topgun::net::{Listener, TcpListener};
 use topgun::protocol::Message;
 use topgun::protocol::codec::{Frame, Limits as CodecLimits, decode, decode_value, encode_msgpack};
 use topgun::security::Permissions;
-use topgun::server::config::Limits;
+use topgun::server::config::FileConfig;
 use topgun::server::{Server, ServerOptions};
 use topgun::store::{MemoryStore, RedbStore, Store};
 
@@ -68,25 +68,33 @@ pub struct TestServer {
     addr: std::net::SocketAddr,
     storage: Storage,
     max_connections: usize,
+    config: FileConfig,
 }
 
 impl TestServer {
     /// A server over an in-memory store.
     pub async fn start() -> Self {
-        Self::launch(Storage::Memory, 100).await
+        Self::launch(Storage::Memory, 100, FileConfig::default()).await
+    }
+
+    /// A server over an in-memory store configured by a TOML config file's text
+    /// (permissions, search, limits) instead of the defaults.
+    pub async fn with_config(toml: &str) -> Self {
+        let config = FileConfig::parse(toml).expect("valid test config");
+        Self::launch(Storage::Memory, 100, config).await
     }
 
     /// A server over an in-memory store with a connection limit.
     pub async fn with_max_connections(max_connections: usize) -> Self {
-        Self::launch(Storage::Memory, max_connections).await
+        Self::launch(Storage::Memory, max_connections, FileConfig::default()).await
     }
 
     /// A server over a redb store in `dir`.
     pub async fn with_redb(dir: PathBuf) -> Self {
-        Self::launch(Storage::Redb(dir), 100).await
+        Self::launch(Storage::Redb(dir), 100, FileConfig::default()).await
     }
 
-    async fn launch(storage: Storage, max_connections: usize) -> Self {
+    async fn launch(storage: Storage, max_connections: usize, config: FileConfig) -> Self {
         let store: Arc<dyn Store> = match &storage {
             Storage::Memory => Arc::new(MemoryStore::new()),
             Storage::Redb(dir) => Arc::new(open_redb(dir).await),
@@ -94,11 +102,15 @@ impl TestServer {
         let options = ServerOptions {
             node_id: SERVER_NODE.to_owned(),
             jwt_secret: SECRET.to_owned(),
-            permissions: Permissions::development_default(),
-            limits: Limits::default(),
+            permissions: config
+                .permissions
+                .clone()
+                .map_or_else(Permissions::development_default, Permissions::new),
+            limits: config.limits.clone(),
             max_connections,
             debug: false,
             default_combine: Combine::Fmix,
+            search: topgun::server::search::configs_from_file(&config.search),
         };
         let server = Server::new(
             options,
@@ -119,6 +131,7 @@ impl TestServer {
             addr,
             storage,
             max_connections,
+            config,
         }
     }
 
@@ -146,11 +159,12 @@ impl TestServer {
     /// Shuts down, reopens the same store directory and starts again (on a new port).
     pub async fn restart(self) -> Self {
         let max_connections = self.max_connections;
+        let config = self.config.clone();
         let storage = match self.stop().await {
             Some(dir) => Storage::Redb(dir),
             None => Storage::Memory,
         };
-        Self::launch(storage, max_connections).await
+        Self::launch(storage, max_connections, config).await
     }
 }
 

@@ -11,7 +11,7 @@ use crate::protocol::{Message, Pong};
 
 use super::Shared;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
-use super::{auth, operations, queries, sync};
+use super::{auth, operations, queries, search, sync};
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::OrMapPushDiff(m) => sync::handle_ormap_push_diff(shared, session, m.payload).await,
         Message::QuerySub(m) => queries::handle_query_sub(shared, session, m.payload).await,
         Message::QueryUnsub(m) => queries::handle_query_unsub(shared, session, m.payload),
+        Message::Search(m) => search::handle_search(shared, session, m.payload).await,
+        Message::SearchSub(m) => search::handle_search_sub(shared, session, m.payload).await,
+        Message::SearchUnsub(m) => search::handle_search_unsub(shared, session, m.payload),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

@@ -4,7 +4,7 @@
 //! [`http`] (the front door: upgrade or plain endpoints), [`session`] (one connection's read
 //! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
 //! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
-//! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
+//! subscriptions), [`search`] (full-text search), [`storage`] (lazy map loading and persistence), [`partitions`] (the
 //! ownership seam), [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
@@ -21,10 +21,12 @@ pub mod metrics;
 pub mod operations;
 pub mod partitions;
 pub mod queries;
+pub mod search;
 pub mod session;
 pub mod storage;
 pub mod sync;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -35,6 +37,7 @@ use crate::entropy::SharedEntropy;
 use crate::hlc::{Hlc, HlcConfig, Timestamp};
 use crate::merkle::Combine;
 use crate::net::Listener;
+use crate::search::SearchConfig;
 use crate::security::Permissions;
 use crate::store::Store;
 
@@ -43,6 +46,7 @@ use self::connections::Registry;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
+use self::search::{SearchService, SearchSetupError};
 use self::storage::MapRegistry;
 
 /// Everything needed to build a server, already validated.
@@ -61,6 +65,8 @@ pub struct ServerOptions {
     pub debug: bool,
     /// Merkle combine function for clients whose generation is not yet known.
     pub default_combine: Combine,
+    /// Full-text search: map name → indexed fields and BM25 parameters.
+    pub search: BTreeMap<String, SearchConfig>,
 }
 
 /// Why the server could not be built.
@@ -70,6 +76,8 @@ pub enum ServerError {
     Secret(#[from] crate::auth::ConfigError),
     #[error(transparent)]
     Hlc(#[from] crate::hlc::HlcError),
+    #[error(transparent)]
+    Search(#[from] SearchSetupError),
 }
 
 /// State shared by every connection.
@@ -82,6 +90,7 @@ pub struct Shared {
     pub maps: MapRegistry,
     pub connections: Registry,
     pub queries: QueryRegistry,
+    pub search: SearchService,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -154,6 +163,7 @@ impl Server {
             maps: MapRegistry::new(store.clone(), options.debug),
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
+            search: SearchService::new(options.search)?,
             limits: options.limits,
             default_combine: options.default_combine,
             clock,

@@ -252,6 +252,7 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
 
     shared.connections.remove(id);
     shared.queries.remove_connection(id);
+    shared.search.remove_connection(id);
     shared
         .metrics
         .connections_open
