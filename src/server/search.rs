@@ -691,3 +691,463 @@ fn failed(request_id: String, error: &SearchError) -> SearchRespPayload {
         next_cursor: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::entropy::SeededEntropy;
+    use crate::hlc::Timestamp;
+    use crate::merkle::Combine;
+    use crate::protocol::codec::{self, Frame};
+    use crate::protocol::{EventType, Message};
+    use crate::record::{LwwRecord, OrMapRecord};
+    use crate::security::Policy;
+    use crate::server::config::Limits;
+    use crate::server::connections::{Outbound, outbound_queue};
+    use crate::server::{Server, ServerOptions};
+    use crate::store::MemoryStore;
+    use serde_json::json;
+
+    const NOW: u64 = 1_790_000_000_000;
+
+    fn user(name: &str) -> Principal {
+        Principal::new(name, vec!["USER".to_owned()])
+    }
+
+    fn server(policies: Option<Vec<Policy>>) -> Arc<Shared> {
+        let options = ServerOptions {
+            node_id: "server-test".to_owned(),
+            jwt_secret: "unit-secret-0123456789abcdef0123456789".to_owned(),
+            permissions: policies.map_or_else(Permissions::development_default, Permissions::new),
+            limits: Limits::default(),
+            max_connections: 10,
+            debug: false,
+            default_combine: Combine::Fmix,
+            search: BTreeMap::from([
+                (
+                    "articles".to_owned(),
+                    SearchConfig::for_fields(["title", "body"]),
+                ),
+                ("tags".to_owned(), SearchConfig::for_fields(["title"])),
+            ]),
+        };
+        let server = Server::new(
+            options,
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(NOW)),
+            Arc::new(SeededEntropy::new(1)),
+        )
+        .unwrap();
+        server.shared().clone()
+    }
+
+    /// Merges a write straight into the map and notes it, as the write path does.
+    async fn write(shared: &Shared, map: &str, key: &str, value: Option<Value>, n: u64) {
+        let handle = shared.maps.get(map, MapKind::Lww, None).await.unwrap();
+        let record = LwwRecord {
+            value,
+            timestamp: Timestamp::new(NOW - 1_000 + n, 0, "client"),
+            ttl_ms: None,
+        };
+        {
+            let mut guard = handle.lock();
+            let Replica::Lww(replica) = &mut *guard else {
+                panic!("LWW map expected")
+            };
+            assert!(replica.merge(key, record.clone()).is_applied());
+        }
+        let event = ServerEventPayload {
+            map_name: map.to_owned(),
+            key: key.to_owned(),
+            event_type: EventType::Put,
+            record: Some(record),
+            or_record: None,
+            or_tag: None,
+            epoch: None,
+        };
+        shared
+            .search
+            .note_writes(&BTreeMap::from([(map.to_owned(), vec![event])]));
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            let Outbound::Binary(bytes) = frame else {
+                panic!("binary frame expected")
+            };
+            messages.push(codec::decode(Frame::Binary(&bytes)).unwrap());
+        }
+        messages
+    }
+
+    fn updates(messages: &[Message]) -> Vec<(String, ChangeType, Value)> {
+        messages
+            .iter()
+            .map(|m| match m {
+                Message::SearchUpdate(u) => {
+                    assert_eq!(u.payload.legacy_type, u.payload.change_type);
+                    (
+                        u.payload.key.clone(),
+                        u.change().unwrap(),
+                        u.payload.value.clone(),
+                    )
+                }
+                other => panic!("SEARCH_UPDATE expected, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Lets the indexing task drain its queue and reports the index as caught up.
+    async fn settle(shared: &Shared, map: &str) {
+        let search = lock(&shared.search.maps).get(map).cloned().unwrap();
+        assert!(search.caught_up(search.written()).await);
+    }
+
+    #[test]
+    fn wire_options_map_zero_limit_to_unlimited_and_keep_boosts() {
+        let options = options_from_wire(Some(WireOptions {
+            limit: Some(0),
+            min_score: Some(0.5),
+            boost: Some([("title".to_owned(), 2.0)].into_iter().collect()),
+        }));
+        assert_eq!(options.limit, None);
+        assert_eq!(options.min_score, Some(0.5));
+        assert_eq!(options.boost.get("title"), Some(&2.0));
+        assert_eq!(
+            options_from_wire(Some(WireOptions {
+                limit: Some(3),
+                ..WireOptions::default()
+            }))
+            .limit,
+            Some(3)
+        );
+        assert_eq!(options_from_wire(None), SearchOptions::default());
+    }
+
+    #[test]
+    fn bad_configs_are_refused_at_startup_naming_the_map() {
+        let file = crate::server::config::FileConfig::parse(
+            "[search.notes]\nfields = []\n[search.docs]\nfields = [\"title\"]\n",
+        )
+        .unwrap();
+        let configs = configs_from_file(&file.search);
+        assert_eq!(configs["docs"].fields, vec!["title"]);
+        let error = SearchService::new(configs).unwrap_err();
+        assert_eq!(error.map, "notes");
+        assert_eq!(error.source, SearchConfigError::NoFields);
+    }
+
+    #[test]
+    fn live_index_emits_enter_update_leave_only_for_its_matches() {
+        let mut live =
+            LiveIndex::new(SearchIndex::new(SearchConfig::for_fields(["title"])).unwrap());
+        let (conn, _rx) = outbound_queue(7, 8);
+        live.subscriptions.insert(
+            (7, "s1".to_owned()),
+            LiveSearch {
+                conn,
+                principal: user("alice"),
+                terms: query_terms("rust"),
+                options: SearchOptions::default(),
+                members: HashSet::new(),
+            },
+        );
+        let permissions = Permissions::development_default();
+        let step = |live: &mut LiveIndex, key: &str, value: Option<Value>| {
+            let changed = BTreeMap::from([(key.to_owned(), value)]);
+            live.apply(&changed, &permissions, "articles")
+                .into_iter()
+                .map(|d| (d.update.payload.key.clone(), d.update.change().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            step(&mut live, "a", Some(json!({"title": "learning rust"}))),
+            [("a".to_owned(), ChangeType::Enter)]
+        );
+        assert!(step(&mut live, "b", Some(json!({"title": "go"}))).is_empty());
+        assert_eq!(
+            step(&mut live, "a", Some(json!({"title": "rust rust"}))),
+            [("a".to_owned(), ChangeType::Update)]
+        );
+        assert_eq!(
+            step(&mut live, "a", Some(json!({"title": "python"}))),
+            [("a".to_owned(), ChangeType::Leave)]
+        );
+        assert!(step(&mut live, "a", None).is_empty(), "already left");
+        assert_eq!(
+            step(&mut live, "b", Some(json!({"title": "rust"}))),
+            [("b".to_owned(), ChangeType::Enter)]
+        );
+        assert_eq!(
+            step(&mut live, "b", None),
+            [("b".to_owned(), ChangeType::Leave)]
+        );
+        assert!(live.index.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_shot_search_ranks_and_reads_writes_noted_just_before() {
+        let shared = server(None);
+        write(
+            &shared,
+            "articles",
+            "1",
+            Some(json!({"title": "rust", "body": "a systems language"})),
+            1,
+        )
+        .await;
+        write(
+            &shared,
+            "articles",
+            "2",
+            Some(json!({"title": "cooking", "body": "rust on a pan, rust everywhere"})),
+            2,
+        )
+        .await;
+        write(
+            &shared,
+            "articles",
+            "3",
+            Some(json!({"title": "gardening"})),
+            3,
+        )
+        .await;
+        let search = |query: &'static str, options: SearchOptions| {
+            let shared = shared.clone();
+            async move {
+                shared
+                    .search
+                    .search(&shared, &user("alice"), "articles", query, options)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (hits, total) = search("rust", SearchOptions::default()).await;
+        let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(keys, ["1", "2"], "the short title match ranks first");
+        assert_eq!(total, 2);
+        assert!(hits[0].score > hits[1].score);
+        assert_eq!(hits[0].matched_terms, ["rust"]);
+        assert_eq!(
+            hits[0].value,
+            json!({"title": "rust", "body": "a systems language"})
+        );
+
+        // Written after the index exists: no yield between the note and the search, so only
+        // the sequence wait can make the search see it.
+        write(
+            &shared,
+            "articles",
+            "4",
+            Some(json!({"title": "rust rust rust"})),
+            4,
+        )
+        .await;
+        let (limited, total) = search(
+            "rust",
+            SearchOptions {
+                limit: Some(1),
+                ..SearchOptions::default()
+            },
+        )
+        .await;
+        assert_eq!(total, 3);
+        assert_eq!(limited.len(), 1);
+        assert_eq!(limited[0].key, "4");
+
+        write(&shared, "articles", "4", None, 5).await;
+        let (hits, _) = search("rust", SearchOptions::default()).await;
+        assert!(
+            hits.iter().all(|h| h.key != "4"),
+            "deleted documents leave the index"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_wire_error_texts() {
+        let shared = server(Some(vec![Policy {
+            role: "USER".to_owned(),
+            map_name_pattern: "tags".to_owned(),
+            actions: vec![crate::security::PolicyAction::All],
+            allowed_fields: None,
+        }]));
+        let alice = user("alice");
+        let refusal = |map: &'static str| {
+            let shared = shared.clone();
+            let alice = alice.clone();
+            async move {
+                shared
+                    .search
+                    .search(&shared, &alice, map, "x", SearchOptions::default())
+                    .await
+                    .unwrap_err()
+                    .to_string()
+            }
+        };
+        assert_eq!(refusal("articles").await, "Access denied for map: articles");
+
+        let shared = server(None);
+        let error = shared
+            .search
+            .search(&shared, &alice, "todos", "x", SearchOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Full-text search not enabled for map: todos"
+        );
+
+        let or_map = shared.maps.get("tags", MapKind::Or, None).await.unwrap();
+        if let Replica::Or(replica) = &mut *or_map.lock() {
+            replica.apply(
+                "k",
+                OrMapRecord {
+                    value: json!({"title": "x"}),
+                    timestamp: Timestamp::new(NOW, 0, "c"),
+                    tag: "t1".to_owned(),
+                    ttl_ms: None,
+                },
+            );
+        }
+        let error = shared
+            .search
+            .search(&shared, &alice, "tags", "x", SearchOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, SearchError::OrMap(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn field_level_security_filters_and_withholds_hits() {
+        let shared = server(Some(vec![Policy {
+            role: "USER".to_owned(),
+            map_name_pattern: "*".to_owned(),
+            actions: vec![crate::security::PolicyAction::All],
+            allowed_fields: Some(vec!["title".to_owned()]),
+        }]));
+        write(
+            &shared,
+            "articles",
+            "1",
+            Some(json!({"title": "rust", "body": "secret rust"})),
+            1,
+        )
+        .await;
+        let (hits, _) = shared
+            .search
+            .search(
+                &shared,
+                &user("alice"),
+                "articles",
+                "rust",
+                SearchOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hits[0].value, json!({"title": "rust"}));
+    }
+
+    #[tokio::test]
+    async fn subscription_gets_snapshot_then_deltas_until_unsubscribed() {
+        let shared = server(None);
+        write(&shared, "articles", "1", Some(json!({"title": "rust"})), 1).await;
+        let (conn, mut rx) = outbound_queue(3, 64);
+        let sub = SearchSubPayload {
+            subscription_id: "sub-1".to_owned(),
+            map_name: "articles".to_owned(),
+            query: "rust".to_owned(),
+            options: None,
+        };
+        shared
+            .search
+            .subscribe(&shared, &conn, &user("bob"), sub)
+            .await
+            .unwrap();
+        let initial = received(&mut rx);
+        let [Message::SearchResp(resp)] = initial.as_slice() else {
+            panic!("one SEARCH_RESP expected: {initial:?}")
+        };
+        assert_eq!(resp.payload.request_id, "sub-1");
+        assert_eq!(resp.payload.results.len(), 1);
+        assert_eq!(shared.search.subscription_count(), 1);
+
+        write(
+            &shared,
+            "articles",
+            "2",
+            Some(json!({"title": "more rust"})),
+            2,
+        )
+        .await;
+        write(
+            &shared,
+            "articles",
+            "1",
+            Some(json!({"title": "rust, edited"})),
+            3,
+        )
+        .await;
+        write(
+            &shared,
+            "articles",
+            "3",
+            Some(json!({"title": "nothing relevant"})),
+            4,
+        )
+        .await;
+        settle(&shared, "articles").await;
+        write(&shared, "articles", "2", None, 5).await;
+        settle(&shared, "articles").await;
+        assert_eq!(
+            updates(&received(&mut rx)),
+            [
+                (
+                    "1".to_owned(),
+                    ChangeType::Update,
+                    json!({"title": "rust, edited"})
+                ),
+                (
+                    "2".to_owned(),
+                    ChangeType::Enter,
+                    json!({"title": "more rust"})
+                ),
+                ("2".to_owned(), ChangeType::Leave, Value::Null),
+            ]
+        );
+
+        shared.search.unsubscribe(3, "sub-1");
+        assert_eq!(shared.search.subscription_count(), 0);
+        write(&shared, "articles", "5", Some(json!({"title": "rust"})), 6).await;
+        settle(&shared, "articles").await;
+        assert!(
+            received(&mut rx).is_empty(),
+            "no updates after SEARCH_UNSUB"
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_connections_lose_their_subscriptions() {
+        let shared = server(None);
+        let (conn, _rx) = outbound_queue(9, 8);
+        for id in ["a", "b"] {
+            let sub = SearchSubPayload {
+                subscription_id: id.to_owned(),
+                map_name: "articles".to_owned(),
+                query: "rust".to_owned(),
+                options: None,
+            };
+            shared
+                .search
+                .subscribe(&shared, &conn, &user("bob"), sub)
+                .await
+                .unwrap();
+        }
+        assert_eq!(shared.search.subscription_count(), 2);
+        shared.search.remove_connection(9);
+        assert_eq!(shared.search.subscription_count(), 0);
+        let search = lock(&shared.search.maps).get("articles").cloned().unwrap();
+        assert!(lock(&search.live).subscriptions.is_empty());
+    }
+}
