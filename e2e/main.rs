@@ -7,6 +7,7 @@
 mod handshake;
 mod harness;
 mod lifecycle;
+mod search;
 mod sync;
 mod walk;
 mod writes;
