@@ -20,7 +20,7 @@ use topgun::net::{Listener, TcpListener};
 use topgun::protocol::Message;
 use topgun::protocol::codec::{Frame, Limits as CodecLimits, decode, decode_value, encode_msgpack};
 use topgun::security::Permissions;
-use topgun::server::config::Limits;
+use topgun::server::config::{FileConfig, Limits};
 use topgun::server::{Server, ServerOptions};
 use topgun::store::{MemoryStore, RedbStore, Store};
 
@@ -87,34 +87,51 @@ pub struct TestServer {
     storage: Storage,
     max_connections: usize,
     setup: Setup,
+    config: FileConfig,
 }
 
 impl TestServer {
     /// A server over an in-memory store.
     pub async fn start() -> Self {
-        Self::launch(Storage::Memory, 100).await
+        Self::launch(Storage::Memory, 100, FileConfig::default()).await
+    }
+
+    /// A server over an in-memory store configured by a TOML config file's text
+    /// (permissions, search, limits) instead of the defaults.
+    pub async fn with_config(toml: &str) -> Self {
+        let config = FileConfig::parse(toml).expect("valid test config");
+        Self::launch(Storage::Memory, 100, config).await
     }
 
     /// A server over an in-memory store with a connection limit.
     pub async fn with_max_connections(max_connections: usize) -> Self {
-        Self::launch(Storage::Memory, max_connections).await
+        Self::launch(Storage::Memory, max_connections, FileConfig::default()).await
     }
 
     /// A server over a redb store in `dir`.
     pub async fn with_redb(dir: PathBuf) -> Self {
-        Self::launch(Storage::Redb(dir), 100).await
+        Self::launch(Storage::Redb(dir), 100, FileConfig::default()).await
     }
 
     /// A server over an in-memory store with the given limits, secret and clock.
     pub async fn with_setup(setup: Setup) -> Self {
-        Self::launch_with(Storage::Memory, 100, setup).await
+        Self::launch_with(Storage::Memory, 100, setup, FileConfig::default()).await
     }
 
-    async fn launch(storage: Storage, max_connections: usize) -> Self {
-        Self::launch_with(storage, max_connections, Setup::default()).await
+    async fn launch(storage: Storage, max_connections: usize, config: FileConfig) -> Self {
+        let setup = Setup {
+            limits: config.limits.clone(),
+            ..Setup::default()
+        };
+        Self::launch_with(storage, max_connections, setup, config).await
     }
 
-    async fn launch_with(storage: Storage, max_connections: usize, setup: Setup) -> Self {
+    async fn launch_with(
+        storage: Storage,
+        max_connections: usize,
+        setup: Setup,
+        config: FileConfig,
+    ) -> Self {
         let store: Arc<dyn Store> = match &storage {
             Storage::Memory => Arc::new(MemoryStore::new()),
             Storage::Redb(dir) => Arc::new(open_redb(dir).await),
@@ -122,11 +139,15 @@ impl TestServer {
         let options = ServerOptions {
             node_id: SERVER_NODE.to_owned(),
             jwt_secret: setup.secret.clone(),
-            permissions: Permissions::development_default(),
+            permissions: config
+                .permissions
+                .clone()
+                .map_or_else(Permissions::development_default, Permissions::new),
             limits: setup.limits.clone(),
             max_connections,
             debug: false,
             default_combine: Combine::Fmix,
+            search: topgun::server::search::configs_from_file(&config.search),
         };
         let server = Server::new(
             options,
@@ -148,6 +169,7 @@ impl TestServer {
             storage,
             max_connections,
             setup,
+            config,
         }
     }
 
@@ -176,11 +198,12 @@ impl TestServer {
     pub async fn restart(self) -> Self {
         let max_connections = self.max_connections;
         let setup = self.setup.clone();
+        let config = self.config.clone();
         let storage = match self.stop().await {
             Some(dir) => Storage::Redb(dir),
             None => Storage::Memory,
         };
-        Self::launch_with(storage, max_connections, setup).await
+        Self::launch_with(storage, max_connections, setup, config).await
     }
 }
 

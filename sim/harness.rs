@@ -64,6 +64,7 @@ pub async fn run_server(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
         max_connections: 100,
         debug: false,
         default_combine: Combine::Fmix,
+        search: Default::default(),
     };
     let server = Server::new(
         options,

@@ -168,6 +168,7 @@ async fn run_server(args: ServeArgs) -> Result<(), String> {
         max_connections: args.max_connections,
         debug: args.debug,
         default_combine: Combine::Fmix,
+        search: topgun::server::search::configs_from_file(&file.search),
     };
     let server = Server::new(options, store, Arc::new(SystemClock), Arc::new(OsEntropy))
         .map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ use super::auth;
 use super::locks;
 use super::operations;
 use super::queries;
+use super::search;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
 use super::sync;
 use super::topics;
@@ -70,6 +71,9 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::LockRequest(m) => locks::handle_lock_request(shared, session, m.payload).await,
         Message::LockRelease(m) => locks::handle_lock_release(shared, session, m.payload).await,
         Message::QuerySyncInit(m) => queries::handle_query_sync_init(shared, session, m),
+        Message::Search(m) => search::handle_search(shared, session, m.payload).await,
+        Message::SearchSub(m) => search::handle_search_sub(shared, session, m.payload).await,
+        Message::SearchUnsub(m) => search::handle_search_unsub(shared, session, m.payload),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

@@ -698,6 +698,7 @@ mod tests {
                 max_connections: 10,
                 debug: false,
                 default_combine: Combine::Fmix,
+                search: Default::default(),
             },
             Arc::new(MemoryStore::new()),
             Arc::new(clock.clone()),

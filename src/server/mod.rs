@@ -8,6 +8,7 @@
 //! - [`operations`]: the write path;
 //! - [`sync`]: Merkle sync;
 //! - [`queries`] and [`live`]: query subscriptions and their incremental result windows;
+//! - [`search`]: full-text search and live search subscriptions;
 //! - [`topics`]: pub/sub;
 //! - [`locks`]: distributed locks with fencing tokens;
 //! - [`storage`]: lazy map loading and persistence;
@@ -24,17 +25,19 @@ pub mod connections;
 pub mod dispatch;
 pub mod http;
 pub mod limits;
-pub mod locks;
 pub mod live;
+pub mod locks;
 pub mod metrics;
 pub mod operations;
 pub mod partitions;
 pub mod queries;
+pub mod search;
 pub mod session;
 pub mod storage;
 pub mod sync;
 pub mod topics;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -45,6 +48,7 @@ use crate::entropy::SharedEntropy;
 use crate::hlc::{Hlc, HlcConfig, Timestamp};
 use crate::merkle::Combine;
 use crate::net::Listener;
+use crate::search::SearchConfig;
 use crate::security::Permissions;
 use crate::store::Store;
 
@@ -54,6 +58,7 @@ use self::locks::LockManager;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
+use self::search::{SearchService, SearchSetupError};
 use self::storage::MapRegistry;
 use self::topics::TopicRegistry;
 
@@ -73,6 +78,8 @@ pub struct ServerOptions {
     pub debug: bool,
     /// Merkle combine function for clients whose generation is not yet known.
     pub default_combine: Combine,
+    /// Full-text search: map name → indexed fields and BM25 parameters.
+    pub search: BTreeMap<String, SearchConfig>,
 }
 
 /// Why the server could not be built.
@@ -82,6 +89,8 @@ pub enum ServerError {
     Secret(#[from] crate::auth::ConfigError),
     #[error(transparent)]
     Hlc(#[from] crate::hlc::HlcError),
+    #[error(transparent)]
+    Search(#[from] SearchSetupError),
 }
 
 /// State shared by every connection.
@@ -96,6 +105,7 @@ pub struct Shared {
     pub queries: QueryRegistry,
     pub topics: TopicRegistry,
     pub locks: LockManager,
+    pub search: SearchService,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -170,6 +180,7 @@ impl Server {
             queries: QueryRegistry::default(),
             topics: TopicRegistry::new(options.limits.max_topic_subscriptions, &cursor_secret),
             locks: LockManager::new(store.clone(), clock.clone()),
+            search: SearchService::new(options.search)?,
             limits: options.limits,
             default_combine: options.default_combine,
             clock,

@@ -96,6 +96,8 @@ pub async fn handle_op_batch(
             last_acked = id;
         }
     }
+    // Before the ack, so a search sent after the ack waits for these writes to be indexed.
+    shared.search.note_writes(&changes.events);
     if denied > 0 {
         session.send_error(
             shared,

@@ -254,6 +254,7 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
     shared.queries.remove_connection(id);
     shared.topics.remove_connection(id);
     super::locks::on_disconnect(&shared, id).await;
+    shared.search.remove_connection(id);
     shared
         .metrics
         .connections_open
