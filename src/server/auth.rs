@@ -28,6 +28,7 @@ pub async fn handle_auth(shared: &Arc<Shared>, session: &mut Session, auth: Auth
                 ..AuthAck::default()
             };
             session.principal = Some(principal);
+            shared.gc_audience.admit(session.id);
             session.heartbeat();
             let _ = session.send(shared, ack);
             Flow::Continue

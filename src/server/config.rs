@@ -144,8 +144,11 @@ pub struct Limits {
     pub max_drift_ms: u64,
     /// Queued outbound messages per connection before it is considered too slow and closed.
     pub outbound_queue: usize,
-    /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
+    /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`); tombstones
+    /// older than this are pruned.
     pub gc_age_ms: u64,
+    /// Period of the TTL-expiry and tombstone-GC pass; 0 turns the periodic pass off.
+    pub gc_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -163,6 +166,7 @@ impl Default for Limits {
             max_drift_ms: 300_000,
             outbound_queue: 4_096,
             gc_age_ms: 30 * 24 * 3_600_000,
+            gc_interval_ms: 60_000,
         }
     }
 }

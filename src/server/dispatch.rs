@@ -11,7 +11,7 @@ use crate::protocol::{Message, Pong};
 
 use super::Shared;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
-use super::{auth, operations, queries, sync};
+use super::{auth, operations, queries, sync, unsupported};
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,17 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::QuerySub(m) => queries::handle_query_sub(shared, session, m.payload).await,
         Message::QueryUnsub(m) => queries::handle_query_unsub(shared, session, m.payload),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
+        m @ (Message::EntryProcess(_)
+        | Message::EntryProcessBatch(_)
+        | Message::RegisterResolver(_)
+        | Message::UnregisterResolver(_)
+        | Message::ListResolvers(_)
+        | Message::SqlQuery(_)
+        | Message::VectorSearch(_)
+        | Message::HybridSearch(_)
+        | Message::HybridSearchSub(_)
+        | Message::HybridQuerySubscribe(_)
+        | Message::PartitionMapRequest(_)) => unsupported::answer(shared, session, m),
         other => answer_unhandled(shared, session, &other),
     }
 }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod dispatch;
+pub mod gc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod queries;
 pub mod session;
 pub mod storage;
 pub mod sync;
+pub mod unsupported;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -88,6 +90,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Key that signs query cursors (tamper detection); fresh per process.
     pub cursor_secret: [u8; 32],
+    /// Authenticated connections, the recipients of `GC_PRUNE`.
+    pub gc_audience: gc::Audience,
+    /// The address [`Server::run`] accepts on, advertised in `PARTITION_MAP`.
+    pub bound_addr: std::sync::OnceLock<std::net::SocketAddr>,
     hlc: Mutex<Hlc>,
     shutdown: watch::Sender<bool>,
 }
@@ -164,6 +170,8 @@ impl Server {
             ownership: Box::new(SingleNode),
             metrics: Metrics::default(),
             cursor_secret,
+            gc_audience: gc::Audience::default(),
+            bound_addr: std::sync::OnceLock::new(),
             hlc: Mutex::new(hlc),
             shutdown,
         };
@@ -180,6 +188,10 @@ impl Server {
     /// Accepts connections from `listener` until [`Server::shutdown`] is called.
     pub async fn run<L: Listener>(&self, mut listener: L) -> std::io::Result<()> {
         let mut stop = self.shared.shutdown_signal();
+        if let Ok(addr) = listener.local_addr() {
+            let _ = self.shared.bound_addr.set(addr);
+        }
+        tokio::spawn(gc::run(self.shared.clone()));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
