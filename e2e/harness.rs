@@ -68,25 +68,32 @@ pub struct TestServer {
     addr: std::net::SocketAddr,
     storage: Storage,
     max_connections: usize,
+    limits: Limits,
+    clock: Arc<ManualClock>,
 }
 
 impl TestServer {
     /// A server over an in-memory store.
     pub async fn start() -> Self {
-        Self::launch(Storage::Memory, 100).await
+        Self::launch(Storage::Memory, 100, Limits::default()).await
+    }
+
+    /// A server over an in-memory store with custom limits.
+    pub async fn with_limits(limits: Limits) -> Self {
+        Self::launch(Storage::Memory, 100, limits).await
     }
 
     /// A server over an in-memory store with a connection limit.
     pub async fn with_max_connections(max_connections: usize) -> Self {
-        Self::launch(Storage::Memory, max_connections).await
+        Self::launch(Storage::Memory, max_connections, Limits::default()).await
     }
 
     /// A server over a redb store in `dir`.
     pub async fn with_redb(dir: PathBuf) -> Self {
-        Self::launch(Storage::Redb(dir), 100).await
+        Self::launch(Storage::Redb(dir), 100, Limits::default()).await
     }
 
-    async fn launch(storage: Storage, max_connections: usize) -> Self {
+    async fn launch(storage: Storage, max_connections: usize, limits: Limits) -> Self {
         let store: Arc<dyn Store> = match &storage {
             Storage::Memory => Arc::new(MemoryStore::new()),
             Storage::Redb(dir) => Arc::new(open_redb(dir).await),
@@ -95,15 +102,16 @@ impl TestServer {
             node_id: SERVER_NODE.to_owned(),
             jwt_secret: SECRET.to_owned(),
             permissions: Permissions::development_default(),
-            limits: Limits::default(),
+            limits: limits.clone(),
             max_connections,
             debug: false,
             default_combine: Combine::Fmix,
         };
+        let clock = Arc::new(ManualClock::new(SERVER_NOW_MS));
         let server = Server::new(
             options,
             store,
-            Arc::new(ManualClock::new(SERVER_NOW_MS)),
+            clock.clone(),
             Arc::new(SeededEntropy::new(7)),
         )
         .expect("server builds");
@@ -119,7 +127,19 @@ impl TestServer {
             addr,
             storage,
             max_connections,
+            limits,
+            clock,
         }
+    }
+
+    /// The running server (to drive server-side passes such as GC directly).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The server's wall clock, which only moves when a test moves it.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
     }
 
     /// `ws://` URL of the server.
@@ -146,11 +166,12 @@ impl TestServer {
     /// Shuts down, reopens the same store directory and starts again (on a new port).
     pub async fn restart(self) -> Self {
         let max_connections = self.max_connections;
+        let limits = self.limits.clone();
         let storage = match self.stop().await {
             Some(dir) => Storage::Redb(dir),
             None => Storage::Memory,
         };
-        Self::launch(storage, max_connections).await
+        Self::launch(storage, max_connections, limits).await
     }
 }
 
