@@ -55,12 +55,11 @@ pub fn answer(shared: &Shared, session: &Session, message: Message) -> Flow {
             session.send_error(shared, 501, HYBRID_QUERY);
             return Flow::Continue;
         }
-        Message::PartitionMapRequest(_) => partition_map(
-            &shared.hlc().node_id().to_owned(),
-            websocket_endpoint(shared),
-            shared.now_millis(),
-        )
-        .into(),
+        Message::PartitionMapRequest(_) => {
+            // Copied out so the HLC lock is not held while the map is built.
+            let node_id = shared.hlc().node_id().to_owned();
+            partition_map(&node_id, websocket_endpoint(shared), shared.now_millis()).into()
+        }
         other => {
             session.send_error(
                 shared,
