@@ -88,6 +88,7 @@ pub struct TestServer {
     max_connections: usize,
     setup: Setup,
     config: FileConfig,
+    clock: Arc<ManualClock>,
 }
 
 impl TestServer {
@@ -111,6 +112,15 @@ impl TestServer {
     /// A server over a redb store in `dir`.
     pub async fn with_redb(dir: PathBuf) -> Self {
         Self::launch(Storage::Redb(dir), 100, FileConfig::default()).await
+    }
+
+    /// A server over an in-memory store with custom limits.
+    pub async fn with_limits(limits: Limits) -> Self {
+        let setup = Setup {
+            limits,
+            ..Setup::default()
+        };
+        Self::launch_with(Storage::Memory, 100, setup, FileConfig::default()).await
     }
 
     /// A server over an in-memory store with the given limits, secret and clock.
@@ -149,10 +159,11 @@ impl TestServer {
             default_combine: Combine::Fmix,
             search: topgun::server::search::configs_from_file(&config.search),
         };
+        let clock = Arc::new(ManualClock::new(setup.now_ms));
         let server = Server::new(
             options,
             store,
-            Arc::new(ManualClock::new(setup.now_ms)),
+            clock.clone(),
             Arc::new(SeededEntropy::new(7)),
         )
         .expect("server builds");
@@ -170,7 +181,18 @@ impl TestServer {
             max_connections,
             setup,
             config,
+            clock,
         }
+    }
+
+    /// The running server (to drive server-side passes such as GC directly).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The server's wall clock, which only moves when a test moves it.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
     }
 
     /// `ws://` URL of the server.

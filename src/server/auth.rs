@@ -30,6 +30,8 @@ pub async fn handle_auth(shared: &Arc<Shared>, session: &mut Session, auth: Auth
             session.principal = Some(principal);
             session.heartbeat();
             let _ = session.send(shared, ack);
+            // After the ack, so a GC pass cannot slip a GC_PRUNE in before it.
+            shared.gc_audience.admit(session.id);
             Flow::Continue
         }
         Err(e) if session.is_authenticated() => {

@@ -144,12 +144,15 @@ pub struct Limits {
     pub max_drift_ms: u64,
     /// Queued outbound messages per connection before it is considered too slow and closed.
     pub outbound_queue: usize,
-    /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
+    /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`); tombstones
+    /// older than this are pruned.
     pub gc_age_ms: u64,
     /// Topics one connection may subscribe to at once.
     pub max_topic_subscriptions: usize,
     /// Live queries the whole server holds before `QUERY_SUB` is refused (`ERROR 429`).
     pub max_live_queries: usize,
+    /// Period of the TTL-expiry and tombstone-GC pass; 0 turns the periodic pass off.
+    pub gc_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -169,6 +172,7 @@ impl Default for Limits {
             gc_age_ms: 30 * 24 * 3_600_000,
             max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
             max_live_queries: 100_000,
+            gc_interval_ms: 60_000,
         }
     }
 }

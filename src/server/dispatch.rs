@@ -18,6 +18,7 @@ use super::search;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
 use super::sync;
 use super::topics;
+use super::unsupported;
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,17 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::SearchSub(m) => search::handle_search_sub(shared, session, m.payload).await,
         Message::SearchUnsub(m) => search::handle_search_unsub(shared, session, m.payload),
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
+        m @ (Message::EntryProcess(_)
+        | Message::EntryProcessBatch(_)
+        | Message::RegisterResolver(_)
+        | Message::UnregisterResolver(_)
+        | Message::ListResolvers(_)
+        | Message::SqlQuery(_)
+        | Message::VectorSearch(_)
+        | Message::HybridSearch(_)
+        | Message::HybridSearchSub(_)
+        | Message::HybridQuerySubscribe(_)
+        | Message::PartitionMapRequest(_)) => unsupported::answer(shared, session, m),
         other => answer_unhandled(shared, session, &other),
     }
 }

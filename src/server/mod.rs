@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod dispatch;
+pub mod gc;
 pub mod http;
 pub mod limits;
 pub mod live;
@@ -36,6 +37,7 @@ pub mod session;
 pub mod storage;
 pub mod sync;
 pub mod topics;
+pub mod unsupported;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -112,6 +114,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Key that signs query cursors (tamper detection); fresh per process.
     pub cursor_secret: [u8; 32],
+    /// Authenticated connections, the recipients of `GC_PRUNE`.
+    pub gc_audience: gc::Audience,
+    /// The address [`Server::run`] accepts on, advertised in `PARTITION_MAP`.
+    pub bound_addr: std::sync::OnceLock<std::net::SocketAddr>,
     hlc: Mutex<Hlc>,
     shutdown: watch::Sender<bool>,
 }
@@ -191,6 +197,8 @@ impl Server {
             ownership: Box::new(SingleNode),
             metrics: Metrics::default(),
             cursor_secret,
+            gc_audience: gc::Audience::default(),
+            bound_addr: std::sync::OnceLock::new(),
             hlc: Mutex::new(hlc),
             shutdown,
         };
@@ -208,6 +216,10 @@ impl Server {
     pub async fn run<L: Listener>(&self, mut listener: L) -> std::io::Result<()> {
         let mut stop = self.shared.shutdown_signal();
         let _expiry = locks::spawn_expiry(&self.shared, locks::EXPIRY_SCAN_INTERVAL);
+        if let Ok(addr) = listener.local_addr() {
+            let _ = self.shared.bound_addr.set(addr);
+        }
+        tokio::spawn(gc::run(self.shared.clone()));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

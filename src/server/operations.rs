@@ -434,6 +434,19 @@ async fn persist(shared: &Arc<Shared>, mutations: &WriteBatch, wait: bool) -> bo
 /// Sends one `SERVER_BATCH_EVENT` per subscribed connection (not the writer) with the events
 /// of the maps it holds a query on, stamped with a fresh server HLC timestamp.
 fn fan_out(shared: &Shared, session: &Session, events: BTreeMap<String, Vec<ServerEventPayload>>) {
+    fan_out_except(shared, Some(session.id), events);
+}
+
+/// Fans out changes the server made itself (TTL expiry): every subscriber gets them.
+pub fn fan_out_server_events(shared: &Shared, events: BTreeMap<String, Vec<ServerEventPayload>>) {
+    fan_out_except(shared, None, events);
+}
+
+fn fan_out_except(
+    shared: &Shared,
+    skip: Option<super::connections::ConnId>,
+    events: BTreeMap<String, Vec<ServerEventPayload>>,
+) {
     if events.is_empty() {
         return;
     }
@@ -442,7 +455,7 @@ fn fan_out(shared: &Shared, session: &Session, events: BTreeMap<String, Vec<Serv
         BTreeMap::new();
     for (map, map_events) in events {
         for conn in shared.queries.subscribers(&map) {
-            if conn.id == session.id {
+            if Some(conn.id) == skip {
                 continue;
             }
             per_conn
