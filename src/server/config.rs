@@ -146,6 +146,10 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`).
     pub gc_age_ms: u64,
+    /// Recent journal events kept in memory (older reads go to the store).
+    pub journal_capacity: usize,
+    /// Journal events kept in the store (the newest ones); 0 keeps every event.
+    pub journal_retention: u64,
 }
 
 impl Default for Limits {
@@ -163,6 +167,8 @@ impl Default for Limits {
             max_drift_ms: 300_000,
             outbound_queue: 4_096,
             gc_age_ms: 30 * 24 * 3_600_000,
+            journal_capacity: 10_000,
+            journal_retention: 1_000_000,
         }
     }
 }

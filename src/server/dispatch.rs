@@ -11,7 +11,7 @@ use crate::protocol::{Message, Pong};
 
 use super::Shared;
 use super::session::{CLOSE_UNAUTHORIZED, Session};
-use super::{auth, operations, queries, sync};
+use super::{auth, counters, journal, operations, queries, sync};
 
 /// Whether the connection goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,13 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::OrMapPushDiff(m) => sync::handle_ormap_push_diff(shared, session, m.payload).await,
         Message::QuerySub(m) => queries::handle_query_sub(shared, session, m.payload).await,
         Message::QueryUnsub(m) => queries::handle_query_unsub(shared, session, m.payload),
+        Message::CounterRequest(m) => {
+            counters::handle_counter_request(shared, session, m.payload).await
+        }
+        Message::CounterSync(m) => counters::handle_counter_sync(shared, session, m.payload).await,
+        Message::JournalSubscribe(m) => journal::handle_journal_subscribe(shared, session, m).await,
+        Message::JournalUnsubscribe(m) => journal::handle_journal_unsubscribe(shared, session, m),
+        Message::JournalRead(m) => journal::handle_journal_read(shared, session, m).await,
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         other => answer_unhandled(shared, session, &other),
     }

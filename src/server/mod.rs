@@ -5,7 +5,8 @@
 //! loop and writer), [`auth`] (the handshake), [`connections`] (registry, LRU eviction),
 //! [`operations`] (the write path), [`sync`] (Merkle sync), [`queries`] (query
 //! subscriptions), [`storage`] (lazy map loading and persistence), [`partitions`] (the
-//! ownership seam), [`limits`] and [`metrics`].
+//! ownership seam), [`counters`] (PN-counters), [`journal`] (the event journal), [`limits`]
+//! and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
 //! [`crate::entropy`], [`crate::net`], [`crate::store`]) so tests and simulations run the
@@ -14,8 +15,10 @@
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod counters;
 pub mod dispatch;
 pub mod http;
+pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod operations;
@@ -40,6 +43,8 @@ use crate::store::Store;
 
 use self::config::Limits;
 use self::connections::Registry;
+use self::counters::CounterRegistry;
+use self::journal::Journal;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
 use self::queries::QueryRegistry;
@@ -82,6 +87,8 @@ pub struct Shared {
     pub maps: MapRegistry,
     pub connections: Registry,
     pub queries: QueryRegistry,
+    pub counters: CounterRegistry,
+    pub journal: Journal,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -154,6 +161,8 @@ impl Server {
             maps: MapRegistry::new(store.clone(), options.debug),
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
+            counters: CounterRegistry::default(),
+            journal: Journal::new(&options.limits),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,

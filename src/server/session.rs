@@ -252,6 +252,8 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
 
     shared.connections.remove(id);
     shared.queries.remove_connection(id);
+    shared.counters.remove_connection(id);
+    shared.journal.remove_connection(id);
     shared
         .metrics
         .connections_open
