@@ -4,8 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod counters;
 mod handshake;
 mod harness;
+mod journal;
 mod lifecycle;
 mod sync;
 mod walk;

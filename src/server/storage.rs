@@ -202,7 +202,7 @@ mod tests {
     use super::*;
     use crate::hlc::Timestamp;
     use crate::record::LwwRecord;
-    use crate::store::{BoxFuture, CounterSnapshot, MemoryStore};
+    use crate::store::{BoxFuture, CounterSnapshot, JournalRow, MemoryStore};
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -245,7 +245,7 @@ mod tests {
             &self,
             from_sequence: u64,
             limit: usize,
-        ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>> {
+        ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
             self.inner.read_journal(from_sequence, limit)
         }
         fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -6,7 +6,8 @@ use std::future::ready;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    BoxFuture, CounterSnapshot, MapKind, MapSnapshot, Mutation, Store, StoreError, WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
+    WriteBatch,
 };
 
 /// A non-durable store with the same semantics as the durable backends.
@@ -157,7 +158,7 @@ impl Store for MemoryStore {
         &self,
         from_sequence: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
         self.read(move |state| {
             state
                 .journal

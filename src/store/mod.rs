@@ -112,6 +112,9 @@ pub struct CounterSnapshot {
     pub n: BTreeMap<String, f64>,
 }
 
+/// One stored journal entry: its sequence and its encoded event.
+pub type JournalRow = (u64, Vec<u8>);
+
 /// One typed change. A [`WriteBatch`] applies a list of them atomically, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
@@ -411,7 +414,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         from_sequence: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>>;
 
     /// The highest journal sequence ever appended (0 if none), even if it was trimmed since,
     /// so sequences continue upward after a restart.

@@ -33,7 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode, encode, kind_code, kind_from_code};
 use super::{
-    BoxFuture, CounterSnapshot, MapKind, MapSnapshot, Mutation, Store, StoreError, WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
+    WriteBatch,
 };
 
 /// The database file inside the store directory.
@@ -274,7 +275,7 @@ impl Store for RedbStore {
         &self,
         from_sequence: u64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
         self.read(move |txn| {
             let table = txn
                 .open_table(JOURNAL)
