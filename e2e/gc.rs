@@ -65,7 +65,10 @@ async fn expired_record_becomes_a_tombstone_event_and_syncs_as_one() {
     let Message::QueryUpdate(leave) = watcher.expect_type("QUERY_UPDATE").await else {
         unreachable!()
     };
-    assert_eq!(leave.payload.key, "s1", "the expired record leaves the live query");
+    assert_eq!(
+        leave.payload.key, "s1",
+        "the expired record leaves the live query"
+    );
     let Message::ServerBatchEvent(event) = watcher.expect_type("SERVER_BATCH_EVENT").await else {
         unreachable!()
     };

@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod counters;
 mod gc;
 mod generations;
 mod handshake;
 mod harness;
+mod journal;
 mod lifecycle;
 mod live;
 mod locks;

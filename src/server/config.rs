@@ -153,6 +153,10 @@ pub struct Limits {
     pub max_live_queries: usize,
     /// Period of the TTL-expiry and tombstone-GC pass; 0 turns the periodic pass off.
     pub gc_interval_ms: u64,
+    /// Recent journal events kept in memory (older reads go to the store).
+    pub journal_capacity: usize,
+    /// Journal events kept in the store (the newest ones); 0 keeps every event.
+    pub journal_retention: u64,
 }
 
 impl Default for Limits {
@@ -173,6 +177,8 @@ impl Default for Limits {
             max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
             max_live_queries: 100_000,
             gc_interval_ms: 60_000,
+            journal_capacity: 10_000,
+            journal_retention: 1_000_000,
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::protocol::{Message, Pong};
 
 use super::Shared;
 use super::auth;
+use super::counters;
+use super::journal;
 use super::locks;
 use super::operations;
 use super::queries;
@@ -75,6 +77,13 @@ pub async fn dispatch(shared: &Arc<Shared>, session: &mut Session, message: Mess
         Message::Search(m) => search::handle_search(shared, session, m.payload).await,
         Message::SearchSub(m) => search::handle_search_sub(shared, session, m.payload).await,
         Message::SearchUnsub(m) => search::handle_search_unsub(shared, session, m.payload),
+        Message::CounterRequest(m) => {
+            counters::handle_counter_request(shared, session, m.payload).await
+        }
+        Message::CounterSync(m) => counters::handle_counter_sync(shared, session, m.payload).await,
+        Message::JournalSubscribe(m) => journal::handle_journal_subscribe(shared, session, m).await,
+        Message::JournalUnsubscribe(m) => journal::handle_journal_unsubscribe(shared, session, m),
+        Message::JournalRead(m) => journal::handle_journal_read(shared, session, m).await,
         Message::DeviceHello(_) | Message::ClientApplyAck(_) => Flow::Continue,
         m @ (Message::EntryProcess(_)
         | Message::EntryProcessBatch(_)

@@ -471,6 +471,16 @@ mod tests {
         fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
             self.inner.load_fencing_tokens()
         }
+        fn read_journal(
+            &self,
+            from_sequence: u64,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<crate::store::JournalRow>, StoreError>> {
+            self.inner.read_journal(from_sequence, limit)
+        }
+        fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.last_journal_sequence()
+        }
         fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
             self.inner.get_meta(key)
         }

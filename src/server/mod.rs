@@ -11,6 +11,10 @@
 //! - [`search`]: full-text search and live search subscriptions;
 //! - [`topics`]: pub/sub;
 //! - [`locks`]: distributed locks with fencing tokens;
+//! - [`counters`]: PN-counters;
+//! - [`journal`]: the event journal (CDC);
+//! - [`gc`]: TTL expiry and tombstone garbage collection;
+//! - [`unsupported`]: honest answers for features not built yet;
 //! - [`storage`]: lazy map loading and persistence;
 //! - [`partitions`]: the ownership seam;
 //! - [`limits`] and [`metrics`].
@@ -22,9 +26,11 @@
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod counters;
 pub mod dispatch;
 pub mod gc;
 pub mod http;
+pub mod journal;
 pub mod limits;
 pub mod live;
 pub mod locks;
@@ -56,6 +62,8 @@ use crate::store::Store;
 
 use self::config::Limits;
 use self::connections::Registry;
+use self::counters::CounterRegistry;
+use self::journal::Journal;
 use self::locks::LockManager;
 use self::metrics::Metrics;
 use self::partitions::{Ownership, SingleNode};
@@ -108,6 +116,8 @@ pub struct Shared {
     pub topics: TopicRegistry,
     pub locks: LockManager,
     pub search: SearchService,
+    pub counters: CounterRegistry,
+    pub journal: Journal,
     pub verifier: JwtVerifier,
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
@@ -187,6 +197,8 @@ impl Server {
             topics: TopicRegistry::new(options.limits.max_topic_subscriptions, &cursor_secret),
             locks: LockManager::new(store.clone(), clock.clone()),
             search: SearchService::new(options.search)?,
+            counters: CounterRegistry::default(),
+            journal: Journal::new(&options.limits),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::hlc::Timestamp;
+use crate::lww::MergeOutcome;
 use crate::protocol::{
     ClientOp, EventType, OpAck, OpAckPayload, OpBatchPayload, OpRejected, OpRejectedPayload,
     OpResult, OpType, OrMapEntry, ServerBatchEvent, ServerBatchEventPayload, ServerEventPayload,
@@ -22,19 +23,27 @@ use crate::store::{Mutation, WriteBatch};
 
 use super::Shared;
 use super::dispatch::Flow;
+use super::journal;
 use super::metrics::Metrics;
 use super::partitions::Route;
 use super::session::{Session, send_to};
 use super::storage::{MapError, MapHandle};
 
-/// What a set of ops changed: the store mutations to persist and the events to fan out.
+/// What a set of ops changed: the store mutations to persist, the events to fan out and the
+/// changes to journal.
 #[derive(Debug, Default)]
 pub struct MapChanges {
     mutations: WriteBatch,
     events: BTreeMap<String, Vec<ServerEventPayload>>,
+    journal: Vec<journal::Change>,
 }
 
 impl MapChanges {
+    /// Records one applied change for the event journal.
+    fn journal(&mut self, change: journal::Change) {
+        self.journal.push(change);
+    }
+
     fn event(&mut self, event: ServerEventPayload) {
         self.events
             .entry(event.map_name.clone())
@@ -106,6 +115,11 @@ pub async fn handle_op_batch(
         );
     }
 
+    let journaled = std::mem::take(&mut changes.journal);
+    shared
+        .journal
+        .append(shared, journaled, &mut changes.mutations)
+        .await;
     let durable = strongest >= WriteConcern::Replicated;
     if !persist(shared, &changes.mutations, durable).await {
         session.send_error(
@@ -253,7 +267,13 @@ fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<
     let Replica::Lww(replica) = &mut *guard else {
         return Err(missing("an LWW map", "LWW"));
     };
-    if replica.merge(&op.key, record.clone()).is_applied() {
+    if let MergeOutcome::Applied { previous } = replica.merge(&op.key, record.clone()) {
+        changes.journal(journal::Change::lww(
+            &op.map_name,
+            &op.key,
+            &record,
+            previous.as_ref(),
+        ));
         changes.mutations.push(Mutation::PutLww {
             map: op.map_name.clone(),
             key: op.key.clone(),
@@ -283,7 +303,16 @@ fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Resu
     let Replica::Or(replica) = &mut *guard else {
         return Err(missing("an OR map", "OR_ADD"));
     };
+    let before = or_values(replica, &op.key);
     if replica.apply(&op.key, record.clone()) {
+        changes.journal(journal::Change::or(
+            &op.map_name,
+            &op.key,
+            before,
+            or_values(replica, &op.key),
+            false,
+            Some(record.timestamp.clone()),
+        ));
         changes.mutations.push(Mutation::PutOrKey {
             map: op.map_name.clone(),
             key: op.key.clone(),
@@ -315,7 +344,20 @@ fn apply_or_remove(
     if replica.map().is_tombstoned(&tag) {
         return Ok(());
     }
+    let before = or_values(replica, &op.key);
     let owner = replica.apply_tombstone(&tag);
+    if let Some(owner) = &owner {
+        // Only the named key's values were captured; a tag owned elsewhere has no previous.
+        let before = if *owner == op.key { before } else { Vec::new() };
+        changes.journal(journal::Change::or(
+            &op.map_name,
+            owner,
+            before,
+            or_values(replica, owner),
+            true,
+            None,
+        ));
+    }
     changes.mutations.push(Mutation::AddOrTombstones {
         map: op.map_name.clone(),
         tags: vec![tag.clone()],
@@ -351,8 +393,10 @@ pub fn merge_or_entry(map: &MapHandle, entry: OrMapEntry, changes: &mut MapChang
         .filter(|t| !replica.map().is_tombstoned(t))
         .cloned()
         .collect();
+    let before = or_values(replica, &entry.key);
     let outcome = replica.merge_key(&entry.key, entry.records, entry.tombstones);
     let map_name = map.name().to_owned();
+    journal_merge(replica, &map_name, &entry.key, before, &outcome, changes);
     if !new_tombstones.is_empty() {
         changes.mutations.push(Mutation::AddOrTombstones {
             map: map_name.clone(),
@@ -396,8 +440,71 @@ pub fn merge_or_entry(map: &MapHandle, entry: OrMapEntry, changes: &mut MapChang
     }
 }
 
+/// The live values of an OR key, for journal `value` / `previousValue`.
+fn or_values(replica: &crate::replica::OrReplica, key: &str) -> Vec<serde_json::Value> {
+    replica
+        .map()
+        .records(key)
+        .map(|r| r.value.clone())
+        .collect()
+}
+
+/// Journals what one OR sync merge did: the pushed key's change, then each other key that
+/// lost records to the pushed tombstones.
+fn journal_merge(
+    replica: &crate::replica::OrReplica,
+    map_name: &str,
+    key: &str,
+    before: Vec<serde_json::Value>,
+    outcome: &crate::ormap::MergeKeyOutcome,
+    changes: &mut MapChanges,
+) {
+    let key_removed = outcome.removed.iter().any(|r| r.key == key);
+    let key_added = !outcome.added.is_empty() || !outcome.updated.is_empty();
+    if key_added || key_removed {
+        let newest = outcome
+            .added
+            .iter()
+            .chain(&outcome.updated)
+            .map(|r| &r.timestamp)
+            .max()
+            .cloned();
+        changes.journal(journal::Change::or(
+            map_name,
+            key,
+            before,
+            or_values(replica, key),
+            !key_added,
+            newest,
+        ));
+    }
+    let mut others: Vec<&str> = outcome
+        .removed
+        .iter()
+        .map(|r| r.key.as_str())
+        .filter(|k| *k != key)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    for other in others {
+        changes.journal(journal::Change::or(
+            map_name,
+            other,
+            Vec::new(),
+            or_values(replica, other),
+            true,
+            None,
+        ));
+    }
+}
+
 /// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
 pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
+    let journaled = std::mem::take(&mut changes.journal);
+    shared
+        .journal
+        .append(shared, journaled, &mut changes.mutations)
+        .await;
     if persist(shared, &changes.mutations, false).await {
         fan_out(shared, session, std::mem::take(&mut changes.events));
     }

@@ -255,6 +255,8 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
     shared.topics.remove_connection(id);
     super::locks::on_disconnect(&shared, id).await;
     shared.search.remove_connection(id);
+    shared.counters.remove_connection(id);
+    shared.journal.remove_connection(id);
     shared
         .metrics
         .connections_open

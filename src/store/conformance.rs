@@ -28,6 +28,8 @@ macro_rules! store_conformance_tests {
             names_and_keys_never_collide,
             list_maps_reports_kinds_sorted,
             close_rejects_later_calls,
+            journal_reads_in_sequence_order_from_a_cursor,
+            journal_trim_keeps_the_last_sequence,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
@@ -594,4 +596,84 @@ pub(crate) async fn close_rejects_later_calls(store: &dyn Store) {
     assert!(matches!(store.load_map("m").await, Err(StoreError::Closed)));
     assert!(matches!(store.get_meta("x").await, Err(StoreError::Closed)));
     store.close().await.unwrap();
+}
+
+fn append(sequence: u64, event: &[u8]) -> Mutation {
+    Mutation::AppendJournal {
+        sequence,
+        event: event.to_vec(),
+    }
+}
+
+fn journal_entry(sequence: u64, event: &[u8]) -> (u64, Vec<u8>) {
+    (sequence, event.to_vec())
+}
+
+pub(crate) async fn journal_reads_in_sequence_order_from_a_cursor(store: &dyn Store) {
+    assert_eq!(store.last_journal_sequence().await.unwrap(), 0);
+    assert!(store.read_journal(0, 10).await.unwrap().is_empty());
+    // Appended out of order across batches: reads still come back in sequence order.
+    commit(store, vec![append(3, b"c"), append(1, b"a")])
+        .await
+        .unwrap();
+    commit(store, vec![append(2, b"b"), append(300, b"\x00\xff")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_journal(0, 10).await.unwrap(),
+        vec![
+            journal_entry(1, b"a"),
+            journal_entry(2, b"b"),
+            journal_entry(3, b"c"),
+            journal_entry(300, b"\x00\xff"),
+        ]
+    );
+    assert_eq!(
+        store.read_journal(2, 2).await.unwrap(),
+        vec![journal_entry(2, b"b"), journal_entry(3, b"c")]
+    );
+    assert_eq!(
+        store.read_journal(4, 10).await.unwrap(),
+        vec![journal_entry(300, b"\x00\xff")]
+    );
+    assert!(store.read_journal(301, 10).await.unwrap().is_empty());
+    assert_eq!(store.last_journal_sequence().await.unwrap(), 300);
+    // A failed batch appends nothing.
+    let failed = commit(
+        store,
+        vec![
+            append(400, b"x"),
+            put_lww("m", "k", lww(None, 1)),
+            put_or("m", "k", vec![or_record(json!(1), 1)]),
+        ],
+    )
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(store.last_journal_sequence().await.unwrap(), 300);
+    assert!(store.read_journal(301, 10).await.unwrap().is_empty());
+}
+
+pub(crate) async fn journal_trim_keeps_the_last_sequence(store: &dyn Store) {
+    commit(store, (1..=5).map(|s| append(s, b"e")).collect())
+        .await
+        .unwrap();
+    commit(store, vec![Mutation::TrimJournal { below: 4 }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_journal(0, 10).await.unwrap(),
+        vec![journal_entry(4, b"e"), journal_entry(5, b"e")]
+    );
+    commit(store, vec![Mutation::TrimJournal { below: 100 }])
+        .await
+        .unwrap();
+    assert!(store.read_journal(0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.last_journal_sequence().await.unwrap(),
+        5,
+        "trimming everything must not let sequences restart"
+    );
+    // A late, lower append does not lower the head either.
+    commit(store, vec![append(2, b"late")]).await.unwrap();
+    assert_eq!(store.last_journal_sequence().await.unwrap(), 5);
 }

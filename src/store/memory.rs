@@ -6,7 +6,8 @@ use std::future::ready;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    BoxFuture, CounterSnapshot, MapKind, MapSnapshot, Mutation, Store, StoreError, WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
+    WriteBatch,
 };
 
 /// A non-durable store with the same semantics as the durable backends.
@@ -22,6 +23,8 @@ struct State {
     counters: BTreeMap<String, CounterSnapshot>,
     fencing_tokens: BTreeMap<String, u64>,
     meta: BTreeMap<String, Vec<u8>>,
+    journal: BTreeMap<u64, Vec<u8>>,
+    last_journal_sequence: u64,
 }
 
 impl MemoryStore {
@@ -106,6 +109,13 @@ impl State {
             Mutation::ClearMap { map } => {
                 self.maps.remove(&map);
             }
+            Mutation::AppendJournal { sequence, event } => {
+                self.journal.insert(sequence, event);
+                self.last_journal_sequence = self.last_journal_sequence.max(sequence);
+            }
+            Mutation::TrimJournal { below } => {
+                self.journal = self.journal.split_off(&below);
+            }
         }
     }
 
@@ -142,6 +152,25 @@ impl Store for MemoryStore {
 
     fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
         self.read(|state| state.fencing_tokens.clone())
+    }
+
+    fn read_journal(
+        &self,
+        from_sequence: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
+        self.read(move |state| {
+            state
+                .journal
+                .range(from_sequence..)
+                .take(limit)
+                .map(|(sequence, event)| (*sequence, event.clone()))
+                .collect()
+        })
+    }
+
+    fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.read(|state| state.last_journal_sequence)
     }
 
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {

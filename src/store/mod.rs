@@ -16,6 +16,8 @@
 //! - `commit` resolves only once the batch is durable (for durable backends), so an ack sent
 //!   after it can never be lost to a crash (TOPGUN-REFERENCE.md defects 13, 33).
 //! - Fencing tokens never decrease: the stored token is the maximum ever put (defect 8).
+//! - The journal's last sequence never decreases: it is the maximum ever appended, and
+//!   `TrimJournal` drops entries without lowering it.
 //! - Map names and keys are arbitrary UTF-8; different maps can never collide (defect 27).
 //! - Cancelling a `commit` future does not cancel a write already handed to the backend.
 
@@ -110,6 +112,9 @@ pub struct CounterSnapshot {
     pub n: BTreeMap<String, f64>,
 }
 
+/// One stored journal entry: its sequence and its encoded event.
+pub type JournalRow = (u64, Vec<u8>);
+
 /// One typed change. A [`WriteBatch`] applies a list of them atomically, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
@@ -185,6 +190,19 @@ pub enum Mutation {
         /// The map.
         map: String,
     },
+    /// Store one event-journal entry under its sequence number. The store also remembers the
+    /// highest sequence ever appended, which trimming never lowers.
+    AppendJournal {
+        /// The entry's sequence number.
+        sequence: u64,
+        /// The encoded entry; the store does not interpret it.
+        event: Vec<u8>,
+    },
+    /// Drop every journal entry whose sequence is below `below` (retention).
+    TrimJournal {
+        /// The lowest sequence kept.
+        below: u64,
+    },
 }
 
 /// What a mutation does to its map's kind; the rule set both backends validate against.
@@ -214,7 +232,11 @@ impl Mutation {
             }
             Self::RemoveOrTombstones { map, .. } => Some((map, Require(MapKind::Or))),
             Self::ClearMap { map } => Some((map, Forget)),
-            Self::PutCounter { .. } | Self::PutFencingToken { .. } | Self::PutMeta { .. } => None,
+            Self::PutCounter { .. }
+            | Self::PutFencingToken { .. }
+            | Self::PutMeta { .. }
+            | Self::AppendJournal { .. }
+            | Self::TrimJournal { .. } => None,
         }
     }
 }
@@ -370,7 +392,7 @@ pub enum StoreError {
     Task(String),
 }
 
-/// Persistence for maps, counters, fencing tokens and server metadata.
+/// Persistence for maps, counters, fencing tokens, the event journal and server metadata.
 ///
 /// Object-safe (`Arc<dyn Store>`) and async: backends never block the calling runtime thread.
 pub trait Store: Send + Sync + 'static {
@@ -386,6 +408,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last fencing token issued per lock name.
     fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>>;
+
+    /// Up to `limit` journal entries with sequence ≥ `from_sequence`, in sequence order.
+    fn read_journal(
+        &self,
+        from_sequence: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>>;
+
+    /// The highest journal sequence ever appended (0 if none), even if it was trimmed since,
+    /// so sequences continue upward after a restart.
+    fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// A server metadata entry, if set.
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>>;

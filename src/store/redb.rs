@@ -1,6 +1,7 @@
 //! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`.
 //!
-//! Layout: one table per kind of data, never one per map, so map names need no grammar
+//! Layout: one table per kind of data (the journal is keyed by sequence), never one per map,
+//! so map names need no grammar
 //! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
 //! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
@@ -32,7 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode, encode, kind_code, kind_from_code};
 use super::{
-    BoxFuture, CounterSnapshot, MapKind, MapSnapshot, Mutation, Store, StoreError, WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
+    WriteBatch,
 };
 
 /// The database file inside the store directory.
@@ -49,6 +51,10 @@ const OR_TOMBSTONES: TableDefinition<(&str, &str), ()> = TableDefinition::new("o
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 const FENCING: TableDefinition<&str, u64> = TableDefinition::new("fencing_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// One row, [`JOURNAL_HEAD_KEY`] → the highest sequence ever appended.
+const JOURNAL_HEAD: TableDefinition<&str, u64> = TableDefinition::new("journal_head");
+const JOURNAL_HEAD_KEY: &str = "last";
 
 /// Tuning for [`RedbStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +271,40 @@ impl Store for RedbStore {
         })
     }
 
+    fn read_journal(
+        &self,
+        from_sequence: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
+        self.read(move |txn| {
+            let table = txn
+                .open_table(JOURNAL)
+                .map_err(backend("open the journal"))?;
+            let mut entries = Vec::new();
+            for entry in table
+                .range(from_sequence..)
+                .map_err(backend("read the journal"))?
+                .take(limit)
+            {
+                let (sequence, event) = entry.map_err(backend("read the journal"))?;
+                entries.push((sequence.value(), event.value().to_vec()));
+            }
+            Ok(entries)
+        })
+    }
+
+    fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.read(|txn| {
+            let table = txn
+                .open_table(JOURNAL_HEAD)
+                .map_err(backend("open the journal head"))?;
+            let head = table
+                .get(JOURNAL_HEAD_KEY)
+                .map_err(backend("read the journal head"))?;
+            Ok(head.map_or(0, |v| v.value()))
+        })
+    }
+
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
         let key = key.to_owned();
         self.read(move |txn| {
@@ -397,6 +437,8 @@ struct WriteTables<'txn> {
     counters: Table<'txn, &'static str, &'static [u8]>,
     fencing: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, &'static [u8]>,
+    journal: Table<'txn, u64, &'static [u8]>,
+    journal_head: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -409,7 +451,9 @@ impl<'txn> WriteTables<'txn> {
             or_tombstones: txn.open_table(OR_TOMBSTONES).map_err(open_error.clone())?,
             counters: txn.open_table(COUNTERS).map_err(open_error.clone())?,
             fencing: txn.open_table(FENCING).map_err(open_error.clone())?,
-            meta: txn.open_table(META).map_err(open_error)?,
+            meta: txn.open_table(META).map_err(open_error.clone())?,
+            journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
+            journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
         })
     }
 
@@ -491,6 +535,13 @@ impl<'txn> WriteTables<'txn> {
                 Ok(())
             }
             Mutation::ClearMap { map } => self.clear_map(map),
+            Mutation::AppendJournal { sequence, event } => self.append_journal(*sequence, event),
+            Mutation::TrimJournal { below } => {
+                self.journal
+                    .retain_in(..*below, |_, _| false)
+                    .map_err(backend("trim the journal"))?;
+                Ok(())
+            }
         }
     }
 
@@ -512,6 +563,23 @@ impl<'txn> WriteTables<'txn> {
             self.fencing
                 .insert(lock, token)
                 .map_err(backend("write a fencing token"))?;
+        }
+        Ok(())
+    }
+
+    fn append_journal(&mut self, sequence: u64, event: &[u8]) -> Result<(), StoreError> {
+        self.journal
+            .insert(sequence, event)
+            .map_err(backend("write a journal entry"))?;
+        let head = self
+            .journal_head
+            .get(JOURNAL_HEAD_KEY)
+            .map_err(backend("read the journal head"))?
+            .map_or(0, |v| v.value());
+        if sequence > head {
+            self.journal_head
+                .insert(JOURNAL_HEAD_KEY, sequence)
+                .map_err(backend("write the journal head"))?;
         }
         Ok(())
     }
@@ -673,6 +741,15 @@ mod tests {
                 key: "node-id".into(),
                 value: b"server-1".to_vec(),
             },
+            Mutation::AppendJournal {
+                sequence: 7,
+                event: b"event-7".to_vec(),
+            },
+            Mutation::AppendJournal {
+                sequence: 9,
+                event: b"event-9".to_vec(),
+            },
+            Mutation::TrimJournal { below: 8 },
         ])
     }
 
@@ -703,6 +780,11 @@ mod tests {
             store.get_meta("node-id").await.unwrap(),
             Some(b"server-1".to_vec())
         );
+        assert_eq!(
+            store.read_journal(0, 10).await.unwrap(),
+            vec![(9, b"event-9".to_vec())]
+        );
+        assert_eq!(store.last_journal_sequence().await.unwrap(), 9);
     }
 
     #[tokio::test]

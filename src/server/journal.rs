@@ -1,0 +1,806 @@
+//! The event journal (CDC, PROTOCOL.md §3.11): every applied map change gets a strictly
+//! increasing sequence number and is kept, streamed to `JOURNAL_SUBSCRIBE`rs and served to
+//! `JOURNAL_READ`.
+//!
+//! - The write path records [`Change`]s in its `MapChanges` (one call per applied change);
+//!   [`Journal::append`] numbers them, adds `Mutation::AppendJournal` to the same store batch
+//!   as the data they describe, keeps them in a bounded in-memory ring
+//!   (`Limits::journal_capacity`) and pushes them to matching subscribers, in order.
+//! - Sequences continue after a restart from the store's `last_journal_sequence`, which never
+//!   goes back (not even when every entry was trimmed).
+//! - Reads older than the ring come from the store; the store keeps the newest
+//!   `Limits::journal_retention` entries (0 keeps everything) and drops older ones.
+//! - Types: `DELETE` for tombstones and OR removes, `PUT` when the key had no live value,
+//!   else `UPDATE`; `previousValue` is the live value before the change (an OR key's values as
+//!   an array). Known gap: an OR sync push that removes records of a key other than the pushed
+//!   one reports that key's `DELETE` without `previousValue`.
+//! - Events of a map are visible only with `READ` on it (field restrictions apply to `value`
+//!   and `previousValue`). `JOURNAL_READ` applies its map filter before its limit, and
+//!   `hasMore` is exact. Live pushes are at most once: a subscriber whose outbound queue is
+//!   full misses events and recovers them with `JOURNAL_READ`.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::auth::Principal;
+use crate::hlc::Timestamp;
+use crate::protocol::{
+    JournalEntry, JournalEvent, JournalEventType, JournalRead, JournalReadResponse,
+    JournalSubscribe, JournalUnsubscribe, Message,
+};
+use crate::record::LwwRecord;
+use crate::security::{Action, Permissions};
+use crate::store::{Mutation, Store, StoreError, WriteBatch};
+
+use super::Shared;
+use super::config::Limits;
+use super::connections::{ConnHandle, ConnId, SendError};
+use super::dispatch::Flow;
+use super::session::{Session, send_to};
+
+/// `JOURNAL_READ` limit when the client gives none.
+pub const DEFAULT_READ_LIMIT: usize = 100;
+/// Most events one `JOURNAL_READ` returns.
+pub const MAX_READ_LIMIT: usize = 1_000;
+/// Most journal subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
+/// Entries fetched from the store per round trip while scanning.
+const STORE_CHUNK: usize = 512;
+
+/// One applied change, before it has a sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub map_name: String,
+    pub key: String,
+    pub event_type: JournalEventType,
+    pub value: Option<Value>,
+    pub previous_value: Option<Value>,
+    /// The change's HLC timestamp; `None` takes a fresh server timestamp (OR removes carry
+    /// no timestamp of their own).
+    pub timestamp: Option<Timestamp>,
+}
+
+impl Change {
+    /// An applied LWW merge of `record` over `previous`.
+    pub fn lww(
+        map_name: &str,
+        key: &str,
+        record: &LwwRecord,
+        previous: Option<&LwwRecord>,
+    ) -> Self {
+        let previous_value = previous.and_then(|p| p.value.clone());
+        Self {
+            map_name: map_name.to_owned(),
+            key: key.to_owned(),
+            event_type: classify(previous_value.is_some(), record.value.is_none()),
+            value: record.value.clone(),
+            previous_value,
+            timestamp: Some(record.timestamp.clone()),
+        }
+    }
+
+    /// An OR key whose live values went from `before` to `after`; `removal` marks a remove
+    /// (`DELETE` even if other values remain).
+    pub fn or(
+        map_name: &str,
+        key: &str,
+        before: Vec<Value>,
+        after: Vec<Value>,
+        removal: bool,
+        timestamp: Option<Timestamp>,
+    ) -> Self {
+        let as_value = |values: Vec<Value>| (!values.is_empty()).then_some(Value::Array(values));
+        let previous_value = as_value(before);
+        let value = as_value(after);
+        Self {
+            map_name: map_name.to_owned(),
+            key: key.to_owned(),
+            event_type: classify(previous_value.is_some(), removal || value.is_none()),
+            value,
+            previous_value,
+            timestamp,
+        }
+    }
+}
+
+/// DELETE for removals, PUT when nothing was live before, else UPDATE.
+fn classify(had_live_value: bool, deleted: bool) -> JournalEventType {
+    if deleted {
+        JournalEventType::Delete
+    } else if had_live_value {
+        JournalEventType::Update
+    } else {
+        JournalEventType::Put
+    }
+}
+
+/// Which events a reader wants.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Filter {
+    map_name: Option<String>,
+    types: Option<Vec<JournalEventType>>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &JournalEntry) -> bool {
+        self.map_name.as_ref().is_none_or(|m| *m == entry.map_name)
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|t| t.contains(&entry.event_type))
+    }
+}
+
+/// One live journal subscription.
+#[derive(Clone)]
+struct Subscriber {
+    conn: ConnHandle,
+    principal: Principal,
+    filter: Filter,
+}
+
+/// A numbered entry.
+struct Numbered {
+    sequence: u64,
+    entry: JournalEntry,
+}
+
+/// The journal: sequence counter, recent-event ring and subscribers.
+pub struct Journal {
+    capacity: usize,
+    retention: u64,
+    loaded: OnceCell<()>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_sequence: u64,
+    ring: VecDeque<Numbered>,
+    subscribers: HashMap<(ConnId, String), Subscriber>,
+}
+
+impl Inner {
+    /// The lowest sequence the ring can answer for; anything below comes from the store.
+    fn ring_start(&self) -> u64 {
+        self.ring
+            .front()
+            .map_or(self.last_sequence.saturating_add(1), |n| n.sequence)
+    }
+}
+
+impl Journal {
+    /// A journal sized by `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            capacity: limits.journal_capacity.max(1),
+            retention: limits.journal_retention,
+            loaded: OnceCell::new(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Picks up the last sequence from the store once; a failed load is retried next time.
+    async fn ensure_loaded(&self, store: &dyn Store) -> Result<(), StoreError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let last = store.last_journal_sequence().await?;
+                let mut inner = self.lock();
+                inner.last_sequence = inner.last_sequence.max(last);
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The highest sequence assigned so far.
+    pub fn last_sequence(&self) -> u64 {
+        self.lock().last_sequence
+    }
+
+    /// Numbers `changes`, adds their persistence to `batch`, keeps them in the ring and
+    /// pushes them to subscribers.
+    pub async fn append(&self, shared: &Shared, changes: Vec<Change>, batch: &mut WriteBatch) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ensure_loaded(&*shared.store).await {
+            tracing::error!(error = %e, dropped = changes.len(), "journal unavailable: changes not journaled");
+            return;
+        }
+        // Stamped before taking the journal lock so the HLC lock is never held inside it.
+        let node_id = shared.hlc().node_id().to_owned();
+        let stamped: Vec<(Change, Timestamp)> = changes
+            .into_iter()
+            .map(|mut c| {
+                let ts = c.timestamp.take().unwrap_or_else(|| shared.now_timestamp());
+                (c, ts)
+            })
+            .collect();
+        let mut inner = self.lock();
+        let mut gone = Vec::new();
+        for (change, timestamp) in stamped {
+            inner.last_sequence += 1;
+            let sequence = inner.last_sequence;
+            let entry = JournalEntry {
+                sequence: sequence.to_string(),
+                event_type: change.event_type,
+                map_name: change.map_name,
+                key: change.key,
+                value: change.value,
+                previous_value: change.previous_value,
+                timestamp,
+                node_id: node_id.clone(),
+                metadata: None,
+            };
+            match serde_json::to_vec(&entry) {
+                Ok(event) => {
+                    batch.push(Mutation::AppendJournal { sequence, event });
+                }
+                Err(e) => tracing::error!(sequence, error = %e, "journal entry not persisted"),
+            }
+            for (id, sub) in &inner.subscribers {
+                if let Err(SendError::Gone) = push(shared, sub, &entry) {
+                    gone.push(id.clone());
+                }
+            }
+            inner.ring.push_back(Numbered { sequence, entry });
+            while inner.ring.len() > self.capacity {
+                inner.ring.pop_front();
+            }
+        }
+        for id in gone {
+            inner.subscribers.remove(&id);
+        }
+        if self.retention > 0 && inner.last_sequence > self.retention {
+            batch.push(Mutation::TrimJournal {
+                below: inner.last_sequence - self.retention + 1,
+            });
+        }
+    }
+
+    /// Visits entries with sequence ≥ `from` in order, from the store and then the ring,
+    /// until `visit` breaks. If it never breaks, `at_head` runs under the same lock as the
+    /// last ring visit, so nothing appended concurrently can fall between the two.
+    async fn scan(
+        &self,
+        store: &dyn Store,
+        from: u64,
+        mut visit: impl FnMut(&JournalEntry) -> ControlFlow<()> + Send,
+        at_head: impl FnOnce(&mut Inner) + Send,
+    ) -> Result<(), StoreError> {
+        self.ensure_loaded(store).await?;
+        let mut cursor = from;
+        loop {
+            let ring_start = {
+                let mut inner = self.lock();
+                let ring_start = inner.ring_start();
+                if cursor >= ring_start {
+                    for numbered in inner.ring.iter().filter(|n| n.sequence >= cursor) {
+                        if visit(&numbered.entry).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    at_head(&mut inner);
+                    return Ok(());
+                }
+                ring_start
+            };
+            let chunk = store.read_journal(cursor, STORE_CHUNK).await?;
+            let mut reached_ring = chunk.len() < STORE_CHUNK;
+            for (sequence, bytes) in chunk {
+                if sequence >= ring_start {
+                    reached_ring = true;
+                    break;
+                }
+                cursor = sequence + 1;
+                match serde_json::from_slice::<JournalEntry>(&bytes) {
+                    Ok(entry) => {
+                        if visit(&entry).is_break() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(sequence, error = %e, "skipping an unreadable journal entry")
+                    }
+                }
+            }
+            if reached_ring {
+                cursor = cursor.max(ring_start);
+            }
+        }
+    }
+
+    /// Up to `limit` entries ≥ `from` that `wanted` accepts, and whether more exist.
+    async fn read(
+        &self,
+        store: &dyn Store,
+        from: u64,
+        limit: usize,
+        wanted: impl Fn(&JournalEntry) -> bool + Send + Sync,
+    ) -> Result<(Vec<JournalEntry>, bool), StoreError> {
+        let mut found = Vec::new();
+        self.scan(
+            store,
+            from,
+            |entry| {
+                if wanted(entry) {
+                    found.push(entry.clone());
+                }
+                // One past the limit tells whether there is more.
+                if found.len() > limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            |_| {},
+        )
+        .await?;
+        let has_more = found.len() > limit;
+        found.truncate(limit);
+        Ok((found, has_more))
+    }
+
+    fn unsubscribe(&self, conn: ConnId, id: &str) {
+        self.lock().subscribers.remove(&(conn, id.to_owned()));
+    }
+
+    fn subscriptions_of(&self, conn: ConnId) -> usize {
+        self.lock()
+            .subscribers
+            .keys()
+            .filter(|(c, _)| *c == conn)
+            .count()
+    }
+
+    /// Drops every subscription of a closed connection.
+    pub fn remove_connection(&self, conn: ConnId) {
+        self.lock().subscribers.retain(|(c, _), _| *c != conn);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `entry` as `principal` may see it, or `None` when it may not read the map.
+fn visible(
+    permissions: &Permissions,
+    principal: &Principal,
+    entry: &JournalEntry,
+) -> Option<JournalEntry> {
+    if !permissions.check(principal, &entry.map_name, Action::Read) {
+        return None;
+    }
+    let filter =
+        |v: Option<Value>| v.and_then(|v| permissions.filter_value(principal, &entry.map_name, v));
+    Some(JournalEntry {
+        value: filter(entry.value.clone()),
+        previous_value: filter(entry.previous_value.clone()),
+        ..entry.clone()
+    })
+}
+
+/// Sends `entry` to `sub` if it matches and is visible to it.
+fn push(shared: &Shared, sub: &Subscriber, entry: &JournalEntry) -> Result<(), SendError> {
+    if !sub.filter.matches(entry) {
+        return Ok(());
+    }
+    let Some(event) = visible(&shared.permissions, &sub.principal, entry) else {
+        return Ok(());
+    };
+    send_to(shared, &sub.conn, &Message::from(JournalEvent { event }))
+}
+
+fn parse_sequence(shared: &Shared, session: &Session, text: &str) -> Option<u64> {
+    match text.parse() {
+        Ok(sequence) => Some(sequence),
+        Err(_) => {
+            session.send_error(shared, 400, format!("Invalid journal sequence {text:?}"));
+            None
+        }
+    }
+}
+
+/// Refuses (`ERROR 403`) a map filter the principal may not read.
+fn may_read_filter(shared: &Shared, session: &Session, map_name: Option<&str>) -> bool {
+    let Some(map) = map_name else {
+        return true;
+    };
+    let allowed = shared
+        .permissions
+        .check(session.principal(), map, Action::Read);
+    if !allowed {
+        session.send_error(shared, 403, format!("Access denied for map {map}"));
+    }
+    allowed
+}
+
+fn report_store_error(shared: &Shared, session: &Session, e: &StoreError) {
+    tracing::error!(error = %e, "reading the journal failed");
+    session.send_error(shared, 500, format!("Reading the journal failed: {e}"));
+}
+
+/// `JOURNAL_READ`: one page of events, the map filter applied before the limit.
+pub async fn handle_journal_read(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    read: JournalRead,
+) -> Flow {
+    let Some(from) = parse_sequence(shared, session, &read.from_sequence) else {
+        return Flow::Continue;
+    };
+    if !may_read_filter(shared, session, read.map_name.as_deref()) {
+        return Flow::Continue;
+    }
+    let limit = read
+        .limit
+        .map_or(DEFAULT_READ_LIMIT, |l| {
+            usize::try_from(l).unwrap_or(MAX_READ_LIMIT)
+        })
+        .min(MAX_READ_LIMIT);
+    let filter = Filter {
+        map_name: read.map_name,
+        types: None,
+    };
+    let principal = session.principal().clone();
+    let permissions = &shared.permissions;
+    let wanted = |entry: &JournalEntry| {
+        filter.matches(entry) && permissions.check(&principal, &entry.map_name, Action::Read)
+    };
+    match shared
+        .journal
+        .read(&*shared.store, from, limit, wanted)
+        .await
+    {
+        Ok((events, has_more)) => {
+            let events = events
+                .iter()
+                .filter_map(|e| visible(permissions, &principal, e))
+                .collect();
+            let _ = session.send(
+                shared,
+                JournalReadResponse {
+                    request_id: read.request_id,
+                    events,
+                    has_more,
+                },
+            );
+        }
+        Err(e) => report_store_error(shared, session, &e),
+    }
+    Flow::Continue
+}
+
+/// `JOURNAL_SUBSCRIBE`: no reply; replays from `fromSequence` if given, then streams.
+pub async fn handle_journal_subscribe(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    subscribe: JournalSubscribe,
+) -> Flow {
+    let from = match subscribe.from_sequence.as_deref() {
+        Some(text) => match parse_sequence(shared, session, text) {
+            Some(from) => Some(from),
+            None => return Flow::Continue,
+        },
+        None => None,
+    };
+    if !may_read_filter(shared, session, subscribe.map_name.as_deref()) {
+        return Flow::Continue;
+    }
+    let key = (session.id, subscribe.request_id);
+    let journal = &shared.journal;
+    let already = journal.lock().subscribers.contains_key(&key);
+    if !already && journal.subscriptions_of(session.id) >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+        session.send_error(
+            shared,
+            429,
+            format!("Journal subscription limit reached: at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} per connection"),
+        );
+        return Flow::Continue;
+    }
+    let subscriber = Subscriber {
+        conn: session.handle().clone(),
+        principal: session.principal().clone(),
+        filter: Filter {
+            map_name: subscribe.map_name,
+            types: subscribe.types,
+        },
+    };
+    let registered = subscriber.clone();
+    // Without a start point the subscription begins after the newest event.
+    let from = from.unwrap_or(u64::MAX);
+    let mut replay_gone = false;
+    let replayed = journal
+        .scan(
+            &*shared.store,
+            from,
+            |entry| match push(shared, &subscriber, entry) {
+                Err(SendError::Gone) => {
+                    replay_gone = true;
+                    ControlFlow::Break(())
+                }
+                // A full queue drops replayed events like live ones (at most once).
+                Ok(()) | Err(SendError::Full) => ControlFlow::Continue(()),
+            },
+            |inner| {
+                inner.subscribers.insert(key, registered);
+            },
+        )
+        .await;
+    if let Err(e) = replayed {
+        report_store_error(shared, session, &e);
+    }
+    if replay_gone {
+        tracing::debug!(conn = session.id, "journal subscriber left during replay");
+    }
+    Flow::Continue
+}
+
+/// `JOURNAL_UNSUBSCRIBE`: silent.
+pub fn handle_journal_unsubscribe(
+    shared: &Shared,
+    session: &mut Session,
+    unsubscribe: JournalUnsubscribe,
+) -> Flow {
+    shared
+        .journal
+        .unsubscribe(session.id, &unsubscribe.subscription_id);
+    Flow::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::entropy::SeededEntropy;
+    use crate::merkle::Combine;
+    use crate::server::{Server, ServerOptions};
+    use crate::store::MemoryStore;
+    use serde_json::json;
+
+    fn server(store: Arc<dyn Store>, capacity: usize, retention: u64) -> Server {
+        let options = ServerOptions {
+            node_id: "server-1".into(),
+            jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
+            permissions: Permissions::development_default(),
+            limits: Limits {
+                journal_capacity: capacity,
+                journal_retention: retention,
+                ..Limits::default()
+            },
+            max_connections: 10,
+            debug: false,
+            default_combine: Combine::Fmix,
+            search: Default::default(),
+        };
+        Server::new(
+            options,
+            store,
+            Arc::new(ManualClock::new(1_000)),
+            Arc::new(SeededEntropy::new(1)),
+        )
+        .unwrap()
+    }
+
+    fn put(map: &str, key: &str, n: u64) -> Change {
+        let record = LwwRecord {
+            value: Some(json!(n)),
+            timestamp: Timestamp::new(n, 0, "client"),
+            ttl_ms: None,
+        };
+        Change::lww(map, key, &record, None)
+    }
+
+    /// Appends `changes` and commits what the journal added to the batch.
+    async fn append(shared: &Shared, changes: Vec<Change>) {
+        let mut batch = WriteBatch::new();
+        shared.journal.append(shared, changes, &mut batch).await;
+        shared.store.commit(batch).await.unwrap();
+    }
+
+    async fn read_all(
+        shared: &Shared,
+        from: u64,
+        limit: usize,
+        map: Option<&str>,
+    ) -> (Vec<u64>, bool) {
+        let (events, more) = shared
+            .journal
+            .read(&*shared.store, from, limit, |e| {
+                map.is_none_or(|m| e.map_name == m)
+            })
+            .await
+            .unwrap();
+        let sequences = events.iter().map(|e| e.sequence.parse().unwrap()).collect();
+        (sequences, more)
+    }
+
+    #[test]
+    fn classifies_put_update_and_delete() {
+        let rec = |value: Option<Value>| LwwRecord {
+            value,
+            timestamp: Timestamp::new(5, 0, "n"),
+            ttl_ms: None,
+        };
+        let first = Change::lww("m", "k", &rec(Some(json!(1))), None);
+        assert_eq!(first.event_type, JournalEventType::Put);
+        let tombstone_before = rec(None);
+        let over_tombstone = Change::lww("m", "k", &rec(Some(json!(2))), Some(&tombstone_before));
+        assert_eq!(over_tombstone.event_type, JournalEventType::Put);
+        let live_before = rec(Some(json!(1)));
+        let update = Change::lww("m", "k", &rec(Some(json!(2))), Some(&live_before));
+        assert_eq!(update.event_type, JournalEventType::Update);
+        assert_eq!(update.previous_value, Some(json!(1)));
+        let delete = Change::lww("m", "k", &rec(None), Some(&live_before));
+        assert_eq!(delete.event_type, JournalEventType::Delete);
+        assert_eq!(
+            (delete.value, delete.previous_value),
+            (None, Some(json!(1)))
+        );
+
+        let added = Change::or("m", "k", vec![], vec![json!("a")], false, None);
+        assert_eq!(added.event_type, JournalEventType::Put);
+        assert_eq!(added.value, Some(json!(["a"])));
+        let more = Change::or(
+            "m",
+            "k",
+            vec![json!("a")],
+            vec![json!("a"), json!("b")],
+            false,
+            None,
+        );
+        assert_eq!(more.event_type, JournalEventType::Update);
+        let removed = Change::or(
+            "m",
+            "k",
+            vec![json!("a"), json!("b")],
+            vec![json!("b")],
+            true,
+            None,
+        );
+        assert_eq!(removed.event_type, JournalEventType::Delete);
+        assert_eq!(removed.previous_value, Some(json!(["a", "b"])));
+    }
+
+    #[tokio::test]
+    async fn sequences_increase_and_survive_a_restart() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = server(store.clone(), 100, 0);
+        let shared = first.shared();
+        append(shared, vec![put("a", "x", 1), put("a", "y", 2)]).await;
+        append(shared, vec![put("b", "z", 3)]).await;
+        assert_eq!(shared.journal.last_sequence(), 3);
+        let (events, _) = shared.journal.read(&*store, 0, 10, |_| true).await.unwrap();
+        assert_eq!(events[2].node_id, "server-1");
+        assert_eq!(events[2].timestamp, Timestamp::new(3, 0, "client"));
+
+        // A new server over the same store continues after the persisted head.
+        let second = server(store.clone(), 100, 0);
+        let shared = second.shared();
+        append(shared, vec![put("a", "x", 4)]).await;
+        assert_eq!(shared.journal.last_sequence(), 4);
+        assert_eq!(
+            read_all(shared, 0, 10, None).await,
+            (vec![1, 2, 3, 4], false)
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_span_store_and_ring_and_filter_before_the_limit() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, 3, 0);
+        let shared = running.shared();
+        for n in 1..=10 {
+            let map = if n % 3 == 0 { "rare" } else { "common" };
+            append(shared, vec![put(map, "k", n)]).await;
+        }
+        // The ring holds only 8..=10; everything before comes from the store.
+        assert_eq!(shared.journal.lock().ring_start(), 8);
+        assert_eq!(read_all(shared, 0, 4, None).await, (vec![1, 2, 3, 4], true));
+        assert_eq!(
+            read_all(shared, 7, 100, None).await,
+            (vec![7, 8, 9, 10], false)
+        );
+        assert_eq!(
+            read_all(shared, 0, 2, Some("rare")).await,
+            (vec![3, 6], true)
+        );
+        assert_eq!(
+            read_all(shared, 0, 3, Some("rare")).await,
+            (vec![3, 6, 9], false)
+        );
+        assert_eq!(read_all(shared, 11, 5, None).await, (vec![], false));
+        assert_eq!(read_all(shared, 0, 0, None).await, (vec![], true));
+    }
+
+    #[tokio::test]
+    async fn retention_trims_the_store_but_never_the_head() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store.clone(), 2, 4);
+        let shared = running.shared();
+        for n in 1..=10 {
+            append(shared, vec![put("m", "k", n)]).await;
+        }
+        let kept: Vec<u64> = store
+            .read_journal(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![7, 8, 9, 10]);
+        assert_eq!(
+            read_all(shared, 0, 100, None).await,
+            (vec![7, 8, 9, 10], false)
+        );
+        assert_eq!(store.last_journal_sequence().await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_matching_events_in_order_after_a_replay() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, 2, 0);
+        let shared = running.shared();
+        for n in 1..=4 {
+            append(
+                shared,
+                vec![put(if n % 2 == 0 { "even" } else { "odd" }, "k", n)],
+            )
+            .await;
+        }
+        let (conn, mut rx) = super::super::connections::outbound_queue(9, 64);
+        let subscriber = Subscriber {
+            conn,
+            principal: Principal::new("admin", vec!["ADMIN".to_owned()]),
+            filter: Filter {
+                map_name: Some("even".into()),
+                types: Some(vec![JournalEventType::Put]),
+            },
+        };
+        let registered = subscriber.clone();
+        shared
+            .journal
+            .scan(
+                &*shared.store,
+                1,
+                |e| {
+                    let _ = push(shared, &subscriber, e);
+                    ControlFlow::Continue(())
+                },
+                |inner| {
+                    inner.subscribers.insert((9, "s".into()), registered);
+                },
+            )
+            .await
+            .unwrap();
+        append(shared, vec![put("odd", "k", 5), put("even", "k", 6)]).await;
+        shared.journal.unsubscribe(9, "s");
+        append(shared, vec![put("even", "k", 8)]).await;
+
+        let mut seen = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            let super::super::connections::Outbound::Binary(bytes) = frame else {
+                panic!("unexpected frame {frame:?}")
+            };
+            let message =
+                crate::protocol::codec::decode(crate::protocol::codec::Frame::Binary(&bytes))
+                    .unwrap();
+            let Message::JournalEvent(event) = message else {
+                panic!("unexpected {message:?}")
+            };
+            seen.push(event.event.sequence);
+        }
+        assert_eq!(
+            seen,
+            vec!["2", "4", "6"],
+            "replay from the store, then live, then nothing"
+        );
+        assert_eq!(shared.journal.subscriptions_of(9), 0);
+    }
+}
