@@ -1,22 +1,22 @@
 //! The TopGun server.
 //!
 //! One module per concern, reached in one hop from [`dispatch`]:
-//! - [`http`]: the front door (WebSocket upgrade or the plain endpoints);
-//! - [`session`]: one connection's read loop, writer and per-connection state;
-//! - [`auth`]: the handshake;
-//! - [`connections`]: the registry and LRU eviction;
-//! - [`operations`]: the write path;
-//! - [`sync`]: Merkle sync;
-//! - [`queries`] and [`live`]: query subscriptions and their incremental result windows;
-//! - [`search`]: full-text search and live search subscriptions;
-//! - [`topics`]: pub/sub;
-//! - [`locks`]: distributed locks with fencing tokens;
-//! - [`counters`]: PN-counters;
-//! - [`journal`]: the event journal (CDC);
-//! - [`gc`]: TTL expiry and tombstone garbage collection;
-//! - [`unsupported`]: honest answers for features not built yet;
-//! - [`storage`]: lazy map loading and persistence;
-//! - [`partitions`]: the ownership seam;
+//! - [`http`] — the front door (WebSocket upgrade or the plain endpoints);
+//! - [`session`] — one connection's read loop, writer and per-connection state;
+//! - [`auth`] — the handshake;
+//! - [`connections`] — the registry and LRU eviction;
+//! - [`operations`] — the write path;
+//! - [`sync`] — Merkle sync;
+//! - [`queries`] and [`live`] — query subscriptions and their incremental result windows;
+//! - [`search`] — full-text search and live search subscriptions;
+//! - [`topics`] — pub/sub;
+//! - [`locks`] — distributed locks with fencing tokens;
+//! - [`counters`] — PN-counters;
+//! - [`journal`] — the event journal (CDC);
+//! - [`gc`] — TTL expiry and tombstone garbage collection;
+//! - [`unsupported`] — honest answers for features not built yet;
+//! - [`storage`] — lazy map loading and persistence;
+//! - [`partitions`] — the ownership seam;
 //! - [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
