@@ -258,3 +258,25 @@ mod tests {
         assert!(parse_flag("maybe").is_err());
     }
 }
+
+#[cfg(test)]
+mod readme_tests {
+    use super::*;
+
+    /// The README's example config must stay a valid config with the real defaults.
+    #[test]
+    fn readme_example_config_parses_and_states_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml").expect("README has a toml example") + "```toml".len();
+        let end = start + readme[start..].find("```").expect("closed code block");
+        let config = FileConfig::parse(&readme[start..end]).expect("README example parses");
+        assert_eq!(config.search["articles"].fields, vec!["title", "body"]);
+        let defaults = Limits::default();
+        let stated = config.limits;
+        assert_eq!(
+            format!("{stated:?}"),
+            format!("{defaults:?}"),
+            "README states the defaults"
+        );
+    }
+}
