@@ -156,7 +156,10 @@ async fn persisted_writes_survive_kill_9() {
     let binary = Binary::start(dir.path());
     let t = Transcript::default();
     let mut a = authed(&binary, "alice", &t).await;
-    let record = |n: u64, title: &str| json!({"value": {"title": title}, "timestamp": {"millis": 1_789_999_000_000u64 + n, "counter": 0, "nodeId": CLIENT_NODE}});
+    // The binary runs on the real clock, so client timestamps must be recent: writes older
+    // than the GC horizon are refused.
+    let now = topgun::clock::Clock::now_millis(&topgun::clock::SystemClock);
+    let record = |n: u64, title: &str| json!({"value": {"title": title}, "timestamp": {"millis": now + n, "counter": 0, "nodeId": CLIENT_NODE}});
     a.send(msg(json!({"type": "OP_BATCH", "payload": {"writeConcern": "PERSISTED", "ops": [
         {"id": "1", "mapName": "durable", "key": "a", "opType": "PUT", "record": record(1, "one")},
         {"id": "2", "mapName": "durable", "key": "b", "opType": "PUT", "record": record(2, "two")},

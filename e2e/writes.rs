@@ -169,3 +169,40 @@ async fn next_batch_event(client: &mut Client) -> Message {
         }
     }
 }
+
+#[tokio::test]
+async fn writes_older_than_the_gc_horizon_and_non_hlc_tags_are_rejected() {
+    let server = TestServer::start().await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+    let stale = T0 - 31 * 24 * 3_600_000;
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [
+        {"id": "1", "mapName": "todos", "key": "zombie", "opType": "PUT",
+         "record": {"value": 1, "timestamp": {"millis": stale, "counter": 0, "nodeId": CLIENT_NODE}}},
+        {"id": "2", "mapName": "tags", "key": "k", "opType": "OR_REMOVE", "orTag": "not-a-timestamp"},
+        put("3", "todos", "fresh", json!(3), 3),
+    ]}})))
+    .await;
+    let Message::OpRejected(old) = a.expect_type("OP_REJECTED").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        (old.payload.op_id.as_str(), old.payload.code),
+        ("1", Some(409))
+    );
+    let Message::OpRejected(tag) = a.expect_type("OP_REJECTED").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        (tag.payload.op_id.as_str(), tag.payload.code),
+        ("2", Some(400))
+    );
+    let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        ack.payload.last_id, "3",
+        "final rejections do not hold back the ack"
+    );
+    snapshot!("rejected_writes", t);
+}

@@ -232,7 +232,30 @@ async fn apply_op(
                 reason: e.to_string(),
             },
         })?;
+    if op.op_type == Some(OpType::OrRemove)
+        && op
+            .or_tag
+            .as_deref()
+            .is_some_and(|tag| tag.parse::<Timestamp>().is_err())
+    {
+        // Tags are HLC strings; anything else could never be pruned and would grow the
+        // tombstone set without bound.
+        return Err(OpFailure::Rejected {
+            code: 400,
+            reason: "orTag is not an HLC timestamp (millis:counter:nodeId)".to_owned(),
+        });
+    }
     if let Some(ts) = op_timestamp(&op) {
+        let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
+        if ts.millis < horizon {
+            // Tombstones older than the horizon may already be pruned: accepting this write
+            // could resurrect a deletion every other replica has forgotten.
+            return Err(OpFailure::Rejected {
+                code: 409,
+                reason: "write is older than the garbage-collection horizon; resync the map"
+                    .to_owned(),
+            });
+        }
         shared.hlc().update(&ts).map_err(|e| OpFailure::Rejected {
             code: 400,
             reason: e.to_string(),
@@ -293,6 +316,15 @@ fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<
             or_tag: None,
             epoch: None,
         });
+    } else if replica.map().record(&op.key) == Some(&record) {
+        // A replay of what we hold. Its first commit may have failed (the client retries
+        // because it got no ack), so write it again: the store keeps the newest record, and
+        // a PERSISTED ack must mean the record is on disk, not merely in memory.
+        changes.mutations.push(Mutation::PutLww {
+            map: op.map_name,
+            key: op.key,
+            record,
+        });
     }
     Ok(())
 }
@@ -326,6 +358,13 @@ fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Resu
             or_record: Some(record),
             or_tag: None,
             epoch: None,
+        });
+    } else if replica.map().records(&op.key).any(|held| *held == record) {
+        // A replay of a record we hold: write it again (see `apply_lww`).
+        changes.mutations.push(Mutation::PutOrKey {
+            map: op.map_name,
+            key: op.key,
+            records: vec![record],
         });
     }
     Ok(())

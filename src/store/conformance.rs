@@ -21,6 +21,7 @@ macro_rules! store_conformance_tests {
             removals_do_not_create_maps,
             failed_batch_changes_nothing,
             mutations_apply_in_batch_order,
+            out_of_order_commits_never_regress,
             counters_round_trip_and_are_replaced,
             fencing_tokens_never_decrease,
             meta_round_trips_bytes,
@@ -173,16 +174,22 @@ pub(crate) async fn round_trips_or_records_and_tombstones(store: &dyn Store) {
         store.load_map("todos").await.unwrap(),
         Some(MapSnapshot::Or {
             records: BTreeMap::from([
-                ("k1".to_owned(), vec![r1, r2.clone()]),
-                ("k2".to_owned(), vec![r3]),
+                ("k1".to_owned(), vec![r1.clone(), r2.clone()]),
+                ("k2".to_owned(), vec![r3.clone()]),
             ]),
             tombstones: BTreeSet::from(["0:0:a".to_owned(), "0:1:a".to_owned()]),
         })
     );
 
+    // Removing r1 and r3: their tags become tombstones and the keys' records are merged
+    // minus tombstoned tags, so k2 is left empty and disappears.
     commit(
         store,
         vec![
+            Mutation::AddOrTombstones {
+                map: "todos".into(),
+                tags: vec![r1.tag.clone(), r3.tag.clone()],
+            },
             put_or("todos", "k1", vec![r2.clone()]),
             put_or("todos", "k2", vec![]),
             Mutation::RemoveOrTombstones {
@@ -200,10 +207,25 @@ pub(crate) async fn round_trips_or_records_and_tombstones(store: &dyn Store) {
     assert_eq!(
         store.load_map("todos").await.unwrap(),
         Some(MapSnapshot::Or {
-            records: BTreeMap::from([("k1".to_owned(), vec![r2])]),
-            tombstones: BTreeSet::from(["0:1:a".to_owned(), "5:0:b".to_owned()]),
+            records: BTreeMap::from([("k1".to_owned(), vec![r2.clone()])]),
+            tombstones: BTreeSet::from([
+                "0:1:a".to_owned(),
+                "5:0:b".to_owned(),
+                r1.tag.clone(),
+                r3.tag.clone(),
+            ]),
         })
     );
+
+    // A late commit carrying the removed r1 cannot bring it back; a new record joins.
+    let r4 = or_record(json!("late"), 4);
+    commit(store, vec![put_or("todos", "k1", vec![r1, r4.clone()])])
+        .await
+        .unwrap();
+    match store.load_map("todos").await.unwrap() {
+        Some(MapSnapshot::Or { records, .. }) => assert_eq!(records["k1"], vec![r2, r4]),
+        other => panic!("expected OR map, got {other:?}"),
+    }
 }
 
 pub(crate) async fn map_kind_is_fixed_at_first_touch(store: &dyn Store) {
@@ -347,7 +369,7 @@ pub(crate) async fn mutations_apply_in_batch_order(store: &dyn Store) {
     commit(
         store,
         vec![
-            put_lww("m", "k", lww(Some(json!("first")), 1)),
+            put_lww("m", "k", lww(None, 1)),
             Mutation::DeleteLww {
                 map: "m".into(),
                 key: "k".into(),
@@ -676,4 +698,46 @@ pub(crate) async fn journal_trim_keeps_the_last_sequence(store: &dyn Store) {
     // A late, lower append does not lower the head either.
     commit(store, vec![append(2, b"late")]).await.unwrap();
     assert_eq!(store.last_journal_sequence().await.unwrap(), 5);
+}
+
+/// Commits can reach the store out of order (background persistence); the store keeps the
+/// newest LWW record and never prunes a key that came back to life.
+pub(crate) async fn out_of_order_commits_never_regress(store: &dyn Store) {
+    commit(store, vec![put_lww("m", "k", lww(Some(json!("new")), 5))])
+        .await
+        .unwrap();
+    commit(store, vec![put_lww("m", "k", lww(Some(json!("old")), 3))])
+        .await
+        .unwrap();
+    commit(store, vec![put_lww("m", "t", lww(None, 2))])
+        .await
+        .unwrap();
+    commit(
+        store,
+        vec![put_lww("m", "t", lww(Some(json!("revived")), 6))],
+    )
+    .await
+    .unwrap();
+    commit(
+        store,
+        vec![
+            Mutation::DeleteLww {
+                map: "m".into(),
+                key: "k".into(),
+            },
+            Mutation::DeleteLww {
+                map: "m".into(),
+                key: "t".into(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    let records = lww_records(store, "m").await;
+    assert_eq!(records["k"], lww(Some(json!("new")), 5), "older write lost");
+    assert_eq!(
+        records["t"],
+        lww(Some(json!("revived")), 6),
+        "live record pruned"
+    );
 }

@@ -1,9 +1,11 @@
 //! [`MemoryStore`]: the [`Store`] contract held in process memory behind one mutex. Nothing is
 //! durable; it exists for tests, simulations and servers run without persistence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::ready;
 use std::sync::{Mutex, MutexGuard};
+
+use crate::record::{LwwRecord, OrMapRecord};
 
 use super::{
     BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
@@ -65,23 +67,35 @@ impl State {
                 self.claim(map, kind);
             }
             Mutation::PutLww { map, key, record } => {
-                if let MapSnapshot::Lww { records } = self.claim(map, MapKind::Lww) {
+                if let MapSnapshot::Lww { records } = self.claim(map, MapKind::Lww)
+                    && super::lww_replaces(records.get(&key), &record)
+                {
                     records.insert(key, record);
                 }
             }
             Mutation::DeleteLww { map, key } => {
-                if let Some(MapSnapshot::Lww { records }) = self.maps.get_mut(&map) {
+                if let Some(MapSnapshot::Lww { records }) = self.maps.get_mut(&map)
+                    && records.get(&key).is_some_and(LwwRecord::is_tombstone)
+                {
                     records.remove(&key);
                 }
             }
             Mutation::PutOrKey { map, key, records } if records.is_empty() => {
-                if let Some(MapSnapshot::Or { records, .. }) = self.maps.get_mut(&map) {
-                    records.remove(&key);
+                if let Some(MapSnapshot::Or {
+                    records: items,
+                    tombstones,
+                }) = self.maps.get_mut(&map)
+                {
+                    merge_or_key(items, tombstones, key, &records);
                 }
             }
             Mutation::PutOrKey { map, key, records } => {
-                if let MapSnapshot::Or { records: items, .. } = self.claim(map, MapKind::Or) {
-                    items.insert(key, records);
+                if let MapSnapshot::Or {
+                    records: items,
+                    tombstones,
+                } = self.claim(map, MapKind::Or)
+                {
+                    merge_or_key(items, tombstones, key, &records);
                 }
             }
             Mutation::AddOrTombstones { map, tags } => {
@@ -200,4 +214,18 @@ mod tests {
     use std::sync::Arc;
 
     crate::store::conformance::store_conformance_tests!(((), Arc::new(MemoryStore::new())));
+}
+
+/// Applies the store-side OR merge to one key, deleting it when nothing is left.
+fn merge_or_key(
+    items: &mut BTreeMap<String, Vec<OrMapRecord>>,
+    tombstones: &BTreeSet<String>,
+    key: String,
+    incoming: &[OrMapRecord],
+) {
+    let stored = items.remove(&key).unwrap_or_default();
+    let merged = super::merge_or_records(stored, incoming, |tag| tombstones.contains(tag));
+    if !merged.is_empty() {
+        items.insert(key, merged);
+    }
 }

@@ -125,7 +125,8 @@ pub enum Mutation {
         /// Its kind.
         kind: MapKind,
     },
-    /// Store an LWW record (a tombstone is a record with `value: None`).
+    /// Store an LWW record (a tombstone is a record with `value: None`) unless the stored one
+    /// is at least as new.
     PutLww {
         /// The map.
         map: String,
@@ -134,14 +135,16 @@ pub enum Mutation {
         /// The record that replaces any stored one.
         record: LwwRecord,
     },
-    /// Remove an LWW key outright (tombstone pruning).
+    /// Remove an LWW key outright if it holds a tombstone (tombstone pruning); a live record
+    /// written since the prune was decided is kept.
     DeleteLww {
         /// The map.
         map: String,
         /// The key.
         key: String,
     },
-    /// Replace an OR key's live records; an empty list deletes the key.
+    /// Merge records into an OR key: union with the stored ones, minus tombstoned tags; a key
+    /// left with no records is deleted.
     PutOrKey {
         /// The map.
         map: String,
@@ -239,6 +242,37 @@ impl Mutation {
             | Self::TrimJournal { .. } => None,
         }
     }
+}
+
+/// Store-side LWW rule: a stored record is replaced only by a strictly newer one. Batches
+/// reach the store in whatever order their commits were queued, so the store must not let an
+/// older write land on top of a newer one (the same merge the maps use in memory).
+pub(crate) fn lww_replaces(stored: Option<&LwwRecord>, incoming: &LwwRecord) -> bool {
+    stored.is_none_or(|stored| incoming.timestamp > stored.timestamp)
+}
+
+/// Store-side OR rule: a key's records become the union of what is stored and what arrives,
+/// newer timestamp winning per tag, minus every tombstoned tag. Order-independent, like the
+/// OR map itself, so out-of-order commits cannot resurrect or lose records.
+pub(crate) fn merge_or_records(
+    stored: Vec<OrMapRecord>,
+    incoming: &[OrMapRecord],
+    is_tombstoned: impl Fn(&str) -> bool,
+) -> Vec<OrMapRecord> {
+    let mut by_tag: BTreeMap<String, OrMapRecord> =
+        stored.into_iter().map(|r| (r.tag.clone(), r)).collect();
+    for record in incoming {
+        let newer = by_tag
+            .get(&record.tag)
+            .is_none_or(|existing| record.timestamp > existing.timestamp);
+        if newer {
+            by_tag.insert(record.tag.clone(), record.clone());
+        }
+    }
+    by_tag
+        .into_values()
+        .filter(|record| !is_tombstoned(&record.tag))
+        .collect()
 }
 
 /// An ordered list of mutations, committed atomically.

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::record::{LwwRecord, OrMapRecord};
 use ::redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
@@ -465,6 +466,24 @@ impl<'txn> WriteTables<'txn> {
             .transpose()
     }
 
+    fn stored_lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
+        self.lww
+            .get((map, key))
+            .map_err(backend("read an LWW record"))?
+            .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
+            .transpose()
+    }
+
+    fn stored_or(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
+        Ok(self
+            .or_records
+            .get((map, key))
+            .map_err(backend("read OR records"))?
+            .map(|bytes| decode("OR records", format_args!("{map}/{key}"), bytes.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     fn apply_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
         batch
             .mutations()
@@ -477,30 +496,48 @@ impl<'txn> WriteTables<'txn> {
             Mutation::SetMapKind { map, kind } => self.claim(map, *kind),
             Mutation::PutLww { map, key, record } => {
                 self.claim(map, MapKind::Lww)?;
-                let bytes = encode("LWW record", record)?;
-                self.lww
-                    .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                    .map_err(backend("write an LWW record"))?;
+                if super::lww_replaces(self.stored_lww(map, key)?.as_ref(), record) {
+                    let bytes = encode("LWW record", record)?;
+                    self.lww
+                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
+                        .map_err(backend("write an LWW record"))?;
+                }
                 Ok(())
             }
             Mutation::DeleteLww { map, key } => {
-                self.lww
-                    .remove((map.as_str(), key.as_str()))
-                    .map_err(backend("delete an LWW record"))?;
-                Ok(())
-            }
-            Mutation::PutOrKey { map, key, records } if records.is_empty() => {
-                self.or_records
-                    .remove((map.as_str(), key.as_str()))
-                    .map_err(backend("delete an OR key"))?;
+                if self
+                    .stored_lww(map, key)?
+                    .is_some_and(|record| record.is_tombstone())
+                {
+                    self.lww
+                        .remove((map.as_str(), key.as_str()))
+                        .map_err(backend("delete an LWW record"))?;
+                }
                 Ok(())
             }
             Mutation::PutOrKey { map, key, records } => {
-                self.claim(map, MapKind::Or)?;
-                let bytes = encode("OR records", records)?;
-                self.or_records
-                    .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                    .map_err(backend("write OR records"))?;
+                if !records.is_empty() {
+                    self.claim(map, MapKind::Or)?;
+                }
+                let stored = self.stored_or(map, key)?;
+                let tombstones = &self.or_tombstones;
+                let merged = super::merge_or_records(stored, records, |tag| {
+                    // A failed lookup keeps the record: losing data is worse than keeping a
+                    // tombstoned record the next load drops anyway.
+                    tombstones
+                        .get((map.as_str(), tag))
+                        .is_ok_and(|found| found.is_some())
+                });
+                if merged.is_empty() {
+                    self.or_records
+                        .remove((map.as_str(), key.as_str()))
+                        .map_err(backend("delete an OR key"))?;
+                } else {
+                    let bytes = encode("OR records", &merged)?;
+                    self.or_records
+                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
+                        .map_err(backend("write OR records"))?;
+                }
                 Ok(())
             }
             Mutation::AddOrTombstones { map, tags } => {
