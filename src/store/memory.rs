@@ -208,14 +208,6 @@ impl Store for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    crate::store::conformance::store_conformance_tests!(((), Arc::new(MemoryStore::new())));
-}
-
 /// Applies the store-side OR merge to one key, deleting it when nothing is left.
 fn merge_or_key(
     items: &mut BTreeMap<String, Vec<OrMapRecord>>,
@@ -228,4 +220,12 @@ fn merge_or_key(
     if !merged.is_empty() {
         items.insert(key, merged);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    crate::store::conformance::store_conformance_tests!(((), Arc::new(MemoryStore::new())));
 }
