@@ -5,12 +5,12 @@
 //! an LRU over connection activity: admitting a connection past `max_connections` evicts the
 //! least recently active one with a clear close code instead of refusing the newcomer.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use lru::LruCache;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A server-assigned connection id, unique for the life of the process.
 pub type ConnId = u64;
@@ -40,34 +40,68 @@ pub enum SendError {
     Full,
 }
 
-/// The sending half of one connection's outbound queue.
+/// The sending half of one connection's outbound queue, plus its kill switch.
+///
+/// Nothing here ever waits for room: a peer that does not read its frames fills its queue,
+/// and a full queue kills the connection (the client reconnects and resyncs) instead of
+/// silently dropping a frame or blocking the sender.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
     tx: mpsc::Sender<Outbound>,
+    kill: Arc<watch::Sender<bool>>,
 }
 
 impl ConnHandle {
-    /// Queues a frame without waiting. A full queue means the peer is not reading; callers
-    /// close such connections rather than buffer without bound.
+    /// Queues a frame without waiting; a full queue kills the connection.
     pub fn send(&self, frame: Outbound) -> Result<(), SendError> {
         self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Full(_) => {
+                tracing::warn!(
+                    conn = self.id,
+                    "outbound queue full: closing the slow connection"
+                );
+                self.kill();
+                SendError::Full
+            }
             mpsc::error::TrySendError::Closed(_) => SendError::Gone,
         })
     }
 
-    /// Queues a close frame, waiting for room so the close is never lost.
+    /// Queues a close frame behind what is already queued and ends the connection's read
+    /// loop. Never waits: when the queue is full the socket is simply dropped.
     pub async fn close(&self, code: u16, reason: &str) {
         // The receiver may already be gone, in which case the socket is closing anyway.
-        let _ = self.tx.send(Outbound::Close(code, reason.to_owned())).await;
+        let _ = self.tx.try_send(Outbound::Close(code, reason.to_owned()));
+        self.kill();
+    }
+
+    /// Ends the connection: its read loop stops and its state is cleaned up.
+    pub fn kill(&self) {
+        self.kill.send_replace(true);
+    }
+
+    /// Resolves once the connection has been killed.
+    pub async fn killed(&self) {
+        let mut rx = self.kill.subscribe();
+        // An error means the switch is gone, which only happens once every handle is
+        // dropped; treat that as killed too.
+        let _ = rx.wait_for(|killed| *killed).await;
     }
 }
 
 /// Creates a connection's outbound queue.
 pub fn outbound_queue(id: ConnId, capacity: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (ConnHandle { id, tx }, rx)
+    let (kill, _) = watch::channel(false);
+    (
+        ConnHandle {
+            id,
+            tx,
+            kill: Arc::new(kill),
+        },
+        rx,
+    )
 }
 
 /// Every open connection, in order of recent activity.
@@ -164,11 +198,24 @@ mod tests {
         assert!(registry.get(1).is_some() && registry.get(3).is_some());
     }
 
-    #[test]
-    fn full_outbound_queue_is_reported_not_buffered() {
+    #[tokio::test]
+    async fn full_outbound_queue_kills_the_connection() {
         let (h, _rx) = outbound_queue(1, 1);
         assert_eq!(h.send(Outbound::Text("a".into())), Ok(()));
         assert_eq!(h.send(Outbound::Text("b".into())), Err(SendError::Full));
+        tokio::time::timeout(std::time::Duration::from_secs(1), h.killed())
+            .await
+            .expect("a full queue kills the connection");
+    }
+
+    #[tokio::test]
+    async fn close_never_waits_for_room() {
+        let (h, _rx) = outbound_queue(1, 1);
+        h.send(Outbound::Text("a".into())).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), h.close(4003, "bye"))
+            .await
+            .expect("close returns although the queue is full");
+        h.killed().await;
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, timeout as within};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -35,6 +35,9 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_HEARTBEAT: u16 = 4002;
 /// Close code: too many invalid frames (policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
+/// How long one socket write may take before the peer counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Close code: server shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -274,8 +277,13 @@ async fn read_loop<S: Stream>(
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stop = shared.shutdown_signal();
+    let handle = session.handle().clone();
+    let killed = handle.killed();
+    tokio::pin!(killed);
     loop {
         let flow = tokio::select! {
+            // Evicted, too slow to read its frames, or closed by a handler.
+            () = &mut killed => Flow::Closed,
             frame = source.next() => match frame {
                 Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Frame::Binary(&bytes)).await,
                 Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Frame::Text(text.as_str())).await,
@@ -449,6 +457,7 @@ async fn write_loop<S: Stream>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>,
     mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
 ) {
+    // A peer that stops reading must not pin this task and its socket forever.
     while let Some(first) = outbound.recv().await {
         let mut next = Some(first);
         while let Some(frame) = next.take() {
@@ -460,18 +469,21 @@ async fn write_loop<S: Stream>(
                         code: CloseCode::from(code),
                         reason: reason.into(),
                     };
-                    let _ = sink.send(WsMessage::Close(Some(close))).await;
+                    let _ = within(WRITE_TIMEOUT, sink.send(WsMessage::Close(Some(close)))).await;
                     return;
                 }
             };
-            if sink.feed(ws_message).await.is_err() {
+            if !matches!(
+                within(WRITE_TIMEOUT, sink.feed(ws_message)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
             next = outbound.try_recv().ok();
         }
-        if sink.flush().await.is_err() {
+        if !matches!(within(WRITE_TIMEOUT, sink.flush()).await, Ok(Ok(()))) {
             return;
         }
     }
-    let _ = sink.close().await;
+    let _ = within(WRITE_TIMEOUT, sink.close()).await;
 }
