@@ -331,6 +331,8 @@ async fn publish(shared: &Shared, map: &str, changes: SliceChanges) -> Result<()
     commit(shared, map, changes.batch).await?;
     let mut events = BTreeMap::new();
     events.insert(map.to_owned(), changes.events);
+    // Expired documents leave search results like deleted ones.
+    shared.search.note_writes(&events);
     operations::fan_out_server_events(shared, events);
     Ok(())
 }
