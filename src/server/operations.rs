@@ -31,7 +31,7 @@ use super::storage::{MapError, MapHandle};
 
 /// What a set of ops changed: the store mutations to persist, the events to fan out and the
 /// changes to journal.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct MapChanges {
     mutations: WriteBatch,
     events: BTreeMap<String, Vec<ServerEventPayload>>,
@@ -68,17 +68,32 @@ pub async fn handle_op_batch(
     batch: OpBatchPayload,
 ) -> Flow {
     let received = Instant::now();
-    let mut changes = MapChanges::default();
     let mut last_acked: Option<String> = None;
     let mut ack_blocked = false;
     let mut denied = 0usize;
     let mut tracked: Vec<(String, WriteConcern)> = Vec::new();
     let mut strongest = WriteConcern::FireAndForget;
 
+    let mut meta = Vec::with_capacity(batch.ops.len());
+    let mut checked = Vec::with_capacity(batch.ops.len());
     for op in batch.ops {
-        let concern = op.write_concern.or(batch.write_concern).unwrap_or_default();
-        let id = op.id.clone();
-        match apply_op(shared, session, op, &mut changes).await {
+        meta.push((
+            op.id.clone(),
+            op.write_concern.or(batch.write_concern).unwrap_or_default(),
+        ));
+        checked.push(check_op(shared, session, op).await);
+    }
+    let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
+        session.send_error(
+            shared,
+            500,
+            "Merging the batch failed; it was not acknowledged",
+        );
+        return Flow::Continue;
+    };
+
+    for ((id, concern), outcome) in meta.into_iter().zip(outcomes) {
+        match outcome {
             Ok(()) => {
                 Metrics::inc(&shared.metrics.ops_applied);
                 if let Some(id) = &id {
@@ -186,13 +201,12 @@ fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, re
     );
 }
 
-/// Checks and applies one op, recording what changed.
-async fn apply_op(
+/// Checks one op (permission, ownership, map kind, HLC drift) and finds its map.
+async fn check_op(
     shared: &Shared,
     session: &Session,
     op: ClientOp,
-    changes: &mut MapChanges,
-) -> Result<(), OpFailure> {
+) -> Result<CheckedOp, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
     {
@@ -238,10 +252,80 @@ async fn apply_op(
             reason: e.to_string(),
         })?;
     }
+    Ok(CheckedOp { op, map })
+}
+
+/// An op that passed its checks, with the map it merges into.
+#[derive(Debug)]
+struct CheckedOp {
+    op: ClientOp,
+    map: MapHandle,
+}
+
+/// Merges the checked ops of a batch: on the worker pool when the batch is large, inline
+/// otherwise. `None` when the pooled merge failed.
+async fn merge_checked(
+    shared: &Shared,
+    checked: Vec<Result<CheckedOp, OpFailure>>,
+) -> Option<(Vec<Result<(), OpFailure>>, MapChanges)> {
+    let heavy = checked.len() > shared.limits.pool_batch_ops;
+    let slice = shared.limits.merge_slice_ops;
+    match shared
+        .workers
+        .run_if(heavy, move || merge_ops(checked, slice))
+        .await
+    {
+        Ok(merged) => Some(merged),
+        Err(e) => {
+            tracing::error!(error = %e, "merging a batch on the worker pool failed");
+            None
+        }
+    }
+}
+
+/// Merges checked ops in order, returning each op's outcome and what changed. A map's lock
+/// is held for at most `slice` consecutive ops on it, so other writers to the same map
+/// interleave with a huge batch.
+fn merge_ops(
+    checked: Vec<Result<CheckedOp, OpFailure>>,
+    slice: usize,
+) -> (Vec<Result<(), OpFailure>>, MapChanges) {
+    let mut changes = MapChanges::default();
+    let mut outcomes = Vec::with_capacity(checked.len());
+    let mut rest = checked.into_iter().peekable();
+    while let Some(next) = rest.next() {
+        let first = match next {
+            Ok(first) => first,
+            Err(failure) => {
+                outcomes.push(Err(failure));
+                continue;
+            }
+        };
+        let map = first.map;
+        let mut guard = map.lock();
+        outcomes.push(merge_op(&mut guard, first.op, &mut changes));
+        for _ in 1..slice.max(1) {
+            let Some(Ok(same)) =
+                rest.next_if(|n| n.as_ref().is_ok_and(|c| c.map.is_same_map(&map)))
+            else {
+                break;
+            };
+            outcomes.push(merge_op(&mut guard, same.op, &mut changes));
+        }
+    }
+    (outcomes, changes)
+}
+
+/// Merges one checked op into its (locked) replica.
+fn merge_op(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     match op.op_type {
-        Some(OpType::OrAdd) => apply_or_add(&map, op, changes),
-        Some(OpType::OrRemove) => apply_or_remove(&map, op, changes),
-        _ => apply_lww(&map, op, changes),
+        Some(OpType::OrAdd) => apply_or_add(replica, op, changes),
+        Some(OpType::OrRemove) => apply_or_remove(replica, op, changes),
+        _ => apply_lww(replica, op, changes),
     }
 }
 
@@ -261,10 +345,13 @@ fn missing(field: &str, op_type: &str) -> OpFailure {
     }
 }
 
-fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+fn apply_lww(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     let record = op.record.ok_or_else(|| missing("record", "LWW"))?;
-    let mut guard = map.lock();
-    let Replica::Lww(replica) = &mut *guard else {
+    let Replica::Lww(replica) = replica else {
         return Err(missing("an LWW map", "LWW"));
     };
     if let MergeOutcome::Applied { previous } = replica.merge(&op.key, record.clone()) {
@@ -297,10 +384,13 @@ fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<
     Ok(())
 }
 
-fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+fn apply_or_add(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     let record = op.or_record.ok_or_else(|| missing("orRecord", "OR_ADD"))?;
-    let mut guard = map.lock();
-    let Replica::Or(replica) = &mut *guard else {
+    let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_ADD"));
     };
     let before = or_values(replica, &op.key);
@@ -332,13 +422,12 @@ fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Resu
 }
 
 fn apply_or_remove(
-    map: &MapHandle,
+    replica: &mut Replica,
     op: ClientOp,
     changes: &mut MapChanges,
 ) -> Result<(), OpFailure> {
     let tag = op.or_tag.ok_or_else(|| missing("orTag", "OR_REMOVE"))?;
-    let mut guard = map.lock();
-    let Replica::Or(replica) = &mut *guard else {
+    let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_REMOVE"));
     };
     if replica.map().is_tombstoned(&tag) {
