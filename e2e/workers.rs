@@ -16,8 +16,10 @@ use crate::snapshot;
 const T0: u64 = 1_789_999_000_000;
 /// Ops in the huge batch (about 1.3 MB of msgpack, inside the 2 MiB frame limit).
 const HUGE: usize = 10_000;
-/// The slowest acceptable PING→PONG round trip while the huge batch merges (debug build).
-const PING_BOUND: Duration = Duration::from_millis(500);
+/// The slowest acceptable PING→PONG round trip while the huge batch is processed (debug
+/// build). Measured on 2 busy cores: about 35 ms with the pool, 300–520 ms with everything
+/// inline, so the bound is generous yet still catches a regression to inline work.
+const PING_BOUND: Duration = Duration::from_millis(200);
 
 fn huge_batch(map: &str) -> Message {
     let ops: Vec<Value> = (0..HUGE)
@@ -138,11 +140,13 @@ async fn a_huge_batch_does_not_stall_another_connections_ping() {
 async fn merging_on_the_pool_gives_the_same_map_as_merging_inline() {
     let inline = TestServer::with_limits(Limits {
         pool_batch_ops: usize::MAX,
+        pool_frame_bytes: usize::MAX,
         ..Limits::default()
     })
     .await;
     let pooled = TestServer::with_limits(Limits {
         pool_batch_ops: 0,
+        pool_frame_bytes: 0,
         merge_slice_ops: 7,
         ..Limits::default()
     })

@@ -159,6 +159,8 @@ pub struct Limits {
     pub journal_retention: u64,
     /// Jobs the CPU worker pool runs at once; 0 means the available parallelism.
     pub worker_threads: usize,
+    /// Frames of at least this many bytes are decoded and validated on the worker pool.
+    pub pool_frame_bytes: usize,
     /// `OP_BATCH`es with more ops than this are merged on the worker pool.
     pub pool_batch_ops: usize,
     /// Ops merged per hold of a map's lock on the pool, so other writers interleave.
@@ -190,6 +192,7 @@ impl Default for Limits {
             journal_capacity: 10_000,
             journal_retention: 1_000_000,
             worker_threads: 0,
+            pool_frame_bytes: 64 * 1024,
             pool_batch_ops: 256,
             merge_slice_ops: 512,
             pool_load_keys: 5_000,

@@ -74,7 +74,8 @@ pub async fn handle_op_batch(
     let mut tracked: Vec<(String, WriteConcern)> = Vec::new();
     let mut strongest = WriteConcern::FireAndForget;
 
-    let mut meta = Vec::with_capacity(batch.ops.len());
+    let meta_len = batch.ops.len();
+    let mut meta = Vec::with_capacity(meta_len);
     let mut checked = Vec::with_capacity(batch.ops.len());
     for op in batch.ops {
         meta.push((
@@ -130,13 +131,17 @@ pub async fn handle_op_batch(
         );
     }
 
-    let journaled = std::mem::take(&mut changes.journal);
-    shared
-        .journal
-        .append(shared, journaled, &mut changes.mutations)
-        .await;
+    let heavy = meta_len > shared.limits.pool_batch_ops;
+    let Some(mutations) = journal_changes(shared, &mut changes, heavy).await else {
+        session.send_error(
+            shared,
+            500,
+            "Journaling the batch failed; it was not acknowledged",
+        );
+        return Flow::Continue;
+    };
     let durable = strongest >= WriteConcern::Replicated;
-    if !persist(shared, &changes.mutations, durable).await {
+    if !persist(shared, mutations, durable).await {
         session.send_error(
             shared,
             500,
@@ -587,6 +592,39 @@ fn journal_merge(
     }
 }
 
+/// Journals `changes` and returns the store mutations with the journal rows added. A heavy
+/// batch's journal entries (one serialized event per change) are built on the worker pool;
+/// `None` when that pooled job failed.
+async fn journal_changes(
+    shared: &Arc<Shared>,
+    changes: &mut MapChanges,
+    heavy: bool,
+) -> Option<WriteBatch> {
+    let journaled = std::mem::take(&mut changes.journal);
+    let mut mutations = std::mem::take(&mut changes.mutations);
+    if !heavy {
+        shared
+            .journal
+            .append(shared, journaled, &mut mutations)
+            .await;
+        return Some(mutations);
+    }
+    let pooled = shared.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let job = move || {
+        // A blocking pool thread may drive the (briefly async) append to completion itself.
+        runtime.block_on(pooled.journal.append(&pooled, journaled, &mut mutations));
+        mutations
+    };
+    match shared.workers.run(job).await {
+        Ok(mutations) => Some(mutations),
+        Err(e) => {
+            tracing::error!(error = %e, "journaling a batch on the worker pool failed");
+            None
+        }
+    }
+}
+
 /// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
 pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
     let journaled = std::mem::take(&mut changes.journal);
@@ -594,21 +632,21 @@ pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes
         .journal
         .append(shared, journaled, &mut changes.mutations)
         .await;
-    if persist(shared, &changes.mutations, false).await {
+    if persist(shared, std::mem::take(&mut changes.mutations), false).await {
         fan_out(shared, session, std::mem::take(&mut changes.events));
     }
 }
 
 /// Hands `mutations` to the store. With `wait`, resolves after the commit is durable and
 /// reports its success; otherwise the commit is queued in order and failures are logged.
-async fn persist(shared: &Arc<Shared>, mutations: &WriteBatch, wait: bool) -> bool {
+async fn persist(shared: &Arc<Shared>, mutations: WriteBatch, wait: bool) -> bool {
     // A durable ack also needs every earlier queued commit on disk; committing even an empty
     // batch behind them in the store's FIFO queue gives exactly that.
     if mutations.is_empty() && !wait {
         return true;
     }
     let store = shared.store.clone();
-    let batch = mutations.clone();
+    let batch = mutations;
     if wait {
         match store.commit(batch).await {
             Ok(()) => true,
