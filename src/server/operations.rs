@@ -713,3 +713,175 @@ fn fan_out_except(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LwwRecord, OrMapRecord};
+    use crate::server::storage::MapRegistry;
+    use crate::server::workers::WorkerPool;
+    use crate::store::MemoryStore;
+
+    const OPS: usize = 3_000;
+
+    fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {
+        ClientOp {
+            id: None,
+            map_name: map.to_owned(),
+            key,
+            op_type: Some(op_type),
+            record: None,
+            or_record: None,
+            or_tag: None,
+            write_concern: None,
+            timeout: None,
+        }
+    }
+
+    /// The `i`th op of a mixed batch: LWW puts (some losing to newer writes, some
+    /// tombstones) on two maps in runs, OR adds and removes, and malformed ops.
+    fn mixed_op(i: usize) -> ClientOp {
+        let ts = |millis: u64| Timestamp::new(1_000 + millis, 0, "client");
+        match i % 10 {
+            0..=5 => {
+                let map = if (i / 40) % 2 == 0 { "a" } else { "b" };
+                let mut op = base_op(map, format!("k{}", i % 700), OpType::Put);
+                // Every third write is stamped in the past and loses to a newer one.
+                let millis = if i % 3 == 0 { (i / 2) as u64 } else { i as u64 };
+                op.record = Some(LwwRecord {
+                    value: (i % 11 != 0).then(|| serde_json::json!({"i": i})),
+                    timestamp: ts(millis),
+                    ttl_ms: None,
+                });
+                op
+            }
+            6 | 7 => {
+                let mut op = base_op("o", format!("o{}", i % 50), OpType::OrAdd);
+                op.or_record = Some(OrMapRecord {
+                    value: serde_json::json!(i),
+                    timestamp: ts(i as u64),
+                    tag: ts(i as u64).to_string(),
+                    ttl_ms: None,
+                });
+                op
+            }
+            8 => {
+                let mut op = base_op("o", format!("o{}", (i - 2) % 50), OpType::OrRemove);
+                op.or_tag = Some(ts((i - 2) as u64).to_string());
+                op
+            }
+            _ => base_op("a", format!("k{i}"), OpType::Put), // no record: rejected
+        }
+    }
+
+    async fn checked(maps: &MapRegistry) -> Vec<Result<CheckedOp, OpFailure>> {
+        let mut checked = Vec::with_capacity(OPS);
+        for i in 0..OPS {
+            let op = mixed_op(i);
+            let kind = if op.is_or_op() {
+                MapKind::Or
+            } else {
+                MapKind::Lww
+            };
+            checked.push(if i % 97 == 0 {
+                Err(OpFailure::Rejected {
+                    code: 403,
+                    reason: "Access Denied".to_owned(),
+                })
+            } else {
+                let map = maps.get(&op.map_name, kind, Some(kind)).await.unwrap();
+                Ok(CheckedOp { op, map })
+            });
+        }
+        checked
+    }
+
+    fn roots(maps: &MapRegistry) -> Vec<(String, usize, u32)> {
+        let mut roots: Vec<_> = maps
+            .loaded()
+            .iter()
+            .map(|m| {
+                let guard = m.lock();
+                let tree = guard.merkle();
+                (
+                    m.name().to_owned(),
+                    tree.len(),
+                    tree.root(crate::merkle::Combine::Fmix),
+                )
+            })
+            .collect();
+        roots.sort();
+        roots
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_merged_on_the_pool_in_slices_equals_the_inline_merge() {
+        let inline_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let pooled_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let (inline_outcomes, inline_changes) = merge_ops(checked(&inline_maps).await, 512);
+        let pool = WorkerPool::new(2);
+        let pooled_input = checked(&pooled_maps).await;
+        let (pooled_outcomes, pooled_changes) =
+            pool.run(move || merge_ops(pooled_input, 3)).await.unwrap();
+
+        assert_eq!(
+            format!("{inline_outcomes:?}"),
+            format!("{pooled_outcomes:?}")
+        );
+        let failures = inline_outcomes.iter().filter(|o| o.is_err()).count();
+        assert!(
+            failures > OPS / 10,
+            "malformed and denied ops fail: {failures}"
+        );
+        assert_eq!(inline_changes, pooled_changes);
+        assert!(inline_changes.mutations.mutations().len() > OPS / 2);
+        let inline_roots = roots(&inline_maps);
+        assert_eq!(inline_roots.len(), 3);
+        assert!(
+            inline_roots
+                .iter()
+                .all(|(_, len, root)| *len > 0 && *root != 0)
+        );
+        assert_eq!(inline_roots, roots(&pooled_maps));
+    }
+
+    #[tokio::test]
+    async fn a_map_lock_is_released_between_slices() {
+        let maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let map = maps.get("a", MapKind::Lww, None).await.unwrap();
+        let ops: Vec<Result<CheckedOp, OpFailure>> = (0..20_000)
+            .map(|i| {
+                let mut op = base_op("a", format!("k{i}"), OpType::Put);
+                op.record = Some(LwwRecord {
+                    value: Some(serde_json::json!(i)),
+                    timestamp: Timestamp::new(1 + i as u64, 0, "c"),
+                    ttl_ms: None,
+                });
+                Ok(CheckedOp {
+                    op,
+                    map: map.clone(),
+                })
+            })
+            .collect();
+        let pool = WorkerPool::new(1);
+        let merging = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || merge_ops(ops, 64)).await }
+        });
+        // Another writer gets the lock while the batch is still merging.
+        let mut interleaved = false;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !merging.is_finished() && Instant::now() < deadline {
+            let seen = map.lock().merkle().len();
+            if seen > 0 && seen < 20_000 {
+                interleaved = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
+        let (outcomes, _) = merging.await.unwrap().unwrap();
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(map.lock().merkle().len(), 20_000);
+        assert!(interleaved, "the lock was never free mid-batch");
+    }
+}
