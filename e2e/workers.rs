@@ -181,3 +181,76 @@ async fn merging_on_the_pool_gives_the_same_map_as_merging_inline() {
     pooled.stop().await;
     snapshot!("pool_equals_inline", t);
 }
+
+/// `ops` OR adds on `map`, one per key.
+fn or_adds(map: &str, keys: usize) -> Message {
+    let ops: Vec<Value> = (0..keys)
+        .map(|i| {
+            let timestamp = json!({"millis": T0 + i as u64, "counter": 0, "nodeId": CLIENT_NODE});
+            json!({
+                "id": (i + 1).to_string(), "mapName": map, "key": format!("t{i}"), "opType": "OR_ADD",
+                "orRecord": {"value": {"tag": i}, "timestamp": timestamp, "tag": format!("{}:0:{CLIENT_NODE}", T0 + i as u64)}
+            })
+        })
+        .collect();
+    msg(json!({"type": "OP_BATCH", "payload": {"ops": ops}}))
+}
+
+#[tokio::test]
+async fn a_large_diff_response_encoded_on_the_pool_matches_the_inline_one() {
+    const KEYS: usize = 800;
+    let inline = TestServer::with_limits(Limits {
+        pool_response_rows: usize::MAX,
+        ..Limits::default()
+    })
+    .await;
+    let pooled = TestServer::with_limits(Limits {
+        pool_response_rows: 100,
+        ..Limits::default()
+    })
+    .await;
+    let t = Transcript::default();
+    let quiet = Transcript::default();
+    let mut responses = Vec::new();
+    for server in [&inline, &pooled] {
+        let mut client = Client::authed(server, "alice", &quiet).await;
+        client.send(or_adds("tags", KEYS)).await;
+        client.expect_type("OP_ACK").await;
+        let tasks_before = pool_tasks(server);
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("t{i}")).collect();
+        client
+            .send(msg(
+                json!({"type": "ORMAP_DIFF_REQUEST", "payload": {"mapName": "tags", "keys": keys}}),
+            ))
+            .await;
+        let Message::OrMapDiffResponse(response) = client.expect_type("ORMAP_DIFF_RESPONSE").await
+        else {
+            unreachable!()
+        };
+        assert_eq!(response.payload.entries.len(), KEYS);
+        responses.push((client.last_raw().clone(), pool_tasks(server) - tasks_before));
+        client.close().await;
+    }
+    let [(inline_raw, inline_tasks), (pooled_raw, pooled_tasks)] = &responses[..] else {
+        unreachable!()
+    };
+    t.note(format!(
+        "diff responses equal: {}, pooled encodes: inline {inline_tasks}, pooled {pooled_tasks}",
+        inline_raw == pooled_raw
+    ));
+    assert_eq!(inline_raw, pooled_raw);
+    assert_eq!((*inline_tasks, *pooled_tasks), (0, 1));
+    inline.stop().await;
+    pooled.stop().await;
+    snapshot!("pooled_diff_response", t);
+}
+
+fn pool_tasks(server: &TestServer) -> u64 {
+    server
+        .server()
+        .shared()
+        .workers
+        .metrics()
+        .tasks_run
+        .load(std::sync::atomic::Ordering::Relaxed)
+}

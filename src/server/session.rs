@@ -132,6 +132,32 @@ impl Session {
         send_to(shared, &self.out, &message.into())
     }
 
+    /// Queues a response carrying `rows` rows, encoding it on the worker pool when it is
+    /// large (`Limits::pool_response_rows`) so the encoding does not stall other connections.
+    pub async fn send_rows(
+        &self,
+        shared: &Shared,
+        message: impl Into<Message>,
+        rows: usize,
+    ) -> Result<(), SendError> {
+        let message = message.into();
+        let type_name = message.type_name();
+        match shared
+            .workers
+            .encode(message, rows, shared.limits.pool_response_rows)
+            .await
+        {
+            Ok(bytes) => {
+                self.out.send(Outbound::Binary(Bytes::from(bytes)))?;
+                Metrics::inc(&shared.metrics.frames_out);
+            }
+            Err(e) => {
+                tracing::error!(conn = self.id, r#type = type_name, error = %e, "encode failed");
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a close of this connection after what is already queued.
     pub async fn close(&self, code: u16, reason: &str) {
         self.out.close(code, reason).await;
@@ -202,7 +228,7 @@ async fn serve_http<S: Stream>(
             }
         }
         "/metrics" => {
-            let body = shared.metrics.render();
+            let body = shared.metrics.render() + &shared.workers.metrics().render();
             http::respond(stream, 200, "text/plain; version=0.0.4", &body).await
         }
         _ => http::respond(stream, 404, "text/plain", "not found\n").await,

@@ -36,6 +36,37 @@ pub struct PoolMetrics {
     pub waiting: AtomicU64,
 }
 
+impl PoolMetrics {
+    /// The Prometheus text exposition of the pool's counters (appended to `/metrics`).
+    pub fn render(&self) -> String {
+        let rows = [
+            (
+                "topgun_worker_tasks_total",
+                "Jobs run on the CPU worker pool.",
+                "counter",
+                self.tasks_run.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "topgun_worker_queue_wait_seconds_total",
+                "Time jobs waited for a free worker.",
+                "counter",
+                self.queue_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "topgun_worker_queue_waiting",
+                "Jobs waiting for a free worker.",
+                "gauge",
+                self.waiting.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        rows.iter()
+            .map(|(name, help, kind, value)| {
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+            })
+            .collect()
+    }
+}
+
 /// A bounded pool of blocking threads for CPU-heavy work. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WorkerPool {
@@ -178,6 +209,25 @@ mod tests {
         let failed = pool.run(|| -> u32 { panic!("boom") }).await;
         assert!(matches!(failed, Err(PoolError::Failed(_))), "{failed:?}");
         assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn metrics_render_as_prometheus_text() {
+        let pool = WorkerPool::new(1);
+        pool.run(|| ()).await.unwrap();
+        pool.run(|| ()).await.unwrap();
+        let text = pool.metrics().render();
+        assert!(
+            text.contains(
+                "# TYPE topgun_worker_tasks_total counter\ntopgun_worker_tasks_total 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("topgun_worker_queue_waiting 0\n"), "{text}");
+        assert!(
+            text.contains("topgun_worker_queue_wait_seconds_total "),
+            "{text}"
+        );
     }
 
     fn large_leaf(rows: usize) -> Message {
