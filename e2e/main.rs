@@ -19,4 +19,5 @@ mod sync;
 mod timeouts;
 mod topics;
 mod walk;
+mod workers;
 mod writes;

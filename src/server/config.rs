@@ -157,6 +157,18 @@ pub struct Limits {
     pub journal_capacity: usize,
     /// Journal events kept in the store (the newest ones); 0 keeps every event.
     pub journal_retention: u64,
+    /// Jobs the CPU worker pool runs at once; 0 means the available parallelism.
+    pub worker_threads: usize,
+    /// Frames of at least this many bytes are decoded and validated on the worker pool.
+    pub pool_frame_bytes: usize,
+    /// `OP_BATCH`es with more ops than this are merged on the worker pool.
+    pub pool_batch_ops: usize,
+    /// Ops merged per hold of a map's lock on the pool, so other writers interleave.
+    pub merge_slice_ops: usize,
+    /// Stored maps with more keys than this are rebuilt on the worker pool when loaded.
+    pub pool_load_keys: usize,
+    /// Sync responses with at least this many rows are encoded on the worker pool.
+    pub pool_response_rows: usize,
 }
 
 impl Default for Limits {
@@ -179,6 +191,12 @@ impl Default for Limits {
             gc_interval_ms: 60_000,
             journal_capacity: 10_000,
             journal_retention: 1_000_000,
+            worker_threads: 0,
+            pool_frame_bytes: 64 * 1024,
+            pool_batch_ops: 256,
+            merge_slice_ops: 512,
+            pool_load_keys: 5_000,
+            pool_response_rows: 500,
         }
     }
 }

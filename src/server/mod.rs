@@ -17,6 +17,7 @@
 //! - [`unsupported`] — honest answers for features not built yet;
 //! - [`storage`] — lazy map loading and persistence;
 //! - [`partitions`] — the ownership seam;
+//! - [`workers`] — the bounded pool for CPU-heavy work;
 //! - [`limits`] and [`metrics`].
 //!
 //! Time, randomness, the network and storage come in through seams ([`crate::clock`],
@@ -44,6 +45,7 @@ pub mod storage;
 pub mod sync;
 pub mod topics;
 pub mod unsupported;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,6 +73,7 @@ use self::queries::QueryRegistry;
 use self::search::{SearchService, SearchSetupError};
 use self::storage::MapRegistry;
 use self::topics::TopicRegistry;
+use self::workers::WorkerPool;
 
 /// Everything needed to build a server, already validated.
 pub struct ServerOptions {
@@ -122,6 +125,8 @@ pub struct Shared {
     pub permissions: Permissions,
     pub ownership: Box<dyn Ownership>,
     pub metrics: Metrics,
+    /// The bounded pool CPU-heavy work runs on.
+    pub workers: WorkerPool,
     /// Key that signs query cursors (tamper detection); fresh per process.
     pub cursor_secret: [u8; 32],
     /// Authenticated connections, the recipients of `GC_PRUNE`.
@@ -190,8 +195,11 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let mut cursor_secret = [0u8; 32];
         entropy.fill(&mut cursor_secret);
+        let workers = WorkerPool::new(options.limits.worker_threads);
         let shared = Shared {
-            maps: MapRegistry::new(store.clone(), options.debug),
+            maps: MapRegistry::new(store.clone(), options.debug)
+                .offload_loads(workers.clone(), options.limits.pool_load_keys),
+            workers,
             connections: Registry::new(options.max_connections),
             queries: QueryRegistry::default(),
             topics: TopicRegistry::new(options.limits.max_topic_subscriptions, &cursor_secret),

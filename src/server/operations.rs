@@ -31,7 +31,7 @@ use super::storage::{MapError, MapHandle};
 
 /// What a set of ops changed: the store mutations to persist, the events to fan out and the
 /// changes to journal.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct MapChanges {
     mutations: WriteBatch,
     events: BTreeMap<String, Vec<ServerEventPayload>>,
@@ -68,17 +68,33 @@ pub async fn handle_op_batch(
     batch: OpBatchPayload,
 ) -> Flow {
     let received = Instant::now();
-    let mut changes = MapChanges::default();
     let mut last_acked: Option<String> = None;
     let mut ack_blocked = false;
     let mut denied = 0usize;
     let mut tracked: Vec<(String, WriteConcern)> = Vec::new();
     let mut strongest = WriteConcern::FireAndForget;
 
+    let meta_len = batch.ops.len();
+    let mut meta = Vec::with_capacity(meta_len);
+    let mut checked = Vec::with_capacity(batch.ops.len());
     for op in batch.ops {
-        let concern = op.write_concern.or(batch.write_concern).unwrap_or_default();
-        let id = op.id.clone();
-        match apply_op(shared, session, op, &mut changes).await {
+        meta.push((
+            op.id.clone(),
+            op.write_concern.or(batch.write_concern).unwrap_or_default(),
+        ));
+        checked.push(check_op(shared, session, op).await);
+    }
+    let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
+        session.send_error(
+            shared,
+            500,
+            "Merging the batch failed; it was not acknowledged",
+        );
+        return Flow::Continue;
+    };
+
+    for ((id, concern), outcome) in meta.into_iter().zip(outcomes) {
+        match outcome {
             Ok(()) => {
                 Metrics::inc(&shared.metrics.ops_applied);
                 if let Some(id) = &id {
@@ -115,13 +131,17 @@ pub async fn handle_op_batch(
         );
     }
 
-    let journaled = std::mem::take(&mut changes.journal);
-    shared
-        .journal
-        .append(shared, journaled, &mut changes.mutations)
-        .await;
+    let heavy = meta_len > shared.limits.pool_batch_ops;
+    let Some(mutations) = journal_changes(shared, &mut changes, heavy).await else {
+        session.send_error(
+            shared,
+            500,
+            "Journaling the batch failed; it was not acknowledged",
+        );
+        return Flow::Continue;
+    };
     let durable = strongest >= WriteConcern::Replicated;
-    if !persist(shared, &changes.mutations, durable).await {
+    if !persist(shared, mutations, durable).await {
         session.send_error(
             shared,
             500,
@@ -186,13 +206,12 @@ fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, re
     );
 }
 
-/// Checks and applies one op, recording what changed.
-async fn apply_op(
+/// Checks one op (permission, ownership, map kind, HLC drift) and finds its map.
+async fn check_op(
     shared: &Shared,
     session: &Session,
     op: ClientOp,
-    changes: &mut MapChanges,
-) -> Result<(), OpFailure> {
+) -> Result<CheckedOp, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
     {
@@ -261,10 +280,80 @@ async fn apply_op(
             reason: e.to_string(),
         })?;
     }
+    Ok(CheckedOp { op, map })
+}
+
+/// An op that passed its checks, with the map it merges into.
+#[derive(Debug)]
+struct CheckedOp {
+    op: ClientOp,
+    map: MapHandle,
+}
+
+/// Merges the checked ops of a batch: on the worker pool when the batch is large, inline
+/// otherwise. `None` when the pooled merge failed.
+async fn merge_checked(
+    shared: &Shared,
+    checked: Vec<Result<CheckedOp, OpFailure>>,
+) -> Option<(Vec<Result<(), OpFailure>>, MapChanges)> {
+    let heavy = checked.len() > shared.limits.pool_batch_ops;
+    let slice = shared.limits.merge_slice_ops;
+    match shared
+        .workers
+        .run_if(heavy, move || merge_ops(checked, slice))
+        .await
+    {
+        Ok(merged) => Some(merged),
+        Err(e) => {
+            tracing::error!(error = %e, "merging a batch on the worker pool failed");
+            None
+        }
+    }
+}
+
+/// Merges checked ops in order, returning each op's outcome and what changed. A map's lock
+/// is held for at most `slice` consecutive ops on it, so other writers to the same map
+/// interleave with a huge batch.
+fn merge_ops(
+    checked: Vec<Result<CheckedOp, OpFailure>>,
+    slice: usize,
+) -> (Vec<Result<(), OpFailure>>, MapChanges) {
+    let mut changes = MapChanges::default();
+    let mut outcomes = Vec::with_capacity(checked.len());
+    let mut rest = checked.into_iter().peekable();
+    while let Some(next) = rest.next() {
+        let first = match next {
+            Ok(first) => first,
+            Err(failure) => {
+                outcomes.push(Err(failure));
+                continue;
+            }
+        };
+        let map = first.map;
+        let mut guard = map.lock();
+        outcomes.push(merge_op(&mut guard, first.op, &mut changes));
+        for _ in 1..slice.max(1) {
+            let Some(Ok(same)) =
+                rest.next_if(|n| n.as_ref().is_ok_and(|c| c.map.is_same_map(&map)))
+            else {
+                break;
+            };
+            outcomes.push(merge_op(&mut guard, same.op, &mut changes));
+        }
+    }
+    (outcomes, changes)
+}
+
+/// Merges one checked op into its (locked) replica.
+fn merge_op(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     match op.op_type {
-        Some(OpType::OrAdd) => apply_or_add(&map, op, changes),
-        Some(OpType::OrRemove) => apply_or_remove(&map, op, changes),
-        _ => apply_lww(&map, op, changes),
+        Some(OpType::OrAdd) => apply_or_add(replica, op, changes),
+        Some(OpType::OrRemove) => apply_or_remove(replica, op, changes),
+        _ => apply_lww(replica, op, changes),
     }
 }
 
@@ -284,10 +373,13 @@ fn missing(field: &str, op_type: &str) -> OpFailure {
     }
 }
 
-fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+fn apply_lww(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     let record = op.record.ok_or_else(|| missing("record", "LWW"))?;
-    let mut guard = map.lock();
-    let Replica::Lww(replica) = &mut *guard else {
+    let Replica::Lww(replica) = replica else {
         return Err(missing("an LWW map", "LWW"));
     };
     if let MergeOutcome::Applied { previous } = replica.merge(&op.key, record.clone()) {
@@ -329,10 +421,13 @@ fn apply_lww(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<
     Ok(())
 }
 
-fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Result<(), OpFailure> {
+fn apply_or_add(
+    replica: &mut Replica,
+    op: ClientOp,
+    changes: &mut MapChanges,
+) -> Result<(), OpFailure> {
     let record = op.or_record.ok_or_else(|| missing("orRecord", "OR_ADD"))?;
-    let mut guard = map.lock();
-    let Replica::Or(replica) = &mut *guard else {
+    let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_ADD"));
     };
     let before = or_values(replica, &op.key);
@@ -371,13 +466,12 @@ fn apply_or_add(map: &MapHandle, op: ClientOp, changes: &mut MapChanges) -> Resu
 }
 
 fn apply_or_remove(
-    map: &MapHandle,
+    replica: &mut Replica,
     op: ClientOp,
     changes: &mut MapChanges,
 ) -> Result<(), OpFailure> {
     let tag = op.or_tag.ok_or_else(|| missing("orTag", "OR_REMOVE"))?;
-    let mut guard = map.lock();
-    let Replica::Or(replica) = &mut *guard else {
+    let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_REMOVE"));
     };
     if replica.map().is_tombstoned(&tag) {
@@ -537,6 +631,39 @@ fn journal_merge(
     }
 }
 
+/// Journals `changes` and returns the store mutations with the journal rows added. A heavy
+/// batch's journal entries (one serialized event per change) are built on the worker pool;
+/// `None` when that pooled job failed.
+async fn journal_changes(
+    shared: &Arc<Shared>,
+    changes: &mut MapChanges,
+    heavy: bool,
+) -> Option<WriteBatch> {
+    let journaled = std::mem::take(&mut changes.journal);
+    let mut mutations = std::mem::take(&mut changes.mutations);
+    if !heavy {
+        shared
+            .journal
+            .append(shared, journaled, &mut mutations)
+            .await;
+        return Some(mutations);
+    }
+    let pooled = shared.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let job = move || {
+        // A blocking pool thread may drive the (briefly async) append to completion itself.
+        runtime.block_on(pooled.journal.append(&pooled, journaled, &mut mutations));
+        mutations
+    };
+    match shared.workers.run(job).await {
+        Ok(mutations) => Some(mutations),
+        Err(e) => {
+            tracing::error!(error = %e, "journaling a batch on the worker pool failed");
+            None
+        }
+    }
+}
+
 /// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
 pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
     let journaled = std::mem::take(&mut changes.journal);
@@ -544,21 +671,21 @@ pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes
         .journal
         .append(shared, journaled, &mut changes.mutations)
         .await;
-    if persist(shared, &changes.mutations, false).await {
+    if persist(shared, std::mem::take(&mut changes.mutations), false).await {
         fan_out(shared, session, std::mem::take(&mut changes.events));
     }
 }
 
 /// Hands `mutations` to the store. With `wait`, resolves after the commit is durable and
 /// reports its success; otherwise the commit is queued in order and failures are logged.
-async fn persist(shared: &Arc<Shared>, mutations: &WriteBatch, wait: bool) -> bool {
+async fn persist(shared: &Arc<Shared>, mutations: WriteBatch, wait: bool) -> bool {
     // A durable ack also needs every earlier queued commit on disk; committing even an empty
     // batch behind them in the store's FIFO queue gives exactly that.
     if mutations.is_empty() && !wait {
         return true;
     }
     let store = shared.store.clone();
-    let batch = mutations.clone();
+    let batch = mutations;
     if wait {
         match store.commit(batch).await {
             Ok(()) => true,
@@ -623,5 +750,177 @@ fn fan_out_except(
         if let Err(e) = send_to(shared, &conn, &message.into()) {
             tracing::debug!(conn = conn.id, error = %e, "subscriber missed an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LwwRecord, OrMapRecord};
+    use crate::server::storage::MapRegistry;
+    use crate::server::workers::WorkerPool;
+    use crate::store::MemoryStore;
+
+    const OPS: usize = 3_000;
+
+    fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {
+        ClientOp {
+            id: None,
+            map_name: map.to_owned(),
+            key,
+            op_type: Some(op_type),
+            record: None,
+            or_record: None,
+            or_tag: None,
+            write_concern: None,
+            timeout: None,
+        }
+    }
+
+    /// The `i`th op of a mixed batch: LWW puts (some losing to newer writes, some
+    /// tombstones) on two maps in runs, OR adds and removes, and malformed ops.
+    fn mixed_op(i: usize) -> ClientOp {
+        let ts = |millis: u64| Timestamp::new(1_000 + millis, 0, "client");
+        match i % 10 {
+            0..=5 => {
+                let map = if (i / 40) % 2 == 0 { "a" } else { "b" };
+                let mut op = base_op(map, format!("k{}", i % 700), OpType::Put);
+                // Every third write is stamped in the past and loses to a newer one.
+                let millis = if i % 3 == 0 { (i / 2) as u64 } else { i as u64 };
+                op.record = Some(LwwRecord {
+                    value: (i % 11 != 0).then(|| serde_json::json!({"i": i})),
+                    timestamp: ts(millis),
+                    ttl_ms: None,
+                });
+                op
+            }
+            6 | 7 => {
+                let mut op = base_op("o", format!("o{}", i % 50), OpType::OrAdd);
+                op.or_record = Some(OrMapRecord {
+                    value: serde_json::json!(i),
+                    timestamp: ts(i as u64),
+                    tag: ts(i as u64).to_string(),
+                    ttl_ms: None,
+                });
+                op
+            }
+            8 => {
+                let mut op = base_op("o", format!("o{}", (i - 2) % 50), OpType::OrRemove);
+                op.or_tag = Some(ts((i - 2) as u64).to_string());
+                op
+            }
+            _ => base_op("a", format!("k{i}"), OpType::Put), // no record: rejected
+        }
+    }
+
+    async fn checked(maps: &MapRegistry) -> Vec<Result<CheckedOp, OpFailure>> {
+        let mut checked = Vec::with_capacity(OPS);
+        for i in 0..OPS {
+            let op = mixed_op(i);
+            let kind = if op.is_or_op() {
+                MapKind::Or
+            } else {
+                MapKind::Lww
+            };
+            checked.push(if i % 97 == 0 {
+                Err(OpFailure::Rejected {
+                    code: 403,
+                    reason: "Access Denied".to_owned(),
+                })
+            } else {
+                let map = maps.get(&op.map_name, kind, Some(kind)).await.unwrap();
+                Ok(CheckedOp { op, map })
+            });
+        }
+        checked
+    }
+
+    fn roots(maps: &MapRegistry) -> Vec<(String, usize, u32)> {
+        let mut roots: Vec<_> = maps
+            .loaded()
+            .iter()
+            .map(|m| {
+                let guard = m.lock();
+                let tree = guard.merkle();
+                (
+                    m.name().to_owned(),
+                    tree.len(),
+                    tree.root(crate::merkle::Combine::Fmix),
+                )
+            })
+            .collect();
+        roots.sort();
+        roots
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_merged_on_the_pool_in_slices_equals_the_inline_merge() {
+        let inline_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let pooled_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let (inline_outcomes, inline_changes) = merge_ops(checked(&inline_maps).await, 512);
+        let pool = WorkerPool::new(2);
+        let pooled_input = checked(&pooled_maps).await;
+        let (pooled_outcomes, pooled_changes) =
+            pool.run(move || merge_ops(pooled_input, 3)).await.unwrap();
+
+        assert_eq!(
+            format!("{inline_outcomes:?}"),
+            format!("{pooled_outcomes:?}")
+        );
+        let failures = inline_outcomes.iter().filter(|o| o.is_err()).count();
+        assert!(
+            failures > OPS / 10,
+            "malformed and denied ops fail: {failures}"
+        );
+        assert_eq!(inline_changes, pooled_changes);
+        assert!(inline_changes.mutations.mutations().len() > OPS / 2);
+        let inline_roots = roots(&inline_maps);
+        assert_eq!(inline_roots.len(), 3);
+        assert!(
+            inline_roots
+                .iter()
+                .all(|(_, len, root)| *len > 0 && *root != 0)
+        );
+        assert_eq!(inline_roots, roots(&pooled_maps));
+    }
+
+    #[tokio::test]
+    async fn a_map_lock_is_released_between_slices() {
+        let maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
+        let map = maps.get("a", MapKind::Lww, None).await.unwrap();
+        let ops: Vec<Result<CheckedOp, OpFailure>> = (0..20_000)
+            .map(|i| {
+                let mut op = base_op("a", format!("k{i}"), OpType::Put);
+                op.record = Some(LwwRecord {
+                    value: Some(serde_json::json!(i)),
+                    timestamp: Timestamp::new(1 + i as u64, 0, "c"),
+                    ttl_ms: None,
+                });
+                Ok(CheckedOp {
+                    op,
+                    map: map.clone(),
+                })
+            })
+            .collect();
+        let pool = WorkerPool::new(1);
+        let merging = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || merge_ops(ops, 64)).await }
+        });
+        // Another writer gets the lock while the batch is still merging.
+        let mut interleaved = false;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !merging.is_finished() && Instant::now() < deadline {
+            let seen = map.lock().merkle().len();
+            if seen > 0 && seen < 20_000 {
+                interleaved = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
+        let (outcomes, _) = merging.await.unwrap().unwrap();
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(map.lock().merkle().len(), 20_000);
+        assert!(interleaved, "the lock was never free mid-batch");
     }
 }

@@ -135,6 +135,32 @@ impl Session {
         send_to(shared, &self.out, &message.into())
     }
 
+    /// Queues a response carrying `rows` rows, encoding it on the worker pool when it is
+    /// large (`Limits::pool_response_rows`) so the encoding does not stall other connections.
+    pub async fn send_rows(
+        &self,
+        shared: &Shared,
+        message: impl Into<Message>,
+        rows: usize,
+    ) -> Result<(), SendError> {
+        let message = message.into();
+        let type_name = message.type_name();
+        match shared
+            .workers
+            .encode(message, rows, shared.limits.pool_response_rows)
+            .await
+        {
+            Ok(bytes) => {
+                self.out.send(Outbound::Binary(Bytes::from(bytes)))?;
+                Metrics::inc(&shared.metrics.frames_out);
+            }
+            Err(e) => {
+                tracing::error!(conn = self.id, r#type = type_name, error = %e, "encode failed");
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a close of this connection after what is already queued.
     pub async fn close(&self, code: u16, reason: &str) {
         self.out.close(code, reason).await;
@@ -205,7 +231,7 @@ async fn serve_http<S: Stream>(
             }
         }
         "/metrics" => {
-            let body = shared.metrics.render();
+            let body = shared.metrics.render() + &shared.workers.metrics().render();
             http::respond(stream, 200, "text/plain; version=0.0.4", &body).await
         }
         _ => http::respond(stream, 404, "text/plain", "not found\n").await,
@@ -285,8 +311,8 @@ async fn read_loop<S: Stream>(
             // Evicted, too slow to read its frames, or closed by a handler.
             () = &mut killed => Flow::Closed,
             frame = source.next() => match frame {
-                Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Frame::Binary(&bytes)).await,
-                Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Frame::Text(text.as_str())).await,
+                Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Incoming::Binary(bytes)).await,
+                Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Incoming::Text(text)).await,
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Flow::Closed,
                 Some(Ok(_)) => Flow::Continue, // WebSocket-level ping/pong: tungstenite answers.
             },
@@ -325,62 +351,123 @@ async fn check_deadlines(shared: &Shared, session: &mut Session) -> Flow {
     Flow::Continue
 }
 
+/// A received data frame that owns its bytes, so it can be decoded on the worker pool.
+enum Incoming {
+    Binary(Bytes),
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+}
+
+impl Incoming {
+    fn frame(&self) -> Frame<'_> {
+        match self {
+            Self::Binary(bytes) => Frame::Binary(bytes),
+            Self::Text(text) => Frame::Text(text.as_str()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Binary(bytes) => bytes.len(),
+            Self::Text(text) => text.len(),
+        }
+    }
+}
+
+/// A frame refused before dispatch: its type (when known) and what is wrong with it.
+struct Refused {
+    type_name: Option<String>,
+    violations: Vec<Violation>,
+}
+
+impl Refused {
+    fn new(type_name: Option<String>, path: &str, reason: String) -> Self {
+        Self {
+            type_name,
+            violations: vec![Violation {
+                path: path.to_owned(),
+                reason,
+            }],
+        }
+    }
+}
+
+/// A decoded frame, and whether it carried JS `undefined` (a client-generation hint).
+struct Decoded {
+    message: Result<Message, Refused>,
+    js_undefined: bool,
+}
+
 /// Decode → validate → type → dispatch, with the invalid-frame policy (SEC-03, SEC-04).
-async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, frame: Frame<'_>) -> Flow {
+/// Large frames are decoded and validated on the worker pool: that work grows with the frame.
+async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, incoming: Incoming) -> Flow {
     Metrics::inc(&shared.metrics.frames_in);
     shared.connections.touch(session.id);
     let limits = codec::Limits {
         max_depth: shared.limits.max_nesting_depth,
         max_frame_bytes: shared.limits.max_frame_bytes,
     };
-    if let Frame::Binary(bytes) = frame
-        && contains_js_undefined(bytes)
+    let heavy = incoming.len() >= shared.limits.pool_frame_bytes;
+    let decoded = match shared
+        .workers
+        .run_if(heavy, move || decode_frame(incoming.frame(), &limits))
+        .await
     {
-        session.note_generation(Combine::Sum);
-    }
-    // decode_value accepts any top-level value; a non-map is reported as such rather than as
-    // the missing `type` that would follow from it.
-    let decoded = codec::decode_value(frame, &limits).and_then(|value| {
-        if value.is_object() {
-            Ok(value)
-        } else {
-            Err(codec::DecodeError::NotAnObject)
-        }
-    });
-    let value = match decoded {
-        Ok(value) => value,
+        Ok(decoded) => decoded,
         Err(e) => {
-            let violation = Violation {
-                path: String::new(),
-                reason: e.to_string(),
-            };
-            return reject_invalid(shared, session, None, vec![violation]).await;
+            tracing::error!(conn = session.id, error = %e, "decoding a frame on the worker pool failed");
+            session.send_error(shared, 500, "The message could not be processed");
+            return Flow::Continue;
         }
     };
+    if decoded.js_undefined {
+        session.note_generation(Combine::Sum);
+    }
+    match decoded.message {
+        Ok(message) => dispatch::dispatch(shared, session, message).await,
+        Err(refused) => {
+            reject_invalid(
+                shared,
+                session,
+                refused.type_name.as_deref(),
+                refused.violations,
+            )
+            .await
+        }
+    }
+}
+
+fn decode_frame(frame: Frame<'_>, limits: &codec::Limits) -> Decoded {
+    let js_undefined = matches!(frame, Frame::Binary(bytes) if contains_js_undefined(bytes));
+    Decoded {
+        message: decode_message(frame, limits),
+        js_undefined,
+    }
+}
+
+fn decode_message(frame: Frame<'_>, limits: &codec::Limits) -> Result<Message, Refused> {
+    // decode_value accepts any top-level value; a non-map is reported as such rather than as
+    // the missing `type` that would follow from it.
+    let value = codec::decode_value(frame, limits)
+        .and_then(|value| {
+            if value.is_object() {
+                Ok(value)
+            } else {
+                Err(codec::DecodeError::NotAnObject)
+            }
+        })
+        .map_err(|e| Refused::new(None, "", e.to_string()))?;
     let type_name = value
         .get("type")
         .and_then(|t| t.as_str())
-        .map(str::to_owned);
-    let Some(type_name) = type_name else {
-        let violation = Violation {
-            path: "/type".to_owned(),
-            reason: "message has no string `type`".to_owned(),
-        };
-        return reject_invalid(shared, session, None, vec![violation]).await;
-    };
+        .map(str::to_owned)
+        .ok_or_else(|| Refused::new(None, "/type", "message has no string `type`".to_owned()))?;
     if let Err(violations) = crate::protocol::validate(&type_name, &value) {
-        return reject_invalid(shared, session, Some(&type_name), violations).await;
+        return Err(Refused {
+            type_name: Some(type_name),
+            violations,
+        });
     }
-    match codec::decode_typed(value) {
-        Ok(message) => dispatch::dispatch(shared, session, message).await,
-        Err(e) => {
-            let violation = Violation {
-                path: String::new(),
-                reason: e.to_string(),
-            };
-            reject_invalid(shared, session, Some(&type_name), vec![violation]).await
-        }
-    }
+    codec::decode_typed(value).map_err(|e| Refused::new(Some(type_name), "", e.to_string()))
 }
 
 /// True when a msgpack frame carries ext-0 (`d4 00 00`, JS `undefined`), which only the

@@ -13,6 +13,8 @@ use tokio::sync::OnceCell;
 use crate::replica::{LwwReplica, MapKind, OrReplica, Replica};
 use crate::store::{MapSnapshot, Mutation, Store, StoreError, WriteBatch};
 
+use super::workers::WorkerPool;
+
 /// A loaded map, shared by every connection. The lock is held only for synchronous CRDT work,
 /// never across an `.await`.
 #[derive(Debug, Clone)]
@@ -25,6 +27,11 @@ impl MapHandle {
     /// The map's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// True when both handles are the same loaded map (not merely the same name).
+    pub fn is_same_map(&self, other: &MapHandle) -> bool {
+        Arc::ptr_eq(&self.replica, &other.replica)
     }
 
     /// Locks the replica for reading or changing it.
@@ -70,6 +77,8 @@ pub struct MapRegistry {
     store: Arc<dyn Store>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     debug: bool,
+    /// Where big maps are rebuilt, and from how many keys on.
+    offload: Option<(WorkerPool, usize)>,
 }
 
 impl MapRegistry {
@@ -80,7 +89,14 @@ impl MapRegistry {
             store,
             slots: Mutex::new(HashMap::new()),
             debug,
+            offload: None,
         }
+    }
+
+    /// Rebuilds stored maps with more than `min_keys` keys on `pool` instead of inline.
+    pub fn offload_loads(mut self, pool: WorkerPool, min_keys: usize) -> Self {
+        self.offload = Some((pool, min_keys));
+        self
     }
 
     /// The map `name`, loading it if needed. An unknown map is created with `first_touch`
@@ -145,7 +161,7 @@ impl MapRegistry {
             reason: e.to_string(),
         };
         let replica = match self.store.load_map(name).await.map_err(failed)? {
-            Some(snapshot) => replica_from(snapshot),
+            Some(snapshot) => self.rebuild(name, snapshot).await?,
             None => {
                 let mut batch = WriteBatch::new();
                 batch.push(Mutation::SetMapKind {
@@ -163,6 +179,21 @@ impl MapRegistry {
             name: Arc::from(name),
             replica: Arc::new(Mutex::new(replica)),
         })
+    }
+
+    /// The replica of a stored map; building its Merkle tree is the costly part, so big maps
+    /// are built on the worker pool.
+    async fn rebuild(&self, name: &str, snapshot: MapSnapshot) -> Result<Replica, MapError> {
+        match &self.offload {
+            Some((pool, min_keys)) if snapshot_keys(&snapshot) > *min_keys => pool
+                .run(move || replica_from(snapshot))
+                .await
+                .map_err(|e| MapError::LoadFailed {
+                    map: name.to_owned(),
+                    reason: e.to_string(),
+                }),
+            _ => Ok(replica_from(snapshot)),
+        }
     }
 
     fn slot(&self, name: &str) -> Arc<Slot> {
@@ -184,6 +215,13 @@ impl MapRegistry {
 
     fn lock_slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn snapshot_keys(snapshot: &MapSnapshot) -> usize {
+    match snapshot {
+        MapSnapshot::Lww { records } => records.len(),
+        MapSnapshot::Or { records, .. } => records.len(),
     }
 }
 
@@ -331,6 +369,54 @@ mod tests {
             MapKind::Or,
             "the persisted kind wins over a new first touch"
         );
+    }
+
+    async fn store_with_records(count: usize) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::new());
+        let mut batch = WriteBatch::new();
+        for i in 0..count {
+            batch.push(Mutation::PutLww {
+                map: "big".into(),
+                key: format!("key-{i}"),
+                record: LwwRecord {
+                    value: (i % 7 != 0).then(|| serde_json::json!({"n": i})),
+                    timestamp: Timestamp::new(1_000 + i as u64, (i % 3) as u32, "n"),
+                    ttl_ms: None,
+                },
+            });
+        }
+        store.commit(batch).await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_big_map_rebuilt_on_the_pool_equals_the_inline_rebuild() {
+        let store = store_with_records(4_000).await;
+        let pool = WorkerPool::new(2);
+        let inline = MapRegistry::new(store.clone(), false);
+        let pooled = MapRegistry::new(store, false).offload_loads(pool.clone(), 1_000);
+        let a = inline.get("big", MapKind::Lww, None).await.unwrap();
+        let b = pooled.get("big", MapKind::Lww, None).await.unwrap();
+        let roots = |h: &MapHandle| {
+            let guard = h.lock();
+            (
+                guard.merkle().len(),
+                guard.merkle().root(crate::merkle::Combine::Fmix),
+                guard.merkle().root(crate::merkle::Combine::Sum),
+            )
+        };
+        assert_eq!(roots(&a).0, 4_000);
+        assert_eq!(roots(&a), roots(&b));
+        assert_eq!(pool.metrics().tasks_run.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_small_map_is_rebuilt_inline() {
+        let store = store_with_records(10).await;
+        let pool = WorkerPool::new(1);
+        let registry = MapRegistry::new(store, false).offload_loads(pool.clone(), 1_000);
+        registry.get("big", MapKind::Lww, None).await.unwrap();
+        assert_eq!(pool.metrics().tasks_run.load(Ordering::Relaxed), 0);
     }
 
     /// A `MakeWriter` that appends every log line to a shared buffer.

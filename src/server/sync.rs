@@ -103,16 +103,17 @@ pub async fn handle_bucket_request(
     };
     let BucketRequest { map_name, path } = req;
     let _ = match reply {
-        SyncReply::Leaf(records) => session.send(
-            shared,
-            SyncRespLeaf {
+        SyncReply::Leaf(records) => {
+            let rows = records.len();
+            let leaf = SyncRespLeaf {
                 payload: SyncRespLeafPayload {
                     map_name,
                     path,
                     records,
                 },
-            },
-        ),
+            };
+            session.send_rows(shared, leaf, rows).await
+        }
         SyncReply::Buckets(buckets) => session.send(
             shared,
             SyncRespBuckets {
@@ -197,17 +198,18 @@ pub async fn handle_ormap_bucket_request(
     });
     let BucketRequest { map_name, path } = req;
     let _ = match reply {
-        Some(SyncReply::Leaf(entries)) => session.send(
-            shared,
-            OrMapSyncRespLeaf {
+        Some(SyncReply::Leaf(entries)) => {
+            let rows = or_rows(&entries);
+            let leaf = OrMapSyncRespLeaf {
                 payload: OrMapSyncRespLeafPayload {
                     map_name,
                     path,
                     entries,
                     covering_epoch: None,
                 },
-            },
-        ),
+            };
+            session.send_rows(shared, leaf, rows).await
+        }
         Some(SyncReply::Buckets(buckets)) => session.send(
             shared,
             OrMapSyncRespBuckets {
@@ -236,16 +238,15 @@ pub async fn handle_ormap_diff_request(
         return Flow::Continue;
     };
     if let Some(entries) = with_or(&map, |replica| or_entries(replica, &req.keys)) {
-        let _ = session.send(
-            shared,
-            OrMapDiffResponse {
-                payload: OrMapDiffResponsePayload {
-                    map_name: req.map_name,
-                    entries,
-                    covering_epoch: None,
-                },
+        let rows = or_rows(&entries);
+        let response = OrMapDiffResponse {
+            payload: OrMapDiffResponsePayload {
+                map_name: req.map_name,
+                entries,
+                covering_epoch: None,
             },
-        );
+        };
+        let _ = session.send_rows(shared, response, rows).await;
     }
     Flow::Continue
 }
@@ -298,6 +299,15 @@ fn or_entries(replica: &OrReplica, keys: &[String]) -> Vec<OrMapEntry> {
             tombstones: tombstones.clone(),
         })
         .collect()
+}
+
+/// The size of OR entries for the pool threshold: records plus the tombstone list each
+/// entry repeats.
+fn or_rows(entries: &[OrMapEntry]) -> usize {
+    entries
+        .iter()
+        .map(|e| e.records.len() + e.tombstones.len())
+        .sum()
 }
 
 fn bucket_map(tree: &MerkleTree, path: &str, combine: Combine) -> Buckets {
