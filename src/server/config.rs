@@ -296,5 +296,16 @@ mod readme_tests {
             format!("{defaults:?}"),
             "README states the defaults"
         );
+        let debug = format!("{defaults:?}");
+        let inner = debug
+            .split_once('{')
+            .map_or("", |(_, rest)| rest.trim_end_matches('}'));
+        for field in inner.split(", ").filter_map(|pair| pair.split(':').next()) {
+            let field = field.trim();
+            assert!(
+                readme[start..end].contains(&format!("\n{field} = ")),
+                "README's example config does not document limits.{field}"
+            );
+        }
     }
 }
