@@ -150,6 +150,11 @@ struct Numbered {
 }
 
 /// The journal: sequence counter, recent-event ring and subscribers.
+/// Store metadata key holding the highest durably reserved journal sequence.
+const RESERVED_META_KEY: &str = "journal.reserved";
+/// Sequences reserved per durable reservation (one extra commit per block).
+const RESERVE_BLOCK: u64 = 1_024;
+
 pub struct Journal {
     capacity: usize,
     retention: u64,
@@ -160,6 +165,9 @@ pub struct Journal {
 #[derive(Default)]
 struct Inner {
     last_sequence: u64,
+    /// Sequences up to this one are durably reserved: after a crash numbering resumes above
+    /// it, so a sequence a subscriber has seen is never handed out again.
+    reserved: u64,
     ring: VecDeque<Numbered>,
     subscribers: HashMap<(ConnId, String), Subscriber>,
 }
@@ -189,12 +197,31 @@ impl Journal {
         self.loaded
             .get_or_try_init(|| async {
                 let last = store.last_journal_sequence().await?;
+                let reserved = store
+                    .get_meta(RESERVED_META_KEY)
+                    .await?
+                    .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+                    .map_or(0, u64::from_be_bytes);
                 let mut inner = self.lock();
-                inner.last_sequence = inner.last_sequence.max(last);
+                inner.last_sequence = inner.last_sequence.max(last).max(reserved);
+                inner.reserved = inner.reserved.max(inner.last_sequence);
                 Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Durably reserves sequences up to `target` before any of them is handed out.
+    async fn reserve(&self, store: &dyn Store, target: u64) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        batch.push(Mutation::PutMeta {
+            key: RESERVED_META_KEY.to_owned(),
+            value: target.to_be_bytes().to_vec(),
+        });
+        store.commit(batch).await?;
+        let mut inner = self.lock();
+        inner.reserved = inner.reserved.max(target);
+        Ok(())
     }
 
     /// The highest sequence assigned so far.
@@ -221,7 +248,31 @@ impl Journal {
                 (c, ts)
             })
             .collect();
-        let mut inner = self.lock();
+        let needed = stamped.len() as u64;
+        let fits = |inner: &Inner| inner.last_sequence.saturating_add(needed) <= inner.reserved;
+        let mut inner = loop {
+            let shortfall = {
+                let inner = self.lock();
+                (!fits(&inner)).then(|| {
+                    inner
+                        .last_sequence
+                        .saturating_add(needed)
+                        .saturating_add(RESERVE_BLOCK)
+                })
+            };
+            if let Some(target) = shortfall {
+                if let Err(e) = self.reserve(&*shared.store, target).await {
+                    tracing::error!(error = %e, dropped = needed, "journal reservation failed: changes not journaled");
+                    return;
+                }
+                continue;
+            }
+            let inner = self.lock();
+            // Another append may have used the reservation in between: check again.
+            if fits(&inner) {
+                break inner;
+            }
+        };
         let mut gone = Vec::new();
         for (change, timestamp) in stamped {
             inner.last_sequence += 1;
@@ -680,14 +731,39 @@ mod tests {
         assert_eq!(events[2].node_id, "server-1");
         assert_eq!(events[2].timestamp, Timestamp::new(3, 0, "client"));
 
-        // A new server over the same store continues after the persisted head.
+        // A new server over the same store continues above everything reserved: the first
+        // append reserved 1..=1026 (2 needed + a block of 1,024).
         let second = server(store.clone(), 100, 0);
         let shared = second.shared();
         append(shared, vec![put("a", "x", 4)]).await;
-        assert_eq!(shared.journal.last_sequence(), 4);
+        assert_eq!(shared.journal.last_sequence(), 1_027);
         assert_eq!(
-            read_all(shared, 0, 10, None).await,
-            (vec![1, 2, 3, 4], false)
+            read_all(shared, 0, 2_000, None).await,
+            (vec![1, 2, 3, 1_027], false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sequence_seen_before_a_crash_is_never_reused() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = server(store.clone(), 100, 0);
+        let shared = first.shared();
+        append(shared, vec![put("a", "x", 1)]).await;
+        // Numbered and pushed to subscribers, but the process dies before the batch lands.
+        let mut lost = WriteBatch::new();
+        shared
+            .journal
+            .append(shared, vec![put("a", "y", 2)], &mut lost)
+            .await;
+        assert_eq!(shared.journal.last_sequence(), 2);
+        drop(lost);
+
+        let second = server(store.clone(), 100, 0);
+        let shared = second.shared();
+        append(shared, vec![put("a", "z", 3)]).await;
+        assert!(
+            shared.journal.last_sequence() > 2,
+            "sequence 2 was seen by subscribers and must not name another event"
         );
     }
 
