@@ -254,3 +254,42 @@ fn pool_tasks(server: &TestServer) -> u64 {
         .tasks_run
         .load(std::sync::atomic::Ordering::Relaxed)
 }
+
+#[tokio::test]
+async fn a_large_query_response_is_encoded_on_the_pool_and_live_updates_follow_it() {
+    let server = TestServer::with_limits(Limits {
+        pool_response_rows: 100,
+        ..Limits::default()
+    })
+    .await;
+    let quiet = Transcript::default();
+    let mut writer = Client::authed(&server, "alice", &quiet).await;
+    writer.send(or_adds("big", 300)).await;
+    writer.expect_type("OP_ACK").await;
+    let mut reader = Client::authed(&server, "bob", &quiet).await;
+    let before = pool_tasks(&server);
+    reader
+        .send(msg(json!({"type": "QUERY_SUB", "payload": {
+            "queryId": "q", "mapName": "big", "query": {}
+        }})))
+        .await;
+    let Message::QueryResp(resp) = reader.expect_type("QUERY_RESP").await else {
+        unreachable!()
+    };
+    assert_eq!(resp.payload.results.len(), 300);
+    assert_eq!(
+        pool_tasks(&server) - before,
+        1,
+        "the 300-row response was encoded on the pool"
+    );
+    writer.send(or_adds("big", 301)).await;
+    writer.expect_type("OP_ACK").await;
+    let Message::QueryUpdate(update) = reader.expect_type("QUERY_UPDATE").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        update.payload.key, "t300",
+        "the subscription is live after its response"
+    );
+    server.stop().await;
+}

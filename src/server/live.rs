@@ -310,14 +310,32 @@ fn refresh(shared: &Shared, conn: &ConnHandle, live: &Arc<LiveQuery>, keys: &BTr
     drop(window);
     // Sent while the map is still locked, so a concurrent writer's updates for the same
     // subscription cannot overtake these.
-    for change in changes {
-        if let Some(update) = to_update(shared, live, change) {
-            if let Err(e) = send_to(shared, conn, &update.into()) {
-                tracing::debug!(conn = conn.id, error = %e, "subscriber missed a query update");
-            }
+    send_changes(shared, conn, live, changes);
+    drop(replica);
+}
+
+/// Brings a just-registered subscription up to date: whatever changed between computing
+/// its `QUERY_RESP` and registering it goes out as ordinary updates.
+pub fn catch_up(shared: &Shared, conn: &ConnHandle, live: &Arc<LiveQuery>) {
+    let replica = live.map.lock();
+    match live.execute(shared, &replica) {
+        Ok(page) => {
+            let changes = live.window().replace(&page);
+            send_changes(shared, conn, live, changes);
         }
+        Err(e) => tracing::warn!(query = %live.query_id, error = %e, "live query catch-up failed"),
     }
     drop(replica);
+}
+
+fn send_changes(shared: &Shared, conn: &ConnHandle, live: &LiveQuery, changes: Vec<WindowChange>) {
+    for change in changes {
+        if let Some(update) = to_update(shared, live, change)
+            && let Err(e) = send_to(shared, conn, &update.into())
+        {
+            tracing::debug!(conn = conn.id, error = %e, "subscriber missed a query update");
+        }
+    }
 }
 
 fn to_update(shared: &Shared, live: &LiveQuery, change: WindowChange) -> Option<QueryUpdate> {

@@ -86,6 +86,27 @@ impl QueryRegistry {
         Ok(())
     }
 
+    /// Whether `conn` may register `query_id` now (the checks `add` makes, without adding).
+    pub fn has_room(
+        &self,
+        conn: ConnId,
+        query_id: &str,
+        global_max: usize,
+    ) -> Result<(), RegisterError> {
+        let inner = self.lock();
+        let owned = inner.by_conn.get(&conn);
+        if owned.is_some_and(|q| q.contains_key(query_id)) {
+            return Ok(());
+        }
+        if owned.is_some_and(|q| q.len() >= MAX_QUERIES_PER_CONNECTION) {
+            return Err(RegisterError::PerConnection(MAX_QUERIES_PER_CONNECTION));
+        }
+        if inner.total >= global_max {
+            return Err(RegisterError::Global(global_max));
+        }
+        Ok(())
+    }
+
     /// Drops one subscription.
     pub fn remove(&self, conn: ConnId, query_id: &str) {
         let mut inner = self.lock();
@@ -198,27 +219,43 @@ pub async fn handle_query_sub(
             return Flow::Continue;
         }
     };
+    if let Err(e) =
+        shared
+            .queries
+            .has_room(session.id, &sub.query_id, shared.limits.max_live_queries)
+    {
+        session.send_error(shared, 429, e.to_string());
+        return Flow::Continue;
+    }
     let now = shared.now_millis();
     let context = CursorContext::new(&shared.cursor_secret, now);
-    // The map stays locked from evaluation until the response is queued, so no write can
-    // slip between the initial results and the first live update.
-    let replica = map.lock();
-    let page = match execute(&compiled, &replica, now, &context) {
-        Ok(page) => page,
-        Err(e) => {
-            session.send_error(shared, 400, format!("Query {} failed: {e}", sub.query_id));
-            return Flow::Continue;
-        }
+    let (page, live) = {
+        let replica = map.lock();
+        let page = match execute(&compiled, &replica, now, &context) {
+            Ok(page) => page,
+            Err(e) => {
+                drop(replica);
+                session.send_error(shared, 400, format!("Query {} failed: {e}", sub.query_id));
+                return Flow::Continue;
+            }
+        };
+        let live = Arc::new(LiveQuery::new(
+            sub.query_id.clone(),
+            compiled,
+            map.clone(),
+            sub.fields,
+            session.principal().clone(),
+            now,
+            LiveWindow::from_page(&page),
+        ));
+        (page, live)
     };
-    let live = Arc::new(LiveQuery::new(
-        sub.query_id.clone(),
-        compiled,
-        map.clone(),
-        sub.fields,
-        session.principal().clone(),
-        now,
-        LiveWindow::from_page(&page),
-    ));
+    // The response is queued before the subscription exists, so no update can overtake it;
+    // a large one is encoded on the worker pool. What changed meanwhile follows as updates.
+    let rows = page.results.len();
+    let _ = session
+        .send_rows(shared, query_resp(shared, &live, page), rows)
+        .await;
     let registered = shared.queries.add(
         sub.query_id,
         Subscription {
@@ -229,12 +266,9 @@ pub async fn handle_query_sub(
         shared.limits.max_live_queries,
     );
     match registered {
-        Ok(()) => {
-            let _ = session.send(shared, query_resp(shared, &live, page));
-        }
+        Ok(()) => super::live::catch_up(shared, session.handle(), &live),
         Err(e) => session.send_error(shared, 429, e.to_string()),
     }
-    drop(replica);
     Flow::Continue
 }
 
