@@ -155,6 +155,8 @@ enum Expiring {
 struct SliceChanges {
     batch: WriteBatch,
     events: Vec<ServerEventPayload>,
+    /// Expiries are applied changes like any other: they go to the event journal too.
+    journal: Vec<super::journal::Change>,
 }
 
 async fn expire_map(
@@ -259,9 +261,16 @@ fn expire_lww(
             continue;
         }
         let tombstone = expiry_tombstone(record, node_id);
+        let expired = record.clone();
         if !replica.merge(key, tombstone.clone()).is_applied() {
             continue;
         }
+        changes.journal.push(super::journal::Change::lww(
+            map,
+            key,
+            &tombstone,
+            Some(&expired),
+        ));
         changes.batch.push(Mutation::PutLww {
             map: map.to_owned(),
             key: key.clone(),
@@ -289,9 +298,27 @@ fn expire_or(replica: &mut OrReplica, map: &str, tags: &[RemovedTag], now: u64) 
             .map()
             .records(&candidate.key)
             .any(|record| record.tag == candidate.tag && record.is_expired(now));
-        if !still_expired || replica.apply_tombstone(&candidate.tag).is_none() {
+        if !still_expired {
             continue;
         }
+        let values = |r: &OrReplica| -> Vec<serde_json::Value> {
+            r.map()
+                .records(&candidate.key)
+                .map(|record| record.value.clone())
+                .collect()
+        };
+        let before = values(replica);
+        if replica.apply_tombstone(&candidate.tag).is_none() {
+            continue;
+        }
+        changes.journal.push(super::journal::Change::or(
+            map,
+            &candidate.key,
+            before,
+            values(replica),
+            true,
+            None,
+        ));
         removed.push(candidate.tag.clone());
         touched.push(&candidate.key);
         changes.events.push(ServerEventPayload {
@@ -328,7 +355,12 @@ async fn publish(shared: &Shared, map: &str, changes: SliceChanges) -> Result<()
     if changes.batch.is_empty() {
         return Ok(());
     }
-    commit(shared, map, changes.batch).await?;
+    let mut batch = changes.batch;
+    shared
+        .journal
+        .append(shared, changes.journal, &mut batch)
+        .await;
+    commit(shared, map, batch).await?;
     let mut events = BTreeMap::new();
     events.insert(map.to_owned(), changes.events);
     // Expired documents leave search results like deleted ones.

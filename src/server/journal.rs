@@ -367,7 +367,7 @@ impl Journal {
     }
 
     /// Up to `limit` entries ≥ `from` that `wanted` accepts, and whether more exist.
-    async fn read(
+    pub(crate) async fn read(
         &self,
         store: &dyn Store,
         from: u64,

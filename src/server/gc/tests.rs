@@ -179,6 +179,16 @@ async fn expired_lww_record_becomes_a_persisted_tombstone_at_millis_plus_ttl() {
     };
     assert_eq!(records.get("gone"), Some(&expected));
 
+    let shared = f.shared();
+    let (journal, _) = shared
+        .journal
+        .read(&*shared.store, 0, 100, |e| e.key == "gone")
+        .await
+        .unwrap();
+    let expiry = journal.last().expect("the expiry is journaled");
+    assert_eq!(expiry.event_type, crate::protocol::JournalEventType::Delete);
+    assert_eq!(expiry.previous_value, Some(json!(1)));
+
     let again = collect(f.shared()).await;
     assert_eq!(again.expired, 0, "a tombstone never expires twice");
 }
