@@ -444,57 +444,10 @@ fn deliver(shared: &Shared, grants: Vec<Grant>) {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::{BoxFuture, CounterSnapshot, MapKind, MapSnapshot, MemoryStore};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::store::MemoryStore;
+    use std::sync::atomic::Ordering;
 
     const NOW: u64 = 1_790_000_000_000;
-
-    /// A memory store whose commits fail while `failing` is set.
-    #[derive(Default)]
-    struct SwitchableStore {
-        inner: MemoryStore,
-        failing: AtomicBool,
-    }
-
-    impl Store for SwitchableStore {
-        fn load_map(&self, map: &str) -> BoxFuture<'_, Result<Option<MapSnapshot>, StoreError>> {
-            self.inner.load_map(map)
-        }
-        fn list_maps(&self) -> BoxFuture<'_, Result<Vec<(String, MapKind)>, StoreError>> {
-            self.inner.list_maps()
-        }
-        fn load_counters(
-            &self,
-        ) -> BoxFuture<'_, Result<BTreeMap<String, CounterSnapshot>, StoreError>> {
-            self.inner.load_counters()
-        }
-        fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
-            self.inner.load_fencing_tokens()
-        }
-        fn read_journal(
-            &self,
-            from_sequence: u64,
-            limit: usize,
-        ) -> BoxFuture<'_, Result<Vec<crate::store::JournalRow>, StoreError>> {
-            self.inner.read_journal(from_sequence, limit)
-        }
-        fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-            self.inner.last_journal_sequence()
-        }
-        fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
-            self.inner.get_meta(key)
-        }
-        fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
-            if self.failing.load(Ordering::SeqCst) {
-                Box::pin(std::future::ready(Err(StoreError::WriterStopped)))
-            } else {
-                self.inner.commit(batch)
-            }
-        }
-        fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.close()
-        }
-    }
 
     fn manager() -> (LockManager, ManualClock) {
         let clock = ManualClock::new(NOW);
@@ -674,12 +627,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_token_commit_defers_the_grant_and_never_reuses_the_token() {
-        let store = Arc::new(SwitchableStore::default());
+        let store = Arc::new(crate::store::faulty::FaultyStore::default());
         let m = LockManager::new(store.clone(), Arc::new(ManualClock::new(NOW)));
-        store.failing.store(true, Ordering::SeqCst);
+        store.failing_commits.store(true, Ordering::SeqCst);
         assert!(ask(&m, 1, "r1", None).await.is_empty());
         assert!(m.expire().await.is_empty());
-        store.failing.store(false, Ordering::SeqCst);
+        store.failing_commits.store(false, Ordering::SeqCst);
         // Tokens 1 and 2 went to failed commits of unknown fate; the retry uses 3.
         assert_eq!(m.expire().await, [grant(1, "r1", "L", 3)]);
         assert_eq!(

@@ -240,72 +240,14 @@ mod tests {
     use super::*;
     use crate::hlc::Timestamp;
     use crate::record::LwwRecord;
-    use crate::store::{BoxFuture, CounterSnapshot, JournalRow, MemoryStore};
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::store::MemoryStore;
+    use crate::store::faulty::FaultyStore;
+    use std::sync::atomic::Ordering;
 
-    /// A store whose first `failures` map loads fail, and which counts loads.
-    struct FlakyStore {
-        inner: MemoryStore,
-        failures: AtomicUsize,
-        loads: AtomicUsize,
-    }
-
-    impl Store for FlakyStore {
-        fn load_map(&self, map: &str) -> BoxFuture<'_, Result<Option<MapSnapshot>, StoreError>> {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            let fail = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            let map = map.to_owned();
-            Box::pin(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                if fail {
-                    Err(StoreError::Closed)
-                } else {
-                    self.inner.load_map(&map).await
-                }
-            })
-        }
-        fn list_maps(&self) -> BoxFuture<'_, Result<Vec<(String, MapKind)>, StoreError>> {
-            self.inner.list_maps()
-        }
-        fn load_counters(
-            &self,
-        ) -> BoxFuture<'_, Result<BTreeMap<String, CounterSnapshot>, StoreError>> {
-            self.inner.load_counters()
-        }
-        fn load_fencing_tokens(&self) -> BoxFuture<'_, Result<BTreeMap<String, u64>, StoreError>> {
-            self.inner.load_fencing_tokens()
-        }
-        fn read_journal(
-            &self,
-            from_sequence: u64,
-            limit: usize,
-        ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
-            self.inner.read_journal(from_sequence, limit)
-        }
-        fn last_journal_sequence(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-            self.inner.last_journal_sequence()
-        }
-        fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
-            self.inner.get_meta(key)
-        }
-        fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.commit(batch)
-        }
-        fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.close()
-        }
-    }
-
-    fn flaky(failures: usize) -> Arc<FlakyStore> {
-        Arc::new(FlakyStore {
-            inner: MemoryStore::new(),
-            failures: AtomicUsize::new(failures),
-            loads: AtomicUsize::new(0),
-        })
+    fn flaky(failures: usize) -> Arc<FaultyStore> {
+        let store = FaultyStore::with_load_delay(std::time::Duration::from_millis(20));
+        store.failing_loads.store(failures, Ordering::SeqCst);
+        Arc::new(store)
     }
 
     #[tokio::test]

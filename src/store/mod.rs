@@ -27,6 +27,8 @@ pub mod redb;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub(crate) mod faulty;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
