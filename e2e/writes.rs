@@ -206,3 +206,70 @@ async fn writes_older_than_the_gc_horizon_and_non_hlc_tags_are_rejected() {
     );
     snapshot!("rejected_writes", t);
 }
+
+#[tokio::test]
+async fn fanned_out_values_respect_field_level_security() {
+    let server = TestServer::with_config(
+        r#"
+        [[permissions]]
+        role = "WRITER"
+        map = "*"
+        actions = ["ALL"]
+
+        [[permissions]]
+        role = "USER"
+        map = "people"
+        actions = ["READ"]
+        allowed_fields = ["name"]
+        "#,
+    )
+    .await;
+    let t = Transcript::default();
+    let mut writer = Client::connect(&server, "writer", &t).await;
+    writer.expect_type("AUTH_REQUIRED").await;
+    let token = topgun::auth::mint_token(
+        crate::harness::SECRET,
+        "writer",
+        &["WRITER"],
+        3_600,
+        crate::harness::SERVER_NOW_MS / 1_000,
+    )
+    .unwrap();
+    writer
+        .send(msg(json!({"type": "AUTH", "token": token})))
+        .await;
+    writer.expect_type("AUTH_ACK").await;
+    let mut reader = Client::authed(&server, "reader", &t).await;
+    reader
+        .send(msg(json!({"type": "QUERY_SUB", "payload": {
+            "queryId": "q", "mapName": "people", "query": {}
+        }})))
+        .await;
+    reader.expect_type("QUERY_RESP").await;
+
+    writer
+        .send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [
+            put("1", "people", "p1", json!({"name": "Ann", "salary": 100}), 1),
+        ]}})))
+        .await;
+    writer.expect_type("OP_ACK").await;
+    let mut batch_event = None;
+    for _ in 0..2 {
+        if let Message::ServerBatchEvent(event) = reader.recv().await {
+            batch_event = Some(event);
+        }
+    }
+    let event = batch_event.expect("the reader gets the write as a SERVER_BATCH_EVENT");
+    let record = event.payload.events[0].record.as_ref().unwrap();
+    assert_eq!(
+        record.value,
+        Some(json!({"name": "Ann"})),
+        "salary is not the reader's to see"
+    );
+
+    t.note("-- the same record through Merkle sync");
+    let mut local = topgun::replica::LwwReplica::default();
+    crate::walk::lww_sync(&mut reader, "people", &mut local).await;
+    assert_eq!(local.map().get("p1", 0), Some(&json!({"name": "Ann"})));
+    snapshot!("field_level_security_fan_out", t);
+}

@@ -664,6 +664,27 @@ async fn journal_changes(
     }
 }
 
+/// `event` as `principal` may see it: values filtered by field-level security, and the
+/// event dropped when its value is withheld entirely (a tombstone always passes).
+fn visible_event(
+    shared: &Shared,
+    principal: &crate::auth::Principal,
+    event: &ServerEventPayload,
+) -> Option<ServerEventPayload> {
+    let mut event = event.clone();
+    let permissions = &shared.permissions;
+    if let Some(record) = &mut event.record
+        && let Some(value) = record.value.take()
+    {
+        record.value = Some(permissions.filter_value(principal, &event.map_name, value)?);
+    }
+    if let Some(record) = &mut event.or_record {
+        let value = std::mem::take(&mut record.value);
+        record.value = permissions.filter_value(principal, &event.map_name, value)?;
+    }
+    Some(event)
+}
+
 /// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
 pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
     let journaled = std::mem::take(&mut changes.journal);
@@ -727,15 +748,20 @@ fn fan_out_except(
     let mut per_conn: BTreeMap<u64, (super::connections::ConnHandle, Vec<ServerEventPayload>)> =
         BTreeMap::new();
     for (map, map_events) in events {
-        for conn in shared.queries.subscribers(&map) {
-            if Some(conn.id) == skip {
+        let mut seen = std::collections::BTreeSet::new();
+        for (conn, live) in shared.queries.live_on(&map) {
+            if Some(conn.id) == skip || !seen.insert(conn.id) {
                 continue;
             }
+            // Field-level security applies to every value a subscriber is sent.
+            let visible = map_events
+                .iter()
+                .filter_map(|event| visible_event(shared, &live.principal, event));
             per_conn
                 .entry(conn.id)
                 .or_insert_with(|| (conn, Vec::new()))
                 .1
-                .extend(map_events.iter().cloned());
+                .extend(visible);
         }
     }
     if per_conn.is_empty() {

@@ -88,11 +88,23 @@ pub async fn handle_bucket_request(
         };
         match replica.merkle().leaf_keys(&req.path) {
             Some(keys) => {
+                let principal = session.principal();
                 let records = keys
                     .filter_map(|key| {
-                        replica.map().record(key).map(|record| LeafRecord {
-                            key: key.to_owned(),
-                            record: record.clone(),
+                        replica.map().record(key).map(|record| {
+                            // Field-level security: the LWW item hash covers key and
+                            // timestamp only, so filtered values keep the trees equal; a value
+                            // withheld entirely reads as deleted.
+                            let mut record = record.clone();
+                            record.value = record.value.and_then(|value| {
+                                shared
+                                    .permissions
+                                    .filter_value(principal, &req.map_name, value)
+                            });
+                            LeafRecord {
+                                key: key.to_owned(),
+                                record,
+                            }
                         })
                     })
                     .collect();
