@@ -229,89 +229,116 @@ impl Journal {
         self.lock().last_sequence
     }
 
-    /// Numbers `changes`, adds their persistence to `batch`, keeps them in the ring and
-    /// pushes them to subscribers.
-    pub async fn append(&self, shared: &Shared, changes: Vec<Change>, batch: &mut WriteBatch) {
-        if changes.is_empty() {
-            return;
-        }
-        if let Err(e) = self.ensure_loaded(&*shared.store).await {
-            tracing::error!(error = %e, dropped = changes.len(), "journal unavailable: changes not journaled");
-            return;
-        }
-        // Stamped before taking the journal lock so the HLC lock is never held inside it.
-        let node_id = shared.hlc().node_id().to_owned();
-        let stamped: Vec<(Change, Timestamp)> = changes
-            .into_iter()
-            .map(|mut c| {
-                let ts = c.timestamp.take().unwrap_or_else(|| shared.now_timestamp());
-                (c, ts)
-            })
-            .collect();
-        let needed = stamped.len() as u64;
-        let fits = |inner: &Inner| inner.last_sequence.saturating_add(needed) <= inner.reserved;
-        let mut inner = loop {
+    /// Loads the journal head if needed and makes sure at least `needed` more sequences are
+    /// durably reserved, so [`Journal::number`] can run synchronously under a map lock.
+    pub async fn prepare(&self, shared: &Shared, needed: u64) -> Result<(), StoreError> {
+        self.ensure_loaded(&*shared.store).await?;
+        loop {
             let shortfall = {
                 let inner = self.lock();
-                (!fits(&inner)).then(|| {
+                (inner.last_sequence.saturating_add(needed) > inner.reserved).then(|| {
                     inner
                         .last_sequence
                         .saturating_add(needed)
                         .saturating_add(RESERVE_BLOCK)
                 })
             };
-            if let Some(target) = shortfall {
-                if let Err(e) = self.reserve(&*shared.store, target).await {
-                    tracing::error!(error = %e, dropped = needed, "journal reservation failed: changes not journaled");
-                    return;
-                }
-                continue;
-            }
-            let inner = self.lock();
-            // Another append may have used the reservation in between: check again.
-            if fits(&inner) {
-                break inner;
-            }
-        };
-        let mut gone = Vec::new();
-        for (change, timestamp) in stamped {
-            inner.last_sequence += 1;
-            let sequence = inner.last_sequence;
-            let entry = JournalEntry {
-                sequence: sequence.to_string(),
-                event_type: change.event_type,
-                map_name: change.map_name,
-                key: change.key,
-                value: change.value,
-                previous_value: change.previous_value,
-                timestamp,
-                node_id: node_id.clone(),
-                metadata: None,
-            };
-            match serde_json::to_vec(&entry) {
-                Ok(event) => {
-                    batch.push(Mutation::AppendJournal { sequence, event });
-                }
-                Err(e) => tracing::error!(sequence, error = %e, "journal entry not persisted"),
-            }
-            for (id, sub) in &inner.subscribers {
-                if let Err(SendError::Gone) = push(shared, sub, &entry) {
-                    gone.push(id.clone());
-                }
-            }
-            inner.ring.push_back(Numbered { sequence, entry });
-            while inner.ring.len() > self.capacity {
-                inner.ring.pop_front();
+            match shortfall {
+                Some(target) => self.reserve(&*shared.store, target).await?,
+                None => return Ok(()),
             }
         }
+    }
+
+    /// Numbers one change now: adds its persistence to `batch`, keeps it in the ring and
+    /// pushes it to subscribers. Synchronous, so the write path calls it while it still holds
+    /// the map's lock and journal order is apply order. Gives the change back when the
+    /// journal is not loaded or its reservation is used up (then [`Journal::append`] it).
+    pub fn number(
+        &self,
+        shared: &Shared,
+        mut change: Change,
+        batch: &mut WriteBatch,
+    ) -> Result<(), Change> {
+        if !self.loaded.initialized() {
+            return Err(change);
+        }
+        // Taken before the journal lock so the HLC lock is never held inside it.
+        let node_id = shared.hlc().node_id().to_owned();
+        let timestamp = change
+            .timestamp
+            .take()
+            .unwrap_or_else(|| shared.now_timestamp());
+        let mut inner = self.lock();
+        if inner.last_sequence >= inner.reserved {
+            change.timestamp = Some(timestamp);
+            return Err(change);
+        }
+        inner.last_sequence += 1;
+        let sequence = inner.last_sequence;
+        let entry = JournalEntry {
+            sequence: sequence.to_string(),
+            event_type: change.event_type,
+            map_name: change.map_name,
+            key: change.key,
+            value: change.value,
+            previous_value: change.previous_value,
+            timestamp,
+            node_id,
+            metadata: None,
+        };
+        match serde_json::to_vec(&entry) {
+            Ok(event) => {
+                batch.push(Mutation::AppendJournal { sequence, event });
+            }
+            Err(e) => tracing::error!(sequence, error = %e, "journal entry not persisted"),
+        }
+        let gone: Vec<_> = inner
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| matches!(push(shared, sub, &entry), Err(SendError::Gone)))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in gone {
             inner.subscribers.remove(&id);
         }
-        if self.retention > 0 && inner.last_sequence > self.retention {
+        inner.ring.push_back(Numbered { sequence, entry });
+        while inner.ring.len() > self.capacity {
+            inner.ring.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Adds the trim that keeps only the newest `retention` entries in the store, once per
+    /// batch (callers number first, then trim).
+    pub fn trim_into(&self, batch: &mut WriteBatch) {
+        let last = self.lock().last_sequence;
+        if self.retention > 0 && last > self.retention {
             batch.push(Mutation::TrimJournal {
-                below: inner.last_sequence - self.retention + 1,
+                below: last - self.retention + 1,
             });
         }
+    }
+
+    /// Numbers `changes` in order (see [`Journal::number`]), reserving sequences as needed.
+    pub async fn append(&self, shared: &Shared, changes: Vec<Change>, batch: &mut WriteBatch) {
+        let mut pending = changes.into_iter().peekable();
+        while pending.peek().is_some() {
+            let needed = pending.len() as u64;
+            if let Err(e) = self.prepare(shared, needed).await {
+                tracing::error!(error = %e, dropped = needed, "journal unavailable: changes not journaled");
+                return;
+            }
+            while let Some(change) = pending.next() {
+                if let Err(change) = self.number(shared, change, batch) {
+                    // Another writer used the reservation up: reserve again and go on.
+                    let rest: Vec<Change> = std::iter::once(change).chain(pending).collect();
+                    pending = rest.into_iter().peekable();
+                    break;
+                }
+            }
+        }
+        self.trim_into(batch);
     }
 
     /// Visits entries with sequence ≥ `from` in order, from the store and then the ring,

@@ -36,12 +36,42 @@ pub struct MapChanges {
     mutations: WriteBatch,
     events: BTreeMap<String, Vec<ServerEventPayload>>,
     journal: Vec<journal::Change>,
+    numbering: Numbering,
+}
+
+/// The journal that numbers changes the moment they are applied (under the map's lock, so
+/// journal order is apply order); without one, changes are journaled after the merge.
+#[derive(Clone, Default)]
+struct Numbering(Option<Arc<Shared>>);
+
+impl std::fmt::Debug for Numbering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Numbering(now)"
+        } else {
+            "Numbering(later)"
+        })
+    }
+}
+
+impl PartialEq for Numbering {
+    /// Where numbering happens does not change what was merged.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl MapChanges {
-    /// Records one applied change for the event journal.
+    /// Records one applied change for the event journal: numbered right away when the
+    /// journal has sequences reserved, else kept for [`Journal::append`] after the merge.
     fn journal(&mut self, change: journal::Change) {
-        self.journal.push(change);
+        let numbered = match &self.numbering.0 {
+            Some(shared) => shared.journal.number(shared, change, &mut self.mutations),
+            None => Err(change),
+        };
+        if let Err(change) = numbered {
+            self.journal.push(change);
+        }
     }
 
     fn event(&mut self, event: ServerEventPayload) {
@@ -293,14 +323,22 @@ struct CheckedOp {
 /// Merges the checked ops of a batch: on the worker pool when the batch is large, inline
 /// otherwise. `None` when the pooled merge failed.
 async fn merge_checked(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     checked: Vec<Result<CheckedOp, OpFailure>>,
 ) -> Option<(Vec<Result<(), OpFailure>>, MapChanges)> {
     let heavy = checked.len() > shared.limits.pool_batch_ops;
     let slice = shared.limits.merge_slice_ops;
+    // Reserve journal sequences first so each change is numbered as it is applied.
+    let numbering = match shared.journal.prepare(shared, checked.len() as u64).await {
+        Ok(()) => Numbering(Some(shared.clone())),
+        Err(e) => {
+            tracing::warn!(error = %e, "journal not ready: numbering after the merge");
+            Numbering(None)
+        }
+    };
     match shared
         .workers
-        .run_if(heavy, move || merge_ops(checked, slice))
+        .run_if(heavy, move || merge_ops(checked, slice, numbering))
         .await
     {
         Ok(merged) => Some(merged),
@@ -317,8 +355,12 @@ async fn merge_checked(
 fn merge_ops(
     checked: Vec<Result<CheckedOp, OpFailure>>,
     slice: usize,
+    numbering: Numbering,
 ) -> (Vec<Result<(), OpFailure>>, MapChanges) {
-    let mut changes = MapChanges::default();
+    let mut changes = MapChanges {
+        numbering,
+        ..MapChanges::default()
+    };
     let mut outcomes = Vec::with_capacity(checked.len());
     let mut rest = checked.into_iter().peekable();
     while let Some(next) = rest.next() {
@@ -641,6 +683,11 @@ async fn journal_changes(
 ) -> Option<WriteBatch> {
     let journaled = std::mem::take(&mut changes.journal);
     let mut mutations = std::mem::take(&mut changes.mutations);
+    if journaled.is_empty() {
+        // Everything was numbered during the merge.
+        shared.journal.trim_into(&mut mutations);
+        return Some(mutations);
+    }
     if !heavy {
         shared
             .journal
@@ -879,15 +926,93 @@ mod tests {
         roots
     }
 
+    /// Journal sequences follow apply order even when two batches on one key finish their
+    /// post-merge work in the opposite order (numbering happens under the map's lock).
+    #[tokio::test]
+    async fn journal_order_is_apply_order_for_racing_batches() {
+        use crate::clock::ManualClock;
+        use crate::entropy::SeededEntropy;
+        use crate::security::Permissions;
+        use crate::server::config::Limits;
+        use crate::server::{Server, ServerOptions};
+
+        let server = Server::new(
+            ServerOptions {
+                node_id: "server-1".into(),
+                jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
+                permissions: Permissions::development_default(),
+                limits: Limits::default(),
+                max_connections: 10,
+                debug: false,
+                default_combine: crate::merkle::Combine::Fmix,
+                search: Default::default(),
+            },
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(5_000)),
+            Arc::new(SeededEntropy::new(1)),
+        )
+        .unwrap();
+        let shared = server.shared();
+        let map = shared.maps.get("m", MapKind::Lww, None).await.unwrap();
+        let write = |millis: u64| {
+            let mut op = base_op("m", "k".into(), OpType::Put);
+            op.record = Some(LwwRecord {
+                value: Some(serde_json::json!(millis)),
+                timestamp: Timestamp::new(millis, 0, "client"),
+                ttl_ms: None,
+            });
+            vec![Ok(CheckedOp {
+                op,
+                map: map.clone(),
+            })]
+        };
+        let (_, mut first) = merge_checked(shared, write(10)).await.unwrap();
+        let (_, mut second) = merge_checked(shared, write(20)).await.unwrap();
+        // The second batch reaches its journaling and commit first.
+        for changes in [&mut second, &mut first] {
+            let batch = journal_changes(shared, changes, false).await.unwrap();
+            shared.store.commit(batch).await.unwrap();
+        }
+        let (events, _) = shared
+            .journal
+            .read(&*shared.store, 0, 10, |_| true)
+            .await
+            .unwrap();
+        let applied: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.sequence.as_str(),
+                    e.value.clone(),
+                    e.previous_value.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            applied,
+            vec![
+                ("1", Some(serde_json::json!(10)), None),
+                (
+                    "2",
+                    Some(serde_json::json!(20)),
+                    Some(serde_json::json!(10))
+                ),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_large_batch_merged_on_the_pool_in_slices_equals_the_inline_merge() {
         let inline_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
         let pooled_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
-        let (inline_outcomes, inline_changes) = merge_ops(checked(&inline_maps).await, 512);
+        let (inline_outcomes, inline_changes) =
+            merge_ops(checked(&inline_maps).await, 512, Numbering::default());
         let pool = WorkerPool::new(2);
         let pooled_input = checked(&pooled_maps).await;
-        let (pooled_outcomes, pooled_changes) =
-            pool.run(move || merge_ops(pooled_input, 3)).await.unwrap();
+        let (pooled_outcomes, pooled_changes) = pool
+            .run(move || merge_ops(pooled_input, 3, Numbering::default()))
+            .await
+            .unwrap();
 
         assert_eq!(
             format!("{inline_outcomes:?}"),
@@ -931,7 +1056,10 @@ mod tests {
         let pool = WorkerPool::new(1);
         let merging = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.run(move || merge_ops(ops, 64)).await }
+            async move {
+                pool.run(move || merge_ops(ops, 64, Numbering::default()))
+                    .await
+            }
         });
         // Another writer gets the lock while the batch is still merging.
         let mut interleaved = false;
