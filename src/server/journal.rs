@@ -259,9 +259,9 @@ impl Journal {
         shared: &Shared,
         mut change: Change,
         batch: &mut WriteBatch,
-    ) -> Result<(), Change> {
+    ) -> Result<(), Box<Change>> {
         if !self.loaded.initialized() {
-            return Err(change);
+            return Err(Box::new(change));
         }
         // Taken before the journal lock so the HLC lock is never held inside it.
         let node_id = shared.hlc().node_id().to_owned();
@@ -272,7 +272,7 @@ impl Journal {
         let mut inner = self.lock();
         if inner.last_sequence >= inner.reserved {
             change.timestamp = Some(timestamp);
-            return Err(change);
+            return Err(Box::new(change));
         }
         inner.last_sequence += 1;
         let sequence = inner.last_sequence;
@@ -332,7 +332,7 @@ impl Journal {
             while let Some(change) = pending.next() {
                 if let Err(change) = self.number(shared, change, batch) {
                     // Another writer used the reservation up: reserve again and go on.
-                    let rest: Vec<Change> = std::iter::once(change).chain(pending).collect();
+                    let rest: Vec<Change> = std::iter::once(*change).chain(pending).collect();
                     pending = rest.into_iter().peekable();
                     break;
                 }

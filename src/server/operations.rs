@@ -67,10 +67,10 @@ impl MapChanges {
     fn journal(&mut self, change: journal::Change) {
         let numbered = match &self.numbering.0 {
             Some(shared) => shared.journal.number(shared, change, &mut self.mutations),
-            None => Err(change),
+            None => Err(Box::new(change)),
         };
         if let Err(change) = numbered {
-            self.journal.push(change);
+            self.journal.push(*change);
         }
     }
 
