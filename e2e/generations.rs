@@ -187,13 +187,7 @@ async fn each_generation_gets_roots_in_its_own_combine() {
 async fn authed_at(server: &TestServer, name: &str, now_ms: u64, t: &Transcript) -> Client {
     let token = topgun::auth::mint_token(SECRET, name, &["USER"], 3_600, now_ms / 1_000)
         .expect("mint token");
-    let mut client = Client::connect(server, name, t).await;
-    client.expect_type("AUTH_REQUIRED").await;
-    client
-        .send(msg(json!({"type": "AUTH", "token": token})))
-        .await;
-    client.expect_type("AUTH_ACK").await;
-    client
+    Client::authed_with(&server.url(), name, &token, t).await
 }
 
 fn last_id(message: &Message) -> String {

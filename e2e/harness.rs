@@ -329,10 +329,16 @@ impl Client {
 
     /// Connects, expects `AUTH_REQUIRED`, authenticates as `name` and expects `AUTH_ACK`.
     pub async fn authed(server: &TestServer, name: &str, transcript: &Transcript) -> Self {
-        let mut client = Self::connect(server, name, transcript).await;
+        Self::authed_with(&server.url(), name, &token(name), transcript).await
+    }
+
+    /// Connects to `url`, expects `AUTH_REQUIRED`, sends `AUTH` with `token` and expects
+    /// `AUTH_ACK`: the handshake every authenticated scenario starts with.
+    pub async fn authed_with(url: &str, name: &str, token: &str, transcript: &Transcript) -> Self {
+        let mut client = Self::connect_url(url, name, transcript).await;
         client.expect_type("AUTH_REQUIRED").await;
         client
-            .send(msg(json!({"type": "AUTH", "token": token(name)})))
+            .send(msg(json!({"type": "AUTH", "token": token})))
             .await;
         client.expect_type("AUTH_ACK").await;
         client

@@ -117,13 +117,7 @@ fn dev_token(sub: &str) -> String {
 }
 
 async fn authed(binary: &Binary, name: &str, t: &Transcript) -> Client {
-    let mut client = Client::connect_url(&binary.url, name, t).await;
-    client.expect_type("AUTH_REQUIRED").await;
-    client
-        .send(msg(json!({"type": "AUTH", "token": dev_token(name)})))
-        .await;
-    client.expect_type("AUTH_ACK").await;
-    client
+    Client::authed_with(&binary.url, name, &dev_token(name), t).await
 }
 
 #[tokio::test]

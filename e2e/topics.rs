@@ -63,15 +63,9 @@ async fn expect_error(client: &mut Client, code: u32, message: &str) {
 
 /// Authenticates with a role no policy mentions, so every topic is denied.
 async fn guest(server: &TestServer, t: &Transcript) -> Client {
-    let mut client = Client::connect(server, "guest", t).await;
-    client.expect_type("AUTH_REQUIRED").await;
     let token = topgun::auth::mint_token(SECRET, "guest", &["GUEST"], 3_600, SERVER_NOW_MS / 1_000)
         .unwrap();
-    client
-        .send(msg(json!({"type": "AUTH", "token": token})))
-        .await;
-    client.expect_type("AUTH_ACK").await;
-    client
+    Client::authed_with(&server.url(), "guest", &token, t).await
 }
 
 #[tokio::test]

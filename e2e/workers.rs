@@ -70,13 +70,7 @@ async fn ping_during_huge_batch(
 
 /// A client on `url`, authenticated as `name`.
 async fn authed_at(url: &str, name: &str, transcript: &Transcript) -> Client {
-    let mut client = Client::connect_url(url, name, transcript).await;
-    client.expect_type("AUTH_REQUIRED").await;
-    client
-        .send(msg(json!({"type": "AUTH", "token": token(name)})))
-        .await;
-    client.expect_type("AUTH_ACK").await;
-    client
+    Client::authed_with(url, name, &token(name), transcript).await
 }
 
 /// Runs the writer and the pinger on their own thread and runtime, so a server that blocks

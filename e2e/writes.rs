@@ -225,8 +225,6 @@ async fn fanned_out_values_respect_field_level_security() {
     )
     .await;
     let t = Transcript::default();
-    let mut writer = Client::connect(&server, "writer", &t).await;
-    writer.expect_type("AUTH_REQUIRED").await;
     let token = topgun::auth::mint_token(
         crate::harness::SECRET,
         "writer",
@@ -235,10 +233,7 @@ async fn fanned_out_values_respect_field_level_security() {
         crate::harness::SERVER_NOW_MS / 1_000,
     )
     .unwrap();
-    writer
-        .send(msg(json!({"type": "AUTH", "token": token})))
-        .await;
-    writer.expect_type("AUTH_ACK").await;
+    let mut writer = Client::authed_with(&server.url(), "writer", &token, &t).await;
     let mut reader = Client::authed(&server, "reader", &t).await;
     reader
         .send(msg(json!({"type": "QUERY_SUB", "payload": {
