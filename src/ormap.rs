@@ -44,6 +44,18 @@ impl MergeKeyOutcome {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty()
     }
+
+    /// The keys whose record set changed, sorted and unique: every key that lost a record,
+    /// plus `key` (the merged key) when it gained or replaced one.
+    pub fn touched_keys(&self, key: &str) -> Vec<String> {
+        let mut touched: Vec<&str> = self.removed.iter().map(|r| r.key.as_str()).collect();
+        if !self.added.is_empty() || !self.updated.is_empty() {
+            touched.push(key);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched.into_iter().map(str::to_owned).collect()
+    }
 }
 
 /// How a single record was applied.

@@ -122,15 +122,8 @@ impl OrReplica {
         tombstones: impl IntoIterator<Item = String>,
     ) -> MergeKeyOutcome {
         let outcome = self.map.merge_key(key, records, tombstones);
-        let mut touched: Vec<&str> = outcome.removed.iter().map(|r| r.key.as_str()).collect();
-        if !outcome.is_empty() {
-            touched.push(key);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        let touched: Vec<String> = touched.into_iter().map(str::to_owned).collect();
-        for k in &touched {
-            self.rehash(k);
+        for touched in outcome.touched_keys(key) {
+            self.rehash(&touched);
         }
         outcome
     }

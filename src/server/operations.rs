@@ -578,17 +578,11 @@ pub fn merge_or_entry(map: &MapHandle, entry: OrMapEntry, changes: &mut MapChang
             tags: new_tombstones,
         });
     }
-    let mut touched: Vec<&str> = outcome.removed.iter().map(|r| r.key.as_str()).collect();
-    if !outcome.added.is_empty() || !outcome.updated.is_empty() {
-        touched.push(&entry.key);
-    }
-    touched.sort_unstable();
-    touched.dedup();
-    for key in touched {
+    for key in outcome.touched_keys(&entry.key) {
         changes.mutations.push(Mutation::PutOrKey {
             map: map_name.clone(),
-            key: key.to_owned(),
-            records: replica.map().records(key).cloned().collect(),
+            records: replica.map().records(&key).cloned().collect(),
+            key,
         });
     }
     for record in outcome.added.into_iter().chain(outcome.updated) {
