@@ -13,8 +13,10 @@
 //! - **Storage**: [`store`] defines the backend-neutral `Store` trait and its backends.
 //! - **Security**: [`auth`] (JWT, principals) and [`security`] (permission policies).
 //! - **Server**: [`server`], the WebSocket server built from all of the above.
+//! - **Client**: [`client`], the offline-first Rust client SDK.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod entropy;
 pub mod hash;
