@@ -159,7 +159,7 @@ pub enum LockEvent {
 }
 
 /// What handling a server message produced.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LockOutput {
     /// Messages to send (releases of grants nobody waits for any more).
     pub send: Vec<Message>,
