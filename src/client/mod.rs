@@ -5,3 +5,5 @@
 
 pub mod counters;
 pub mod locks;
+pub mod queries;
+pub mod search;
