@@ -450,7 +450,11 @@ mod tests {
         assert!(tree.keys_under("0").is_empty(), "no such path");
         assert!(tree.keys_under("f5x").is_empty(), "malformed path");
         tree.remove("user-1");
-        assert_eq!(tree.keys_under("f"), ["user-2"], "an emptied leaf lists nothing");
+        assert_eq!(
+            tree.keys_under("f"),
+            ["user-2"],
+            "an emptied leaf lists nothing"
+        );
     }
 
     #[test]
