@@ -7,3 +7,4 @@ pub mod counters;
 pub mod locks;
 pub mod queries;
 pub mod search;
+pub mod sync;
