@@ -493,6 +493,23 @@ enum Answer<'a> {
 }
 
 /// The map a message is for and what it answers, if it belongs to a walk of `kind`.
+/// The map a server sync message is about, so the engine can route it to that map's walk
+/// in one hop; `None` for every other message.
+pub fn sync_map_name(message: &Message) -> Option<&str> {
+    let map = match message {
+        Message::SyncResetRequired(m) => &m.payload.map_name,
+        Message::SyncRespRoot(m) => &m.payload.map_name,
+        Message::SyncRespBuckets(m) => &m.payload.map_name,
+        Message::SyncRespLeaf(m) => &m.payload.map_name,
+        Message::OrMapSyncRespRoot(m) => &m.payload.map_name,
+        Message::OrMapSyncRespBuckets(m) => &m.payload.map_name,
+        Message::OrMapSyncRespLeaf(m) => &m.payload.map_name,
+        Message::OrMapDiffResponse(m) => &m.payload.map_name,
+        _ => return None,
+    };
+    Some(map)
+}
+
 fn classify(kind: MapKind, message: &Message) -> Option<(&str, Answer<'_>)> {
     let classified = match (kind, message) {
         (_, Message::SyncResetRequired(m)) => (&m.payload.map_name, Answer::Reset),
