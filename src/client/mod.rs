@@ -3,4 +3,5 @@
 //! manager, the durable op log and backpressure, the query, search, topic, lock and counter
 //! managers, and the Merkle sync walker.
 
+pub mod backpressure;
 pub mod oplog;
