@@ -5,3 +5,4 @@
 
 pub mod backpressure;
 pub mod oplog;
+pub mod topics;
