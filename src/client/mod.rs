@@ -8,3 +8,6 @@ pub mod locks;
 pub mod queries;
 pub mod search;
 pub mod sync;
+pub mod backpressure;
+pub mod oplog;
+pub mod topics;
