@@ -2,3 +2,5 @@
 //! the network. A `SyncEngine` coordinates separately tested, sans-I/O parts: the connection
 //! manager, the durable op log and backpressure, the query, search, topic, lock and counter
 //! managers, and the Merkle sync walker.
+
+pub mod connection;
