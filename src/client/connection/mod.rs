@@ -100,7 +100,10 @@ impl ConnectionConfig {
 pub type SessionId = u64;
 
 /// What the manager tells the engine.
+// `Message` dominates the size; events move once through a channel, and boxing every inbound
+// message would cost an allocation each (the protocol's `Message` makes the same choice).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectionEvent {
     /// `AUTH_ACK` received on a new connection; the state is `Syncing`.
     Authenticated { session: SessionId },
