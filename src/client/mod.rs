@@ -11,3 +11,4 @@ pub mod sync;
 pub mod backpressure;
 pub mod oplog;
 pub mod topics;
+pub mod connection;
