@@ -16,12 +16,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use topgun::auth::mint_token;
 use topgun::hlc::{Hlc, HlcConfig};
-use topgun::merkle::{Combine, MerkleTree};
+use topgun::merkle::{Combine, MerkleTree, leaf_path};
 use topgun::protocol::codec::{Frame, decode, encode_msgpack};
 use topgun::protocol::{
     Auth, BucketRequest, Buckets, ClientOp, LockRelease, LockReleasePayload, LockRequest,
     LockRequestPayload, MerkleReqBucket, Message, OpBatch, OpBatchPayload, OpType,
-    OrMapMerkleReqBucket, OrMapSyncInit, SyncInit, WriteConcern,
+    OrMapDiffRequest, OrMapDiffRequestPayload, OrMapMerkleReqBucket, OrMapSyncInit, SyncInit, WriteConcern,
 };
 use topgun::record::{LwwRecord, OrMapRecord};
 use topgun::replica::{LwwReplica, OrReplica};
@@ -100,7 +100,8 @@ pub struct Stamped {
 pub struct FlushReport {
     /// Ops sent again because an earlier send was never answered.
     pub resent: Vec<u64>,
-    pub answers: Vec<(u64, Outcome)>,
+    /// Each answered op, its outcome and when (simulated ms) the answer arrived.
+    pub answers: Vec<(u64, Outcome, u64)>,
 }
 
 /// A map's state as one replica holds it.
@@ -198,9 +199,9 @@ pub struct ModelClient {
     or: BTreeMap<String, OrReplica>,
     /// Server frames read while waiting for something else (e.g. a late lock grant).
     inbox: VecDeque<Message>,
-    /// Answers to writes that arrived while waiting for something else; the next flush
-    /// reports them.
-    late_answers: Vec<(u64, Outcome)>,
+    /// Answers not yet reported, stamped when they arrived; the next successful flush
+    /// reports them (so a connection lost mid-flush loses no answer).
+    answers: Vec<(u64, Outcome, u64)>,
 }
 
 impl ModelClient {
@@ -296,8 +297,9 @@ impl ModelClient {
         }
     }
 
-    /// Applies one server answer to the op log.
-    fn settle(&mut self, message: Message, answers: &mut Vec<(u64, Outcome)>) {
+    /// Applies one server answer to the op log; anything else goes to the inbox.
+    fn settle(&mut self, message: Message) {
+        let at_ms = elapsed_ms();
         match message {
             Message::OpAck(ack) => {
                 let Ok(last) = ack.payload.last_id.parse::<u64>() else {
@@ -309,7 +311,7 @@ impl ModelClient {
                     self.sent.remove(&id);
                     if let Some((_, stamped)) = self.log.remove(&id) {
                         self.confirm(&stamped);
-                        answers.push((id, Outcome::Acked(level)));
+                        self.answers.push((id, Outcome::Acked(level), at_ms));
                     }
                 }
             }
@@ -321,7 +323,7 @@ impl ModelClient {
                 self.sent.remove(&id);
                 // 503 is transient: the op stays in the log and goes out again.
                 if code != 503 && self.log.remove(&id).is_some() {
-                    answers.push((id, Outcome::Rejected(code)));
+                    self.answers.push((id, Outcome::Rejected(code), at_ms));
                 }
             }
             other => self.inbox.push_back(other),
@@ -349,8 +351,16 @@ impl ModelClient {
                         break;
                     }
                     Message::OrMapSyncRespBuckets(b) if b.payload.path == path => {
-                        let local = self.or.entry(map.name.clone()).or_default().merkle();
-                        queue.extend(differing_children(local, &path, &b.payload.buckets));
+                        let replica = self.or.entry(map.name.clone()).or_default();
+                        queue.extend(differing_children(
+                            replica.merkle(),
+                            &path,
+                            &b.payload.buckets,
+                        ));
+                        let orphans = orphaned_keys(replica, &path, &b.payload.buckets);
+                        if !orphans.is_empty() {
+                            self.or_diff(map, orphans).await?;
+                        }
                         break;
                     }
                     Message::SyncRespLeaf(leaf) if leaf.payload.path == path => {
@@ -367,17 +377,63 @@ impl ModelClient {
                         }
                         break;
                     }
-                    other => {
-                        let mut ignored = Vec::new();
-                        self.settle(other, &mut ignored);
-                        // Answers that arrive mid-walk still count; keep them for the next flush.
-                        self.late_answers.extend(ignored);
-                    }
+                    other => self.settle(other),
                 }
             }
         }
         Ok(())
     }
+}
+
+impl ModelClient {
+    /// Asks for the server's entries of `keys` and merges them: an OR key whose records were
+    /// all removed is gone from the server's tree, and only its entry's tombstones tell us.
+    async fn or_diff(&mut self, map: &MapSpec, keys: Vec<String>) -> Result<(), ClientError> {
+        self.send(
+            OrMapDiffRequest {
+                payload: OrMapDiffRequestPayload {
+                    map_name: map.name.clone(),
+                    keys,
+                },
+            }
+            .into(),
+        )
+        .await?;
+        loop {
+            match self.recv().await? {
+                Message::OrMapDiffResponse(diff) if diff.payload.map_name == map.name => {
+                    let replica = self.or.entry(map.name.clone()).or_default();
+                    for entry in diff.payload.entries {
+                        replica.merge_key(&entry.key, entry.records, entry.tombstones);
+                    }
+                    return Ok(());
+                }
+                other => self.settle(other),
+            }
+        }
+    }
+}
+
+/// Local OR keys under child buckets of `path` that the server reports empty (hash 0 or
+/// absent) while we hold data there.
+fn orphaned_keys(replica: &OrReplica, path: &str, server: &Buckets) -> Vec<String> {
+    let mine = replica.merkle().buckets(path, COMBINE);
+    let empty: Vec<String> = mine
+        .iter()
+        .filter(|(digit, hash)| {
+            **hash != 0 && server.get(&digit.to_string()).copied().unwrap_or(0) == 0
+        })
+        .map(|(digit, _)| format!("{path}{digit}"))
+        .collect();
+    replica
+        .map()
+        .keys()
+        .filter(|key| {
+            let leaf = leaf_path(key);
+            empty.iter().any(|prefix| leaf.starts_with(prefix.as_str()))
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Child paths under `path` whose server hash differs from the local one; a zero server hash
@@ -418,7 +474,7 @@ impl SimClientHost for ModelClient {
             lww: BTreeMap::new(),
             or: BTreeMap::new(),
             inbox: VecDeque::new(),
-            late_answers: Vec::new(),
+            answers: Vec::new(),
         })
     }
 
@@ -527,10 +583,7 @@ impl SimClientHost for ModelClient {
     }
 
     async fn flush(&mut self) -> Result<FlushReport, ClientError> {
-        let mut report = FlushReport {
-            answers: std::mem::take(&mut self.late_answers),
-            ..FlushReport::default()
-        };
+        let mut report = FlushReport::default();
         let unsent: Vec<u64> = self
             .log
             .keys()
@@ -562,8 +615,9 @@ impl SimClientHost for ModelClient {
             .collect();
         while !self.sent.is_empty() {
             let message = self.recv().await?;
-            self.settle(message, &mut report.answers);
+            self.settle(message);
         }
+        report.answers = std::mem::take(&mut self.answers);
         Ok(report)
     }
 
@@ -596,11 +650,7 @@ impl SimClientHost for ModelClient {
                 Message::LockGranted(g) if g.payload.request_id == request_id => {
                     return Ok(Some(g.payload.fencing_token));
                 }
-                other => {
-                    let mut answers = Vec::new();
-                    self.settle(other, &mut answers);
-                    self.late_answers.extend(answers);
-                }
+                other => self.settle(other),
             }
         }
     }
@@ -624,11 +674,7 @@ impl SimClientHost for ModelClient {
                 Message::LockReleased(r) if r.payload.request_id == request_id => {
                     return Ok(r.payload.success);
                 }
-                other => {
-                    let mut answers = Vec::new();
-                    self.settle(other, &mut answers);
-                    self.late_answers.extend(answers);
-                }
+                other => self.settle(other),
             }
         }
     }
@@ -658,11 +704,7 @@ impl SimClientHost for ModelClient {
                 Message::OrMapSyncRespRoot(root) if root.payload.map_name == map.name => {
                     break root.payload.root_hash;
                 }
-                other => {
-                    let mut answers = Vec::new();
-                    self.settle(other, &mut answers);
-                    self.late_answers.extend(answers);
-                }
+                other => self.settle(other),
             }
         };
         if server_root != self.state(map).1 {

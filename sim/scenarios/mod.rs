@@ -1,11 +1,11 @@
 //! Scenario families, one file each, plus what they share: building a scenario from a seed
 //! and the standard data properties (1–3).
 
-//mod clock;
-//mod crash;
+mod clock;
+mod crash;
 mod determinism;
-//mod flapping;
-//mod locks;
+mod flapping;
+mod locks;
 mod race;
 
 use std::collections::BTreeMap;
