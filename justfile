@@ -10,9 +10,19 @@ test:
 serve *ARGS:
     cargo run --release -- serve {{ARGS}}
 
-# Deterministic simulations; SEED=... replays one run, COUNT=... sweeps more seeds.
-sim SEED="" COUNT="":
-    TOPGUN_SIM_SEED="{{SEED}}" TOPGUN_SIM_COUNT="{{COUNT}}" cargo test --release --test sim -- --nocapture
+# Deterministic simulations. `just sim` sweeps COUNT seeds (default 200) per scenario from
+# START (default: derived from the time) and prints seeds/s; SEED=... replays one run (a
+# failure prints the exact command); FILTER narrows to scenario tests; TRACE=1 prints histories.
+sim SEED="" COUNT="200" START="" FILTER="scenarios" TRACE="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    start="{{START}}"
+    if [ -z "{{SEED}}" ] && [ -z "$start" ]; then start="$(date +%s)000"; fi
+    echo "sim: seed={{SEED}} count={{COUNT}} start=$start filter={{FILTER}}"
+    TOPGUN_SIM_SEED="{{SEED}}" TOPGUN_SIM_COUNT="{{COUNT}}" TOPGUN_SIM_START="$start" \
+        TOPGUN_SIM_TRACE="{{TRACE}}" \
+        cargo test --test sim "{{FILTER}}" -- --nocapture --test-threads 2 2>&1 \
+        | grep -E "seeds/s|failed on|replay:|^  |panicked|test result"
 
 # Regenerate the checked-in JSON Schemas in schemas/ from the protocol types.
 schemas:

@@ -21,7 +21,8 @@ use topgun::protocol::codec::{Frame, decode, encode_msgpack};
 use topgun::protocol::{
     Auth, BucketRequest, Buckets, ClientOp, LockRelease, LockReleasePayload, LockRequest,
     LockRequestPayload, MerkleReqBucket, Message, OpBatch, OpBatchPayload, OpType,
-    OrMapDiffRequest, OrMapDiffRequestPayload, OrMapMerkleReqBucket, OrMapSyncInit, SyncInit, WriteConcern,
+    OrMapDiffRequest, OrMapDiffRequestPayload, OrMapMerkleReqBucket, OrMapSyncInit, SyncInit,
+    WriteConcern,
 };
 use topgun::record::{LwwRecord, OrMapRecord};
 use topgun::replica::{LwwReplica, OrReplica};

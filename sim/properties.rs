@@ -21,7 +21,7 @@ fn violation(property: &'static str, detail: String) -> Violation {
     Violation { property, detail }
 }
 
-/// 1. Convergence: every client holds the server's state of every map, with equal Merkle
+/// Property 1: Convergence: every client holds the server's state of every map, with equal Merkle
 /// roots, and the root the server advertised in the final sync is the one computed from its
 /// store.
 pub fn convergence(finals: &Finals) -> Vec<Violation> {
@@ -62,12 +62,15 @@ pub fn convergence(finals: &Finals) -> Vec<Violation> {
 }
 
 /// Whether an acknowledged op must survive: `PERSISTED` acks must, unless a crash that lost
-/// the store came after them; `APPLIED` acks must unless any crash came after them.
-fn must_survive(level: WriteConcern, acked_ms: u64, crashes: &[(u64, bool)]) -> bool {
+/// the store may have come after the server committed them; `APPLIED` acks must unless any
+/// crash may have. The commit happened at some unknown time between the write and the ack's
+/// arrival (an ack can be in flight when the server dies), so only crashes before the write
+/// are surely earlier.
+fn must_survive(level: WriteConcern, written_ms: u64, crashes: &[(u64, bool)]) -> bool {
     let later = |kept_ok: bool| {
         crashes
             .iter()
-            .any(|(at, kept)| *at >= acked_ms && (!kept || !kept_ok))
+            .any(|(at, kept)| *at >= written_ms && (!kept || !kept_ok))
     };
     match level {
         WriteConcern::Persisted | WriteConcern::Replicated => !later(true),
@@ -76,7 +79,7 @@ fn must_survive(level: WriteConcern, acked_ms: u64, crashes: &[(u64, bool)]) -> 
     }
 }
 
-/// 2. No lost acknowledged writes: each surviving acked op is in the server's final state
+/// Property 2: No lost acknowledged writes: each surviving acked op is in the server's final state
 /// unless a later write superseded it (a newer LWW record, or its OR tag removed).
 pub fn no_lost_acked_writes(history: &History, finals: &Finals) -> Vec<Violation> {
     let crashes = history.crashes();
@@ -85,12 +88,10 @@ pub fn no_lost_acked_writes(history: &History, finals: &Finals) -> Vec<Violation
         let (Some(Outcome::Acked(level)), Some(acked_ms)) = (outcome, answered) else {
             continue;
         };
-        if !must_survive(level, acked_ms, &crashes) {
-            continue;
-        }
         let Event::Write {
             client,
             op_id,
+            at_ms,
             map,
             key,
             change,
@@ -99,6 +100,9 @@ pub fn no_lost_acked_writes(history: &History, finals: &Finals) -> Vec<Violation
         else {
             continue;
         };
+        if !must_survive(level, *at_ms, &crashes) {
+            continue;
+        }
         let state = finals.server.get(map).map(|m| &m.state);
         let kept = match (change, state) {
             (Change::Lww(record), Some(MapState::Lww(records))) => records
@@ -133,7 +137,7 @@ pub fn no_lost_acked_writes(history: &History, finals: &Finals) -> Vec<Violation
     found
 }
 
-/// 3. Idempotence: replays after reconnects changed nothing. Every final LWW record is a
+/// Property 3: Idempotence: replays after reconnects changed nothing. Every final LWW record is a
 /// record some client sent (a replay re-stamped or merged twice would show a record nobody
 /// wrote), every final OR record was sent by some `OR_ADD`, and no OR tag appears twice.
 pub fn idempotence(history: &History, finals: &Finals) -> Vec<Violation> {
@@ -194,7 +198,7 @@ pub fn idempotence(history: &History, finals: &Finals) -> Vec<Violation> {
     found
 }
 
-/// 4. Lock safety: no two clients believed they held the same lock at overlapping times, and
+/// Property 4: Lock safety: no two clients believed they held the same lock at overlapping times, and
 /// fencing tokens strictly increase, per lock, in the order the holds began.
 pub fn lock_safety(history: &History) -> Vec<Violation> {
     let mut holds: BTreeMap<&str, Vec<(u64, u64, u64, &str)>> = BTreeMap::new();
@@ -236,7 +240,7 @@ pub fn lock_safety(history: &History) -> Vec<Violation> {
     found
 }
 
-/// 5. Clock safety under HLC strict mode: no acknowledged op and no stored record carries a
+/// Property 5: Clock safety under HLC strict mode: no acknowledged op and no stored record carries a
 /// timestamp more than `max_drift_ms` ahead of the server's physical clock (the server clock
 /// is simulated time plus `server_skew_ms`; `end_ms` is when the run ended).
 pub fn clock_safety_strict(
@@ -495,9 +499,18 @@ mod tests {
         assert_eq!(lost(WriteConcern::Applied, true), 0);
         assert_eq!(lost(WriteConcern::Persisted, true), 1);
         assert_eq!(lost(WriteConcern::Persisted, false), 0);
-        // An ack after the crash must survive it.
+        // An ack arriving after the crash may have been committed before it...
+        let mut in_flight = events(WriteConcern::Persisted, false);
+        if let Event::Answer { at_ms, .. } = &mut in_flight.events[1] {
+            *at_ms = 12;
+        }
+        assert_eq!(no_lost_acked_writes(&in_flight, &empty).len(), 0);
+        // ...but a write made after the crash must survive it.
         let mut late = events(WriteConcern::Applied, false);
-        late.events.swap(1, 2);
+        late.events.rotate_left(2);
+        if let Event::Write { at_ms, .. } = &mut late.events[1] {
+            *at_ms = 10;
+        }
         if let Event::Answer { at_ms, .. } = &mut late.events[2] {
             *at_ms = 12;
         }

@@ -65,7 +65,7 @@ pub fn run_family<C: SimClientHost>(family: &Family, seeds: &[u64]) -> Vec<(Scen
             outcome.trace_hash,
             outcome.history.events.len()
         );
-        if std::env::var_os("TOPGUN_SIM_TRACE").is_some() {
+        if std::env::var("TOPGUN_SIM_TRACE").is_ok_and(|v| !v.is_empty()) {
             for line in outcome.history.trace_lines() {
                 println!("  {line}");
             }
@@ -118,8 +118,8 @@ fn failure_report(
     shrunk: &[FaultEvent],
 ) -> String {
     let mut report = format!(
-        "\n{} failed on seed {seed} (trace hash {:016x})\nreplay: just sim SEED={seed} FILTER={}\n",
-        family.name, outcome.trace_hash, family.name
+        "\n{} failed on seed {seed} (trace hash {:016x})\nreplay: just sim SEED={seed}\n",
+        family.name, outcome.trace_hash
     );
     for v in found.iter().take(20) {
         report.push_str(&format!("  [{}] {}\n", v.property, v.detail));

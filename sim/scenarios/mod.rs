@@ -22,7 +22,7 @@ use crate::scenario::{ClientSpec, RunOutcome, Scenario};
 use crate::workload::WorkloadProfile;
 
 /// Seeds each family runs under `cargo test` (the sweep runs more).
-pub const TEST_SEEDS: u64 = 4;
+pub const TEST_SEEDS: u64 = 12;
 
 /// Builds a scenario: one RNG stream from `seed` draws every client's plan, then the faults.
 pub fn build(
