@@ -54,6 +54,8 @@ pub struct MapFinal {
     pub state: MapState,
     pub root: u32,
     pub server_root: Option<u32>,
+    /// The root under the 2026-01 clients' `Sum` combine (server only; 0 for clients).
+    pub sum_root: u32,
 }
 
 /// Final states: the server's and each client's, by map name.
@@ -177,27 +179,37 @@ fn server_finals(store: &MemoryStore, maps: &[MapSpec]) -> BTreeMap<String, MapF
                     tombstones,
                 }) => {
                     let replica = OrReplica::from_parts(records, tombstones);
-                    (MapState::from_or(&replica), replica.merkle().root(COMBINE))
+                    (MapState::from_or(&replica), roots(replica.merkle()))
                 }
                 Some(MapSnapshot::Lww { records }) => {
                     let replica = LwwReplica::from_records(records);
-                    (MapState::from_lww(&replica), replica.merkle().root(COMBINE))
+                    (MapState::from_lww(&replica), roots(replica.merkle()))
                 }
                 None => match map.kind {
-                    crate::client::MapKind::Lww => (MapState::from_lww(&LwwReplica::default()), 0),
-                    crate::client::MapKind::Or => (MapState::from_or(&OrReplica::default()), 0),
+                    crate::client::MapKind::Lww => {
+                        (MapState::from_lww(&LwwReplica::default()), (0, 0))
+                    }
+                    crate::client::MapKind::Or => {
+                        (MapState::from_or(&OrReplica::default()), (0, 0))
+                    }
                 },
             };
             (
                 map.name.clone(),
                 MapFinal {
                     state,
-                    root,
+                    root: root.0,
                     server_root: None,
+                    sum_root: root.1,
                 },
             )
         })
         .collect()
+}
+
+/// A tree's root under our combine and under the 2026-01 `Sum` combine.
+fn roots(tree: &topgun::merkle::MerkleTree) -> (u32, u32) {
+    (tree.root(COMBINE), tree.root(topgun::merkle::Combine::Sum))
 }
 
 /// Runs one client's plan, then its quiescence flush and final sync.
@@ -273,6 +285,7 @@ impl Driver {
                     state,
                     root,
                     server_root,
+                    sum_root: 0,
                 },
             );
         }
