@@ -29,7 +29,7 @@ sim *ARGS:
     TOPGUN_SIM_SEED="$SEED" TOPGUN_SIM_COUNT="$COUNT" TOPGUN_SIM_START="$START" \
         TOPGUN_SIM_TRACE="$TRACE" \
         cargo test --test sim "$FILTER" -- --nocapture --test-threads 2 2>&1 \
-        | grep -E "seeds/s|failed on|replay:|^  |panicked|test result"
+        | grep -E "seeds/s|won|lost with|failed on|replay:|^  |panicked|test result"
 
 # Regenerate the checked-in JSON Schemas in schemas/ from the protocol types.
 schemas:
