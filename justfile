@@ -10,9 +10,26 @@ test:
 serve *ARGS:
     cargo run --release -- serve {{ARGS}}
 
-# Deterministic simulations; SEED=... replays one run, COUNT=... sweeps more seeds.
-sim SEED="" COUNT="":
-    TOPGUN_SIM_SEED="{{SEED}}" TOPGUN_SIM_COUNT="{{COUNT}}" cargo test --release --test sim -- --nocapture
+# Deterministic simulations: `just sim [SEED=n] [COUNT=n] [START=n] [FILTER=name] [TRACE=1]`.
+# Without SEED it sweeps COUNT seeds (default 200) per scenario from START (default: derived
+# from the time) and prints seeds/s; SEED=n replays one run (a failure prints that command);
+# FILTER narrows to scenario tests by name; TRACE=1 prints every history.
+sim *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    SEED=""; COUNT="200"; START=""; FILTER="scenarios"; TRACE=""
+    for arg in {{ARGS}}; do
+        case "$arg" in
+            SEED=*|COUNT=*|START=*|FILTER=*|TRACE=*) declare "$arg" ;;
+            *) echo "unknown argument: $arg" >&2; exit 2 ;;
+        esac
+    done
+    if [ -z "$SEED" ] && [ -z "$START" ]; then START="$(date +%s)000"; fi
+    echo "sim: seed=$SEED count=$COUNT start=$START filter=$FILTER"
+    TOPGUN_SIM_SEED="$SEED" TOPGUN_SIM_COUNT="$COUNT" TOPGUN_SIM_START="$START" \
+        TOPGUN_SIM_TRACE="$TRACE" \
+        cargo test --test sim "$FILTER" -- --nocapture --test-threads 2 2>&1 \
+        | grep -E "seeds/s|won|lost with|failed on|replay:|^  |panicked|test result"
 
 # Regenerate the checked-in JSON Schemas in schemas/ from the protocol types.
 schemas:

@@ -1,42 +1,73 @@
-//! Turmoil adapters for the server's seams, a minimal protocol client, and seed handling.
+//! Turmoil adapters for the server's seams (clock, listener, store), the server host, seed
+//! handling and the trace hash.
+//!
+//! Durable store across a crash: the server runs over a [`MemoryStore`] held in a
+//! [`StoreSlot`] *outside* the turmoil host. A crash that keeps the store leaves the slot
+//! alone, so the restarted server reloads what was committed; a crash that loses it puts a
+//! fresh store in the slot. `MemoryStore` commits synchronously inside the host's runtime, so
+//! a run stays deterministic; redb's file I/O and background threads would not be.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use topgun::auth::mint_token;
 use topgun::clock::Clock;
 use topgun::entropy::SeededEntropy;
 use topgun::merkle::Combine;
 use topgun::net::Listener;
-use topgun::protocol::codec::{Frame, decode, encode_msgpack};
-use topgun::protocol::{Auth, Message};
 use topgun::security::Permissions;
 use topgun::server::config::Limits;
 use topgun::server::{Server, ServerOptions};
 use topgun::store::MemoryStore;
 
 pub const SECRET: &str = "simulation-secret-simulation-secret";
+pub const SERVER: &str = "server";
 pub const SERVER_PORT: u16 = 8080;
 /// Wall-clock reading at simulation start (2026-11-26).
 pub const EPOCH_MS: u64 = 1_795_650_000_000;
 
-/// A host's wall clock: simulated elapsed time plus a fixed skew.
-#[derive(Debug, Clone, Copy)]
+/// A host's clock offset in milliseconds, shared between the host's [`SimClock`] and the fault
+/// schedule that skews it or makes it jump.
+#[derive(Debug, Clone, Default)]
+pub struct SkewCell(Arc<AtomicI64>);
+
+impl SkewCell {
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+
+    pub fn shift(&self, delta_ms: i64) {
+        self.0.fetch_add(delta_ms, Ordering::SeqCst);
+    }
+}
+
+/// A host's wall clock: simulated elapsed time plus the host's current skew.
+#[derive(Debug, Clone, Default)]
 pub struct SimClock {
-    pub skew_ms: i64,
+    pub skew: SkewCell,
+}
+
+impl SimClock {
+    /// The reading at `elapsed_ms` of simulated time (for checks made outside the hosts).
+    pub fn reading_at(&self, elapsed_ms: u64) -> u64 {
+        (EPOCH_MS + elapsed_ms).saturating_add_signed(self.skew.get())
+    }
 }
 
 impl Clock for SimClock {
     fn now_millis(&self) -> u64 {
-        let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
-        (EPOCH_MS + elapsed).saturating_add_signed(self.skew_ms)
+        self.reading_at(elapsed_ms())
     }
+}
+
+/// Milliseconds of simulated time on the current host (0 outside a simulation).
+pub fn elapsed_ms() -> u64 {
+    let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// turmoil's listener behind the server's network seam.
@@ -54,22 +85,77 @@ impl Listener for SimListener {
     }
 }
 
+/// The server's store, kept outside the host so it can outlive a crash (see the module doc).
+#[derive(Debug, Clone, Default)]
+pub struct StoreSlot(Arc<Mutex<Arc<MemoryStore>>>);
+
+impl StoreSlot {
+    pub fn current(&self) -> Arc<MemoryStore> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loses every committed write: the next server incarnation starts empty.
+    pub fn wipe(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(MemoryStore::new());
+    }
+}
+
+/// Server settings a scenario chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// HLC strict mode: ops too far ahead of the server clock are rejected.
+    pub hlc_strict: bool,
+    pub max_drift_ms: u64,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            hlc_strict: false,
+            max_drift_ms: 5_000,
+        }
+    }
+}
+
+/// Limits for a simulated server: nothing runs on the worker pool's blocking threads (they
+/// would escape turmoil's scheduler and break determinism), no periodic GC pass, and a
+/// heartbeat long enough that the model clients need not ping.
+fn sim_limits(spec: ServerSpec) -> Limits {
+    Limits {
+        hlc_strict: spec.hlc_strict,
+        max_drift_ms: spec.max_drift_ms,
+        heartbeat_timeout_ms: 600_000,
+        gc_interval_ms: 0,
+        worker_threads: 1,
+        pool_frame_bytes: usize::MAX,
+        pool_batch_ops: usize::MAX,
+        pool_load_keys: usize::MAX,
+        pool_response_rows: usize::MAX,
+        ..Limits::default()
+    }
+}
+
 /// Runs the real server on the current turmoil host until the simulation ends.
-pub async fn run_server(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run_server(
+    seed: u64,
+    spec: ServerSpec,
+    store: StoreSlot,
+    clock: SimClock,
+) -> Result<(), Box<dyn std::error::Error>> {
     let options = ServerOptions {
         node_id: "sim-server".to_owned(),
         jwt_secret: SECRET.to_owned(),
         permissions: Permissions::development_default(),
-        limits: Limits::default(),
-        max_connections: 100,
+        limits: sim_limits(spec),
+        max_connections: 10_000,
         debug: false,
         default_combine: Combine::Fmix,
         search: Default::default(),
     };
     let server = Server::new(
         options,
-        Arc::new(MemoryStore::new()),
-        Arc::new(SimClock { skew_ms: 0 }),
+        store.current(),
+        Arc::new(clock),
         Arc::new(SeededEntropy::new(seed)),
     )?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
@@ -77,66 +163,16 @@ pub async fn run_server(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A raw protocol client over turmoil's network.
-pub struct SimClient {
-    ws: WebSocketStream<turmoil::net::TcpStream>,
-    pub trace: Vec<String>,
-}
-
-impl SimClient {
-    /// Connects to the server host and authenticates as `user`.
-    pub async fn connect(user: &str, clock: &SimClock) -> Result<Self, Box<dyn std::error::Error>> {
-        let stream = turmoil::net::TcpStream::connect(("server", SERVER_PORT)).await?;
-        let (ws, _) = tokio_tungstenite::client_async("ws://server:8080/", stream).await?;
-        let mut client = Self {
-            ws,
-            trace: Vec::new(),
-        };
-        let token = mint_token(SECRET, user, &["USER"], 3_600, clock.now_millis() / 1_000)?;
-        assert!(matches!(client.recv().await?, Message::AuthRequired(_)));
-        client
-            .send(
-                Auth {
-                    token,
-                    protocol_version: None,
-                    device_token: None,
-                }
-                .into(),
-            )
-            .await?;
-        assert!(matches!(client.recv().await?, Message::AuthAck(_)));
-        Ok(client)
-    }
-
-    pub async fn send(&mut self, message: Message) -> Result<(), Box<dyn std::error::Error>> {
-        let bytes = encode_msgpack(&message)?;
-        self.trace.push(format!("C>S {}", message.type_name()));
-        self.ws.send(WsMessage::Binary(bytes.into())).await?;
-        Ok(())
-    }
-
-    pub async fn recv(&mut self) -> Result<Message, Box<dyn std::error::Error>> {
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
-                .await?
-                .ok_or("connection closed")??;
-            if let WsMessage::Binary(bytes) = frame {
-                let message = decode(Frame::Binary(&bytes))?;
-                self.trace.push(format!("S>C {}", message.type_name()));
-                return Ok(message);
-            }
-        }
-    }
-}
-
-/// The seeds a test runs: `TOPGUN_SIM_SEED` alone if set, else `count` seeds (overridden by
-/// `TOPGUN_SIM_COUNT`) starting at a fixed base so CI is reproducible.
+/// The seeds a test runs: `TOPGUN_SIM_SEED` alone if set; else `count` seeds (overridden by
+/// `TOPGUN_SIM_COUNT`) from `TOPGUN_SIM_START`, which defaults to a fixed base so
+/// `cargo test` is reproducible (the sweep passes a time-derived start).
 pub fn seeds(count: u64) -> Vec<u64> {
     if let Some(seed) = env_u64("TOPGUN_SIM_SEED") {
         return vec![seed];
     }
     let count = env_u64("TOPGUN_SIM_COUNT").unwrap_or(count);
-    (0..count).map(|i| 0x5eed_0000 + i).collect()
+    let start = env_u64("TOPGUN_SIM_START").unwrap_or(0x5eed_0000);
+    (0..count).map(|i| start.wrapping_add(i)).collect()
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -147,9 +183,43 @@ fn env_u64(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// A stable hash of a run's trace, printed so two runs can be compared at a glance.
-pub fn trace_hash(lines: &[String]) -> u64 {
-    let mut h = DefaultHasher::new();
-    lines.hash(&mut h);
-    h.finish()
+/// A stable hash (FNV-1a, 64 bit) of a run's trace lines, printed so two runs can be compared
+/// at a glance. Unlike `DefaultHasher` it does not depend on the toolchain.
+pub fn trace_hash<S: AsRef<str>>(lines: &[S]) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in lines {
+        for byte in line.as_ref().bytes().chain(std::iter::once(b'\n')) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_hash_is_fnv1a_and_separates_lines() {
+        const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+        let step = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        // The published FNV-1a 64 value of "a" pins the constants.
+        assert_eq!(step(BASIS, b'a'), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(trace_hash::<&str>(&[]), BASIS);
+        assert_eq!(trace_hash(&["a"]), step(step(BASIS, b'a'), b'\n'));
+        assert_ne!(trace_hash(&["ab", "c"]), trace_hash(&["a", "bc"]));
+    }
+
+    #[test]
+    fn skew_cell_is_shared_by_clones() {
+        let clock = SimClock::default();
+        let cell = clock.skew.clone();
+        cell.set(1_500);
+        cell.shift(-500);
+        assert_eq!(clock.reading_at(10), EPOCH_MS + 10 + 1_000);
+        cell.set(-(EPOCH_MS as i64) - 100);
+        assert_eq!(clock.reading_at(0), 0, "saturates instead of wrapping");
+    }
 }
