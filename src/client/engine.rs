@@ -33,7 +33,7 @@ use super::locks::LockManager;
 use super::maps::{LocalMaps, MapsConfig, lww_mutation, or_mutations};
 use super::oplog::OpLog;
 use super::queries::{QueryConfig, QueryManager};
-use super::search::SearchManager;
+use super::search::{SearchConfig, SearchManager};
 use super::sync::{MapSync, SyncConfig};
 use super::topics::{TopicManager, TopicQueueConfig};
 
@@ -138,6 +138,8 @@ pub(crate) struct Core {
     waiters: BTreeMap<u64, Waiter>,
     /// Maps whose Merkle walk has completed at least once in this run.
     synced_maps: HashSet<String>,
+    /// The map of each live query (a query pins its map in memory).
+    pub query_maps: HashMap<String, String>,
 }
 
 /// An authenticated connection and where its post-auth sequence stands.
@@ -194,13 +196,14 @@ impl Engine {
             maps,
             oplog,
             queries: QueryManager::new(options.queries),
-            search: SearchManager::new(),
+            search: SearchManager::new(SearchConfig::default()),
             topics: TopicManager::new(options.topics.clone()),
             locks: LockManager::new(),
             counters,
             session: None,
             waiters: BTreeMap::new(),
             synced_maps: HashSet::new(),
+            query_maps: HashMap::new(),
         };
         let mut connection = options.connection.clone();
         connection.url = options.url.clone();
@@ -434,7 +437,10 @@ impl Engine {
         }
         core.oplog.disconnected();
         core.search.disconnected();
-        core.locks.disconnected();
+        core.queries.disconnected();
+        for event in core.locks.disconnected() {
+            self.emit(ClientEvent::Lock(event));
+        }
         for event in self.backpressure.set_in_flight(0) {
             self.emit(ClientEvent::Backpressure(event));
         }
@@ -445,15 +451,14 @@ impl Engine {
         let online = Self::is_online(&core);
         let message = match command {
             Command::Unsubscribe(id) => {
-                let map = core.queries.map_of(&id);
-                if let Some(map) = map {
+                if let Some(map) = core.query_maps.remove(&id) {
                     core.maps.query_ref(&map, false);
                 }
                 core.queries.unregister(&id, online)
             }
             Command::SearchUnsubscribe(id) => core.search.unsubscribe(&id, online),
             Command::TopicUnsubscribe(topic) => core.topics.unsubscribe_if_unused(&topic),
-            Command::ReleaseLock(grant) => core.locks.release(&grant),
+            Command::ReleaseLock(grant) => core.locks.release(&grant, self.now_ms()),
         };
         if let Some(message) = message {
             self.send(&core, message);
@@ -464,7 +469,9 @@ impl Engine {
         let now = self.now_ms();
         let mut core = self.core.lock().await;
         core.search.expire(now);
-        core.locks.expire(now);
+        for event in core.locks.expire(now) {
+            self.emit(ClientEvent::Lock(event));
+        }
         let expired: Vec<u64> = core
             .waiters
             .iter()
@@ -656,22 +663,28 @@ impl Engine {
             self.on_sync_message(&mut core, &map, &message).await;
             return;
         }
-        let handled = core.queries.on_message(&message)
-            || core.search.on_message(&message)
-            || core.locks.on_message(&message);
-        if handled {
+        if core.queries.on_message(&message) || core.search.on_message(&message) {
+            return;
+        }
+        if let Some(output) = core.locks.on_message(&message, self.now_ms()) {
+            self.send_all(&core, output.send);
+            for event in output.events {
+                self.emit(ClientEvent::Lock(event));
+            }
+            return;
+        }
+        if let Some(outcome) = core.counters.on_message(&message) {
+            self.send_all(&core, outcome.send);
+            drop(core);
+            if let Some(mutation) = outcome.persist {
+                if let Err(e) = self.store.commit(vec![mutation].into()).await {
+                    tracing::warn!(error = %e, "persisting a counter failed");
+                }
+            }
             return;
         }
         match &message {
             Message::TopicMessage(m) => core.topics.on_message(m),
-            Message::CounterUpdate(_) | Message::CounterResponse(_) => {
-                if let Some(mutation) = core.counters.on_message(&message) {
-                    drop(core);
-                    if let Err(e) = self.store.commit(vec![mutation].into()).await {
-                        tracing::warn!(error = %e, "persisting a counter failed");
-                    }
-                }
-            }
             other => tracing::debug!(kind = other.type_name(), "client ignored a message"),
         }
     }

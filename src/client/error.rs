@@ -4,6 +4,7 @@
 use crate::protocol::WriteConcern;
 
 use super::backpressure::BackpressureError;
+use super::counters::CounterError;
 use super::locks::LockError;
 use super::maps::MapError;
 use super::oplog::OpLogError;
@@ -38,6 +39,9 @@ pub enum ClientError {
     /// A lock could not be taken or released.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// A counter could not be opened or changed.
+    #[error(transparent)]
+    Counter(#[from] CounterError),
     /// A value could not be converted to or from the app's type.
     #[error("value does not match the expected type: {0}")]
     Serde(String),

@@ -3,6 +3,7 @@
 
 use super::backpressure::BackpressureEvent;
 use super::connection::state::StateChange;
+use super::locks::LockEvent;
 use super::maps::MapsEvent;
 use super::queries::QueryManagerEvent;
 use super::topics::TopicEvent;
@@ -33,6 +34,8 @@ pub enum ClientEvent {
     Backpressure(BackpressureEvent),
     /// The offline topic queue dropped or flushed messages.
     Topic(TopicEvent),
+    /// A held lock was lost, lapsed, or its release was refused.
+    Lock(LockEvent),
     /// A map was unloaded from memory (its data stays in the local store).
     Maps(MapsEvent),
     /// A live query was evicted and unsubscribed.

@@ -19,6 +19,7 @@ use super::engine::{Command, Engine};
 use super::locks::LockGrant;
 use super::maps::{MapChange, lww_mutation, or_mutations};
 use super::queries::QueryEvent;
+use super::search::SearchSnapshot;
 
 /// How a single write is confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +332,7 @@ fn is_or_shape<T: DeserializeOwned>() -> bool {
 /// A live query: the current result set and each change.
 pub struct QueryHandle {
     pub(crate) id: String,
-    pub(crate) events: mpsc::UnboundedReceiver<QueryEvent>,
+    pub(crate) events: broadcast::Receiver<QueryEvent>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -341,10 +342,19 @@ impl QueryHandle {
         &self.id
     }
 
-    /// The next result change (the first is the local result). `None` once the query was
-    /// evicted or the client closed.
+    /// The next result change (the first is the local result). `None` once the client is
+    /// gone. A handle that fell behind skips to the newest event (every event carries the
+    /// whole current snapshot, so nothing is lost but intermediate steps).
     pub async fn next(&mut self) -> Option<QueryEvent> {
-        self.events.recv().await
+        loop {
+            match self.events.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, query = %self.id, "query handle skipped events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 
@@ -357,19 +367,24 @@ impl Drop for QueryHandle {
 /// A live full-text search: its current hits.
 pub struct SearchHandle {
     pub(crate) id: String,
-    pub(crate) hits: watch::Receiver<Arc<Vec<SearchHit>>>,
+    pub(crate) results: watch::Receiver<Arc<SearchSnapshot>>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
 impl SearchHandle {
-    /// The current hits.
-    pub fn hits(&self) -> Arc<Vec<SearchHit>> {
-        self.hits.borrow().clone()
+    /// The current hits (empty until the server's first answer; see `snapshot`).
+    pub fn hits(&self) -> Vec<SearchHit> {
+        self.results.borrow().hits.clone()
     }
 
-    /// Waits for the hits to change; `false` once the client is gone.
+    /// The current snapshot: hits, whether they came from the server, the last error.
+    pub fn snapshot(&self) -> Arc<SearchSnapshot> {
+        self.results.borrow().clone()
+    }
+
+    /// Waits for the results to change; `false` once the client is gone.
     pub async fn changed(&mut self) -> bool {
-        self.hits.changed().await.is_ok()
+        self.results.changed().await.is_ok()
     }
 }
 
@@ -403,7 +418,8 @@ impl LockGuard {
     pub async fn release(mut self) {
         if let Some(grant) = self.grant.take() {
             let mut core = self.engine.core.lock().await;
-            if let Some(message) = core.locks.release(&grant) {
+            let now = self.engine.now_ms();
+            if let Some(message) = core.locks.release(&grant, now) {
                 self.engine.send(&core, message);
             }
         }
@@ -435,7 +451,7 @@ impl Counter {
     pub async fn add(&self, delta: f64) -> Result<f64, ClientError> {
         let mut core = self.engine.core.lock().await;
         let online = Engine::is_online(&core);
-        let (value, mutation, message) = core.counters.add(&self.name, delta, online);
+        let (value, mutation, message) = core.counters.add(&self.name, delta, online)?;
         if let Some(message) = message {
             self.engine.send(&core, message);
         }

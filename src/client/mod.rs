@@ -118,15 +118,24 @@ impl TopGunClient {
         let online = Engine::is_online(&core);
         let registered = core.queries.register(map, query, local.into_iter(), online)?;
         core.maps.query_ref(map, true);
-        for message in registered.messages {
+        core.query_maps.insert(registered.id.clone(), map.to_owned());
+        if let Some(message) = registered.subscribe {
             self.engine.send(&core, message);
         }
-        for event in registered.events {
-            let _ = self.engine.events.send(ClientEvent::Query(event));
+        if let Some(eviction) = registered.eviction {
+            let self::queries::QueryManagerEvent::Evicted { query_id, map_name } =
+                &eviction.event;
+            if core.query_maps.remove(query_id).is_some() {
+                core.maps.query_ref(map_name, false);
+            }
+            if let Some(message) = eviction.unsubscribe {
+                self.engine.send(&core, message);
+            }
+            let _ = self.engine.events.send(ClientEvent::Query(eviction.event));
         }
         Ok(QueryHandle {
             id: registered.id,
-            events: registered.events_rx,
+            events: registered.events,
             commands: self.engine.commands.clone(),
         })
     }
@@ -141,7 +150,8 @@ impl TopGunClient {
         let receiver = {
             let mut core = self.engine.core.lock().await;
             let online = Engine::is_online(&core);
-            let (message, receiver) = core.search.search(map, query, options, online)?;
+            let now = self.engine.now_ms();
+            let (message, receiver) = core.search.search(map, query, options, online, now)?;
             self.engine.send(&core, message);
             receiver
         };
@@ -154,18 +164,18 @@ impl TopGunClient {
         map: &str,
         query: &str,
         options: SearchOptions,
-    ) -> SearchHandle {
+    ) -> Result<SearchHandle, ClientError> {
         let mut core = self.engine.core.lock().await;
         let online = Engine::is_online(&core);
-        let (id, hits, message) = core.search.subscribe(map, query, options, online);
-        if let Some(message) = message {
+        let live = core.search.subscribe(map, query, options, online)?;
+        if let Some(message) = live.subscribe {
             self.engine.send(&core, message);
         }
-        SearchHandle {
-            id,
-            hits,
+        Ok(SearchHandle {
+            id: live.id,
+            results: live.results,
             commands: self.engine.commands.clone(),
-        }
+        })
     }
 
     /// A pub/sub topic.
@@ -195,18 +205,18 @@ impl TopGunClient {
     }
 
     /// A PN-counter.
-    pub async fn counter(&self, name: &str) -> Counter {
+    pub async fn counter(&self, name: &str) -> Result<Counter, ClientError> {
         let mut core = self.engine.core.lock().await;
         let online = Engine::is_online(&core);
-        let (_, value, message) = core.counters.open(name, online);
+        let (_, value, message) = core.counters.open(name, online)?;
         if let Some(message) = message {
             self.engine.send(&core, message);
         }
-        Counter {
+        Ok(Counter {
             engine: self.engine.clone(),
             name: name.to_owned(),
             value,
-        }
+        })
     }
 
     /// Everything the app may want to react to: drops, evictions, rejections, state changes.
