@@ -352,16 +352,16 @@ impl Engine {
             walked: HashSet::new(),
             live: false,
         };
-        let config = SyncConfig::default();
         let mut inits = Vec::new();
         for (map, kind) in core.maps.known() {
-            let (walk, init) = match kind {
-                MapKind::Lww => MapSync::lww(&map, config.clone()),
-                MapKind::Or => MapSync::or(&map, config.clone()),
-            };
             session.walked.insert(map.clone());
-            session.walks.insert(map, walk);
-            inits.push(init);
+            match self.start_walk(&mut core, &map, kind).await {
+                Some((walk, init)) => {
+                    session.walks.insert(map, walk);
+                    inits.push(init);
+                }
+                None => tracing::warn!(map, "cannot load a map to sync it; skipped this session"),
+            }
         }
         core.session = Some(session);
         self.send_all(&core, inits);
@@ -372,19 +372,42 @@ impl Engine {
 
     /// A map opened by the app: if this session has not walked it yet (a map new to this
     /// client), walk it now so the server's data arrives without a reconnect.
-    pub fn opened(&self, core: &mut Core, map: &str, kind: MapKind) {
-        let Some(session) = core.session.as_mut() else {
-            return;
-        };
-        if !session.walked.insert(map.to_owned()) {
+    pub async fn opened(&self, core: &mut Core, map: &str, kind: MapKind) {
+        let fresh = core
+            .session
+            .as_mut()
+            .is_some_and(|session| session.walked.insert(map.to_owned()));
+        if !fresh {
             return;
         }
-        let (walk, init) = match kind {
-            MapKind::Lww => MapSync::lww(map, SyncConfig::default()),
-            MapKind::Or => MapSync::or(map, SyncConfig::default()),
+        if let Some((walk, init)) = self.start_walk(core, map, kind).await {
+            if let Some(session) = core.session.as_mut() {
+                session.walks.insert(map.to_owned(), walk);
+            }
+            self.send(core, init);
+        }
+    }
+
+    /// A walk of `map` from its persisted watermark (an OR init carries our tree).
+    async fn start_walk(&self, core: &mut Core, map: &str, kind: MapKind) -> Option<(MapSync, Message)> {
+        let watermark = match self.store.get_meta(&watermark_key(map)).await {
+            Ok(Some(bytes)) => bytes
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes),
+            _ => 0,
         };
-        session.walks.insert(map.to_owned(), walk);
-        self.send(core, init);
+        let config = SyncConfig::default();
+        match kind {
+            MapKind::Lww => Some(MapSync::lww(map, watermark, config)),
+            MapKind::Or => {
+                let (open, _) = core.maps.load(map, MapKind::Or).await.ok()?;
+                match &open.replica {
+                    Replica::Or(replica) => Some(MapSync::or(map, watermark, replica, config)),
+                    Replica::Lww(_) => None,
+                }
+            }
+        }
     }
 
     /// The rest of the sequence once every walk is done: pending ops, queued topic
@@ -658,7 +681,7 @@ impl Engine {
     /// Messages owned by one part: sync walks, queries, search, topics, locks, counters.
     async fn route(&self, message: Message) {
         let mut core = self.core.lock().await;
-        if let Some(map) = super::sync::map_of(&message) {
+        if let Some(map) = super::sync::sync_map_name(&message) {
             let map = map.to_owned();
             self.on_sync_message(&mut core, &map, &message).await;
             return;
@@ -816,7 +839,14 @@ impl Engine {
             }
         };
         let step = match step {
-            Ok(step) => step,
+            Ok(step) => {
+                if let Some(ts) = &step.server_time {
+                    if let Err(e) = core.hlc.update(ts) {
+                        tracing::warn!(error = %e, "server timestamp refused by the local HLC");
+                    }
+                }
+                step
+            }
             Err(e) => {
                 tracing::warn!(map, error = %e, "sync walk failed; it restarts on the next connection");
                 self.finish_walk(core);
@@ -825,14 +855,8 @@ impl Engine {
         };
         self.send_all(core, step.send);
         if step.reset {
-            core.maps.forget(map);
-            if let Err(e) = self
-                .store
-                .commit(vec![Mutation::ClearMap { map: map.to_owned() }].into())
-                .await
-            {
-                tracing::warn!(map, error = %e, "clearing a reset map failed");
-            }
+            self.reset_map(core, map, kind).await;
+            return;
         }
         let mut mutations = Vec::new();
         if let Some(open) = core.maps.get_mut(map) {
@@ -855,12 +879,57 @@ impl Engine {
             }
         }
         if step.done {
+            if let Some(super::sync::SyncOutcome::Synced {
+                synced_at_millis, ..
+            }) = walk.outcome()
+            {
+                let mark = Mutation::PutMeta {
+                    key: watermark_key(map),
+                    value: synced_at_millis.to_le_bytes().to_vec(),
+                };
+                if let Err(e) = self.store.commit(vec![mark].into()).await {
+                    tracing::warn!(map, error = %e, "persisting the sync watermark failed");
+                }
+            }
             core.synced_maps.insert(map.to_owned());
             self.walks_done.send_modify(|n| *n += 1);
         } else if let Some(session) = core.session.as_mut() {
             session.walks.insert(map.to_owned(), walk);
         }
         self.finish_walk(core);
+    }
+
+    /// The server pruned history this map's last sync predates: drop the local copy and
+    /// walk again from nothing (pending ops stay in the op log and are still sent).
+    async fn reset_map(&self, core: &mut Core, map: &str, kind: MapKind) {
+        tracing::info!(map, "server asked for a full resync; clearing the local copy");
+        let clear = vec![
+            Mutation::ClearMap {
+                map: map.to_owned(),
+            },
+            Mutation::PutMeta {
+                key: watermark_key(map),
+                value: 0u64.to_le_bytes().to_vec(),
+            },
+        ];
+        if let Err(e) = self.store.commit(clear.into()).await {
+            tracing::warn!(map, error = %e, "clearing a reset map failed");
+        }
+        core.maps.forget(map);
+        if let Err(e) = core.maps.load(map, kind).await {
+            tracing::warn!(map, error = %e, "reloading a reset map failed");
+            self.finish_walk(core);
+            return;
+        }
+        match self.start_walk(core, map, kind).await {
+            Some((walk, init)) => {
+                if let Some(session) = core.session.as_mut() {
+                    session.walks.insert(map.to_owned(), walk);
+                }
+                self.send(core, init);
+            }
+            None => self.finish_walk(core),
+        }
     }
 
     fn finish_walk(&self, core: &mut Core) {
@@ -905,6 +974,11 @@ fn persisted_state(map: &str, replica: &Replica, key: &str) -> Vec<Mutation> {
             or_mutations(map, key, records, tombstones)
         }
     }
+}
+
+/// The meta key of a map's sync watermark (server time of its last completed walk).
+fn watermark_key(map: &str) -> String {
+    format!("client.synced_at.{map}")
 }
 
 /// The node id: the persisted one, or a new random one persisted before first use
