@@ -101,6 +101,15 @@ impl Node {
     }
 }
 
+impl Node {
+    fn collect_keys<'a>(&'a self, keys: &mut Vec<&'a str>) {
+        keys.extend(self.entries.keys().map(String::as_str));
+        for child in self.children.values() {
+            child.collect_keys(keys);
+        }
+    }
+}
+
 /// The Merkle tree of one map. Emptied nodes are kept (hash 0) and still reported by
 /// [`MerkleTree::buckets`], as the clients do.
 #[derive(Debug, Clone, Default)]
@@ -154,6 +163,17 @@ impl MerkleTree {
         self.node_at(path)
             .filter(|node| !node.entries.is_empty())
             .map(|node| node.entries.keys().map(String::as_str))
+    }
+
+    /// Every key in the subtree at `path` (leaf by leaf, each leaf's keys sorted); empty when
+    /// `path` does not exist. A sync walker pushes these when the other side holds nothing
+    /// under `path`.
+    pub fn keys_under(&self, path: &str) -> Vec<&str> {
+        let mut keys = Vec::new();
+        if let Some(node) = self.node_at(path) {
+            node.collect_keys(&mut keys);
+        }
+        keys
     }
 
     /// Number of keys in the tree.
@@ -415,6 +435,26 @@ mod tests {
         assert_eq!(tree.root(Combine::Sum), 4_241_917_172);
         assert_eq!(tree.root(Combine::Fmix), 2_573_017_089);
         assert_eq!(tree.len(), 2);
+    }
+
+    #[test]
+    fn keys_under_lists_a_whole_subtree() {
+        let mut tree = two_key_tree();
+        let mut all = tree.keys_under("");
+        all.sort_unstable();
+        assert_eq!(all, ["user-1", "user-2"]);
+        assert_eq!(leaf_path("user-2"), "f85");
+        assert_eq!(tree.keys_under("f"), ["user-1", "user-2"]);
+        assert_eq!(tree.keys_under("f5"), ["user-1"]);
+        assert_eq!(tree.keys_under("f85"), ["user-2"]);
+        assert!(tree.keys_under("0").is_empty(), "no such path");
+        assert!(tree.keys_under("f5x").is_empty(), "malformed path");
+        tree.remove("user-1");
+        assert_eq!(
+            tree.keys_under("f"),
+            ["user-2"],
+            "an emptied leaf lists nothing"
+        );
     }
 
     #[test]
