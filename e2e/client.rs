@@ -257,7 +257,7 @@ async fn live_queries_see_local_writes_at_once_and_remote_writes_soon() {
 async fn topic_messages_published_offline_arrive_in_order() {
     let server = TestServer::start().await;
     let listener = online(&server, "alice").await;
-    let mut inbox = listener.topic("chat").subscribe().await;
+    let mut inbox = listener.topic("chat").subscribe().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let gate = Gate::down();
@@ -301,8 +301,8 @@ async fn counters_from_two_clients_converge() {
     let server = TestServer::start().await;
     let a = online(&server, "alice").await;
     let b = online(&server, "bob").await;
-    let likes_a = a.counter("likes").await;
-    let likes_b = b.counter("likes").await;
+    let likes_a = a.counter("likes").await.unwrap();
+    let likes_b = b.counter("likes").await.unwrap();
     for _ in 0..5 {
         likes_a.increment().await.unwrap();
     }
