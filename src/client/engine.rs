@@ -31,7 +31,7 @@ use super::counters::CounterManager;
 use super::events::ClientEvent;
 use super::locks::LockManager;
 use super::maps::{LocalMaps, MapsConfig, lww_mutation, or_mutations};
-use super::oplog::OpLog;
+use super::oplog::{OpLog, Rejection};
 use super::queries::{QueryConfig, QueryManager};
 use super::search::{SearchConfig, SearchManager};
 use super::sync::{MapSync, SyncConfig};
@@ -142,6 +142,20 @@ pub(crate) struct Core {
     pub query_maps: HashMap<String, String>,
 }
 
+impl Core {
+    /// Tells map subscribers and live queries that `keys` of `map` changed.
+    fn changed(&mut self, map: &str, keys: &[String], now: u64) {
+        let Some(open) = self.maps.get_mut(map) else {
+            return;
+        };
+        for key in keys {
+            open.notify(key, now);
+            let value = current_value(&open.replica, key, now);
+            self.queries.on_change(map, key, value.as_ref());
+        }
+    }
+}
+
 /// An authenticated connection and where its post-auth sequence stands.
 struct Session {
     id: SessionId,
@@ -195,7 +209,7 @@ impl Engine {
             hlc,
             maps,
             oplog,
-            queries: QueryManager::new(options.queries),
+            queries: QueryManager::new(options.queries.clone()),
             search: SearchManager::new(SearchConfig::default()),
             topics: TopicManager::new(options.topics.clone()),
             locks: LockManager::new(),
@@ -441,11 +455,20 @@ impl Engine {
             return;
         };
         let mut sent = 0;
-        while let Some(message) = core.topics.flush_front(now) {
+        loop {
+            let (next, events) = core.topics.flush_front(now);
+            for event in events {
+                self.emit(ClientEvent::Topic(event));
+            }
+            let Some((queued, message)) = next else {
+                break;
+            };
             if self.conn.send(session, message).is_err() {
                 break;
             }
-            core.topics.flushed();
+            if let Some(event) = core.topics.flushed(queued) {
+                self.emit(ClientEvent::Topic(event));
+            }
             sent += 1;
         }
         if sent > 0 {
@@ -557,7 +580,11 @@ impl Engine {
     /// Applies the backpressure strategy before a write is recorded.
     pub async fn admit(&self) -> Result<(), ClientError> {
         loop {
-            match self.backpressure.admit() {
+            let (admission, event) = self.backpressure.admit();
+            if let Some(event) = event {
+                self.emit(ClientEvent::Backpressure(event));
+            }
+            match admission {
                 Admission::Proceed => return Ok(()),
                 Admission::Wait => self.backpressure.released().await,
                 Admission::Fail(e) => return Err(e.into()),
@@ -566,12 +593,9 @@ impl Engine {
                     if let Some((op, batch)) = core.oplog.drop_oldest().await? {
                         drop(core);
                         self.store.commit(batch).await?;
+                        let op_id = op.numeric_id().unwrap_or_default();
                         self.emit(ClientEvent::Backpressure(
-                            super::backpressure::BackpressureEvent::Dropped {
-                                op_id: op.numeric_id().unwrap_or_default(),
-                                map_name: op.map_name,
-                                key: op.key,
-                            },
+                            super::backpressure::BackpressureEvent::dropped(&op, op_id),
                         ));
                     }
                     return Ok(());
@@ -630,22 +654,18 @@ impl Engine {
         {
             let mut core = self.core.lock().await;
             for id in &ids {
-                core.oplog.committed(*id);
+                if commit.is_ok() {
+                    core.oplog.committed(*id);
+                } else {
+                    core.oplog.commit_failed(*id);
+                    core.waiters.remove(id);
+                }
             }
             commit?;
             let now = self.now_ms();
             if let Some(open) = core.maps.get_mut(map) {
                 let changed = apply(&mut open.replica);
-                for key in &changed {
-                    open.notify(key, now);
-                }
-                let updates: Vec<(String, Option<serde_json::Value>)> = changed
-                    .iter()
-                    .map(|key| (key.clone(), current_value(&open.replica, key, now)))
-                    .collect();
-                for (key, value) in updates {
-                    core.queries.on_change(map, &key, value.as_ref());
-                }
+                core.changed(map, &changed, now);
             }
         }
         self.pump.notify_one();
@@ -707,7 +727,11 @@ impl Engine {
             return;
         }
         match &message {
-            Message::TopicMessage(m) => core.topics.on_message(m),
+            Message::TopicMessage(m) => {
+                if let Some(unsubscribe) = core.topics.on_message(m) {
+                    self.send(&core, unsubscribe);
+                }
+            }
             other => tracing::debug!(kind = other.type_name(), "client ignored a message"),
         }
     }
@@ -719,10 +743,11 @@ impl Engine {
         };
         let level = ack.achieved_level.unwrap_or(WriteConcern::Applied);
         let mut core = self.core.lock().await;
-        let (trim, _acked) = core.oplog.ack(last_id);
-        core.maps.ops_settled(last_id);
-        let settled: Vec<u64> = core.waiters.range(..=last_id).map(|(id, _)| *id).collect();
-        for id in settled {
+        let (trim, acked) = core.oplog.ack(last_id);
+        if core.oplog.in_flight() == 0 {
+            core.maps.ops_settled(last_id);
+        }
+        for id in acked {
             if let Some(waiter) = core.waiters.remove(&id) {
                 let _ = waiter.reply.send(Ok(level));
             }
@@ -746,20 +771,37 @@ impl Engine {
             return;
         };
         let mut core = self.core.lock().await;
-        core.oplog.rejected(op_id);
-        if let Some(waiter) = core.waiters.remove(&op_id) {
-            let _ = waiter.reply.send(Err(ClientError::Rejected {
-                op_id,
-                code: rejected.code,
-                reason: rejected.reason.clone(),
-            }));
+        let (trim, outcome) = core.oplog.rejected(op_id, rejected.code);
+        match outcome {
+            Rejection::Retry => {
+                // Transient (overload, store trouble): the op stays queued and goes out again
+                // with the next chunk.
+                tracing::debug!(op_id, code = ?rejected.code, "server deferred a write; it will be resent");
+                self.pump.notify_one();
+            }
+            Rejection::Stale => {}
+            Rejection::Final => {
+                if let Some(waiter) = core.waiters.remove(&op_id) {
+                    let _ = waiter.reply.send(Err(ClientError::Rejected {
+                        op_id,
+                        code: rejected.code,
+                        reason: rejected.reason.clone(),
+                    }));
+                }
+                tracing::warn!(op_id, code = ?rejected.code, reason = %rejected.reason, "server rejected a write");
+                self.emit(ClientEvent::OpRejected {
+                    op_id,
+                    code: rejected.code,
+                    reason: rejected.reason,
+                });
+            }
         }
-        tracing::warn!(op_id, code = ?rejected.code, reason = %rejected.reason, "server rejected a write");
-        self.emit(ClientEvent::OpRejected {
-            op_id,
-            code: rejected.code,
-            reason: rejected.reason,
-        });
+        drop(core);
+        if !trim.is_empty() {
+            if let Err(e) = self.store.commit(trim).await {
+                tracing::warn!(error = %e, "removing a rejected op from the log failed");
+            }
+        }
     }
 
     /// Changes other clients made: merged into loaded maps and always into the store (which
@@ -781,14 +823,12 @@ impl Engine {
                     continue;
                 }
                 mutations.push(lww_mutation(&map, &key, record.clone()));
-                if let Some(open) = core.maps.get_mut(&map) {
-                    if let Replica::Lww(r) = &mut open.replica {
-                        if r.merge(&key, record).is_applied() {
-                            open.notify(&key, now);
-                            let value = current_value(&open.replica, &key, now);
-                            core.queries.on_change(&map, &key, value.as_ref());
-                        }
-                    }
+                let applied = match core.maps.get_mut(&map).map(|open| &mut open.replica) {
+                    Some(Replica::Lww(r)) => r.merge(&key, record).is_applied(),
+                    _ => false,
+                };
+                if applied {
+                    core.changed(&map, std::slice::from_ref(&key), now);
                 }
             } else if event.or_record.is_some() || event.or_tag.is_some() {
                 if core.maps.kind_of(&map) == Some(MapKind::Lww) {
@@ -797,16 +837,11 @@ impl Engine {
                 let records: Vec<_> = event.or_record.into_iter().collect();
                 let tags: Vec<_> = event.or_tag.into_iter().collect();
                 mutations.extend(or_mutations(&map, &key, records.clone(), tags.clone()));
-                if let Some(open) = core.maps.get_mut(&map) {
-                    if let Replica::Or(r) = &mut open.replica {
-                        let outcome = r.merge_key(&key, records, tags);
-                        for changed in outcome.touched_keys(&key) {
-                            open.notify(&changed, now);
-                            let value = current_value(&open.replica, &changed, now);
-                            core.queries.on_change(&map, &changed, value.as_ref());
-                        }
-                    }
-                }
+                let touched = match core.maps.get_mut(&map).map(|open| &mut open.replica) {
+                    Some(Replica::Or(r)) => r.merge_key(&key, records, tags).touched_keys(&key),
+                    _ => Vec::new(),
+                };
+                core.changed(&map, &touched, now);
             }
         }
         drop(core);
@@ -858,21 +893,15 @@ impl Engine {
             self.reset_map(core, map, kind).await;
             return;
         }
-        let mut mutations = Vec::new();
-        if let Some(open) = core.maps.get_mut(map) {
-            for key in &step.changed_keys {
-                mutations.extend(persisted_state(map, &open.replica, key));
-                open.notify(key, now);
-            }
-            let updates: Vec<(String, Option<serde_json::Value>)> = step
+        let mutations: Vec<Mutation> = match core.maps.peek(map) {
+            Some(open) => step
                 .changed_keys
                 .iter()
-                .map(|key| (key.clone(), current_value(&open.replica, key, now)))
-                .collect();
-            for (key, value) in updates {
-                core.queries.on_change(map, &key, value.as_ref());
-            }
-        }
+                .flat_map(|key| persisted_state(map, &open.replica, key))
+                .collect(),
+            None => Vec::new(),
+        };
+        core.changed(map, &step.changed_keys, now);
         if !mutations.is_empty() {
             if let Err(e) = self.store.commit(mutations.into()).await {
                 tracing::warn!(map, error = %e, "persisting synced records failed");

@@ -140,8 +140,8 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
                 vec![op],
                 local,
                 move |replica| match replica {
-                    Replica::Lww(r) if r.merge(&key, record).is_applied() => vec![key],
-                    _ => Vec::new(),
+                    Replica::Lww(r) => applied_key(r.merge(&key, record).is_applied(), key),
+                    Replica::Or(_) => Vec::new(),
                 },
                 options.concern,
             )
@@ -214,8 +214,8 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
                 vec![op],
                 local,
                 move |replica| match replica {
-                    Replica::Or(r) if r.apply(&key, record) => vec![key],
-                    _ => Vec::new(),
+                    Replica::Or(r) => applied_key(r.apply(&key, record), key),
+                    Replica::Lww(_) => Vec::new(),
                 },
                 self.engine.options.write_concern,
             )
@@ -287,6 +287,10 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
             _values: PhantomData,
         })
     }
+}
+
+fn applied_key(applied: bool, key: String) -> Vec<String> {
+    if applied { vec![key] } else { Vec::new() }
 }
 
 /// Changes to a map, typed. For an OR map `T` is the `Vec` of a key's values.
@@ -503,31 +507,31 @@ impl Topic {
     }
 
     /// Messages published to this topic from now on.
-    pub async fn subscribe(&self) -> TopicSubscription {
+    pub async fn subscribe(&self) -> Result<TopicSubscription, ClientError> {
         let mut core = self.engine.core.lock().await;
         let online = Engine::is_online(&core);
-        let (receiver, message) = core.topics.subscribe(&self.name, online);
+        let (receiver, message) = core.topics.subscribe(&self.name, online)?;
         if let Some(message) = message {
             self.engine.send(&core, message);
         }
-        TopicSubscription {
+        Ok(TopicSubscription {
             topic: self.name.clone(),
             receiver,
             commands: self.engine.commands.clone(),
-        }
+        })
     }
 }
 
 /// Messages of one topic.
 pub struct TopicSubscription {
     topic: String,
-    receiver: broadcast::Receiver<super::topics::TopicMessage>,
+    receiver: broadcast::Receiver<super::topics::TopicDelivery>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 impl TopicSubscription {
     /// The next message; `None` once the client is gone.
-    pub async fn next(&mut self) -> Option<super::topics::TopicMessage> {
+    pub async fn next(&mut self) -> Option<super::topics::TopicDelivery> {
         loop {
             match self.receiver.recv().await {
                 Ok(message) => return Some(message),

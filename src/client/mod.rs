@@ -84,7 +84,7 @@ impl TopGunClient {
     ) -> Result<LwwMap<T>, ClientError> {
         let mut core = self.engine.core.lock().await;
         core.maps.load(name, MapKind::Lww).await?;
-        self.engine.opened(&mut core, name, MapKind::Lww);
+        self.engine.opened(&mut core, name, MapKind::Lww).await;
         Ok(LwwMap {
             engine: self.engine.clone(),
             name: name.to_owned(),
@@ -99,7 +99,7 @@ impl TopGunClient {
     ) -> Result<OrMap<T>, ClientError> {
         let mut core = self.engine.core.lock().await;
         core.maps.load(name, MapKind::Or).await?;
-        self.engine.opened(&mut core, name, MapKind::Or);
+        self.engine.opened(&mut core, name, MapKind::Or).await;
         Ok(OrMap {
             engine: self.engine.clone(),
             name: name.to_owned(),
