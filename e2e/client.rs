@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -18,6 +18,9 @@ use topgun::query::Query;
 use topgun::store::{BoxFuture, MemoryStore, RedbStore, Store};
 
 use crate::harness::{SERVER_NOW_MS, TestServer, token};
+
+/// Entropy seeds handed to clients, one each.
+static NEXT_SEED: AtomicU64 = AtomicU64::new(1);
 
 /// How long a convergence wait may take before the test fails.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -63,11 +66,14 @@ fn options(server: &TestServer, user: &str) -> ClientOptions {
 }
 
 async fn start(options: ClientOptions, store: Arc<dyn Store>, gate: &Gate) -> TopGunClient {
+    // Each client draws its own node id from the store-less entropy seam: distinct seeds,
+    // or two clients would stamp identical timestamps and OR tags.
+    let seed = NEXT_SEED.fetch_add(1, Ordering::SeqCst);
     let seams = Seams {
         store,
         connector: Arc::new(gate.clone()),
         clock: Arc::new(ManualClock::new(SERVER_NOW_MS)),
-        entropy: Arc::new(SeededEntropy::new(42)),
+        entropy: Arc::new(SeededEntropy::new(seed)),
     };
     TopGunClient::start(options, seams).await.unwrap()
 }
@@ -110,7 +116,12 @@ async fn open_redb(dir: &Path) -> Arc<dyn Store> {
 async fn offline_writes_reach_the_server_after_reconnect() {
     let server = TestServer::start().await;
     let gate = Gate::down();
-    let writer = start(options(&server, "alice"), Arc::new(MemoryStore::new()), &gate).await;
+    let writer = start(
+        options(&server, "alice"),
+        Arc::new(MemoryStore::new()),
+        &gate,
+    )
+    .await;
     let todos = writer.get_map_async::<Value>("todos").await.unwrap();
     let tags = writer.get_or_map_async::<String>("tags").await.unwrap();
     for i in 0..50 {
@@ -123,7 +134,11 @@ async fn offline_writes_reach_the_server_after_reconnect() {
     tags.add("t1", &"urgent".to_owned()).await.unwrap();
     tags.add("t1", &"home".to_owned()).await.unwrap();
     tags.remove("t1", &"home".to_owned()).await.unwrap();
-    assert_eq!(writer.pending_ops().await, 54, "every offline write is pending");
+    assert_eq!(
+        writer.pending_ops().await,
+        54,
+        "every offline write is pending"
+    );
     assert_eq!(
         todos.get("t7").await.unwrap(),
         Some(json!({"title": "todo 7"})),
@@ -133,7 +148,10 @@ async fn offline_writes_reach_the_server_after_reconnect() {
     gate.set_down(false);
     writer.reconnect();
     writer.wait_synced(SETTLE).await.unwrap();
-    eventually("every op acked", || async { writer.pending_ops().await == 0 }).await;
+    eventually("every op acked", || async {
+        writer.pending_ops().await == 0
+    })
+    .await;
 
     let reader = online(&server, "bob").await;
     let todos = reader.get_map_async::<Value>("todos").await.unwrap();
@@ -155,10 +173,18 @@ async fn pending_ops_survive_a_killed_client() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::down();
     {
-        let client = start(options(&server, "alice"), open_redb(dir.path()).await, &gate).await;
+        let client = start(
+            options(&server, "alice"),
+            open_redb(dir.path()).await,
+            &gate,
+        )
+        .await;
         let notes = client.get_map_async::<String>("notes").await.unwrap();
         for i in 0..20 {
-            notes.set(&format!("n{i}"), &format!("note {i}")).await.unwrap();
+            notes
+                .set(&format!("n{i}"), &format!("note {i}"))
+                .await
+                .unwrap();
         }
         assert_eq!(client.pending_ops().await, 20);
         // Killed: no close, no flush; only what the store committed survives.
@@ -166,7 +192,12 @@ async fn pending_ops_survive_a_killed_client() {
         client.close().await;
     }
     gate.set_down(false);
-    let client = start(options(&server, "alice"), open_redb(dir.path()).await, &gate).await;
+    let client = start(
+        options(&server, "alice"),
+        open_redb(dir.path()).await,
+        &gate,
+    )
+    .await;
     assert_eq!(client.pending_ops().await, 20, "the op log came back");
     client.wait_synced(SETTLE).await.unwrap();
     eventually("the restored ops were acked", || async {
@@ -235,17 +266,29 @@ async fn live_queries_see_local_writes_at_once_and_remote_writes_soon() {
 
     let tasks = b.get_map_async::<Value>("tasks").await.unwrap();
     tasks.set("mine", &json!({"done": false})).await.unwrap();
-    let local = tokio::time::timeout(SETTLE, live.next()).await.unwrap().unwrap();
+    let local = tokio::time::timeout(SETTLE, live.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(format!("{local:?}").contains("mine"), "{local:?}");
 
     let theirs = a.get_map_async::<Value>("tasks").await.unwrap();
     theirs.set("theirs", &json!({"done": false})).await.unwrap();
-    theirs.set("finished", &json!({"done": true})).await.unwrap();
+    theirs
+        .set("finished", &json!({"done": true}))
+        .await
+        .unwrap();
     let deadline = Instant::now() + SETTLE;
     loop {
-        let event = tokio::time::timeout(SETTLE, live.next()).await.unwrap().unwrap();
+        let event = tokio::time::timeout(SETTLE, live.next())
+            .await
+            .unwrap()
+            .unwrap();
         let text = format!("{event:?}");
-        assert!(!text.contains("finished"), "a non-matching row leaked: {text}");
+        assert!(
+            !text.contains("finished"),
+            "a non-matching row leaked: {text}"
+        );
         if text.contains("theirs") {
             break;
         }
@@ -290,9 +333,15 @@ async fn locks_are_exclusive_and_fencing_tokens_grow() {
         (guard.fencing_token(), b, guard)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "bob must wait while alice holds the lock");
+    assert!(
+        !waiting.is_finished(),
+        "bob must wait while alice holds the lock"
+    );
     held.release().await;
-    let (second, _b, _guard) = tokio::time::timeout(SETTLE, waiting).await.unwrap().unwrap();
+    let (second, _b, _guard) = tokio::time::timeout(SETTLE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(second > first, "fencing tokens grow: {first} then {second}");
 }
 
@@ -354,7 +403,12 @@ async fn a_hundred_thousand_offline_writes_sync() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::down();
-    let client = start(options(&server, "alice"), open_redb(dir.path()).await, &gate).await;
+    let client = start(
+        options(&server, "alice"),
+        open_redb(dir.path()).await,
+        &gate,
+    )
+    .await;
     let map = Arc::new(client.get_map_async::<u64>("bulk").await.unwrap());
 
     let started = Instant::now();

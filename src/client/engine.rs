@@ -203,7 +203,16 @@ impl Engine {
         let hlc = Hlc::new(node_id.clone(), seams.clock.clone(), options.hlc)
             .map_err(|e| ClientError::NodeId(e.to_string()))?;
         let oplog = OpLog::open(store.clone()).await?;
-        let maps = LocalMaps::open(store.clone(), options.maps).await?;
+        let events = broadcast::channel(EVENT_CAPACITY).0;
+        let evictions = events.clone();
+        let maps = LocalMaps::open(
+            store.clone(),
+            options.maps,
+            Arc::new(move |event| {
+                let _ = evictions.send(ClientEvent::Maps(event));
+            }),
+        )
+        .await?;
         let counters = CounterManager::new(node_id.clone(), store.load_counters().await?);
         let core = Core {
             hlc,
@@ -235,7 +244,7 @@ impl Engine {
             store,
             clock: seams.clock,
             entropy: seams.entropy,
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
             backpressure: BackpressureController::new(options.backpressure.clone()),
             commands,
             node_id,
@@ -348,9 +357,7 @@ impl Engine {
             }
             ConnectionEvent::Lost { reason, .. } => self.on_lost(&reason).await,
             ConnectionEvent::AuthRequired => self.emit(ClientEvent::AuthRequired),
-            ConnectionEvent::AuthFailed { reason } => {
-                self.emit(ClientEvent::AuthFailed { reason })
-            }
+            ConnectionEvent::AuthFailed { reason } => self.emit(ClientEvent::AuthFailed { reason }),
             ConnectionEvent::ReconnectExhausted { attempts } => {
                 self.emit(ClientEvent::ReconnectExhausted { attempts })
             }
@@ -403,7 +410,12 @@ impl Engine {
     }
 
     /// A walk of `map` from its persisted watermark (an OR init carries our tree).
-    async fn start_walk(&self, core: &mut Core, map: &str, kind: MapKind) -> Option<(MapSync, Message)> {
+    async fn start_walk(
+        &self,
+        core: &mut Core,
+        map: &str,
+        kind: MapKind,
+    ) -> Option<(MapSync, Message)> {
         let watermark = match self.store.get_meta(&watermark_key(map)).await {
             Ok(Some(bytes)) => bytes
                 .get(..8)
@@ -415,7 +427,7 @@ impl Engine {
         match kind {
             MapKind::Lww => Some(MapSync::lww(map, watermark, config)),
             MapKind::Or => {
-                let (open, _) = core.maps.load(map, MapKind::Or).await.ok()?;
+                let open = core.maps.load(map, MapKind::Or).await.ok()?;
                 match &open.replica {
                     Replica::Or(replica) => Some(MapSync::or(map, watermark, replica, config)),
                     Replica::Lww(_) => None,
@@ -806,7 +818,11 @@ impl Engine {
 
     /// Changes other clients made: merged into loaded maps and always into the store (which
     /// merges by the same CRDT rules, so an unloaded map needs no loading).
-    async fn on_server_events(&self, events: Vec<ServerEventPayload>, timestamp: Option<Timestamp>) {
+    async fn on_server_events(
+        &self,
+        events: Vec<ServerEventPayload>,
+        timestamp: Option<Timestamp>,
+    ) {
         let now = self.now_ms();
         let mut core = self.core.lock().await;
         if let Some(ts) = &timestamp {
@@ -858,16 +874,12 @@ impl Engine {
         let Some(kind) = core.maps.kind_of(map) else {
             return;
         };
-        let Some(mut walk) = core
-            .session
-            .as_mut()
-            .and_then(|s| s.walks.remove(map))
-        else {
+        let Some(mut walk) = core.session.as_mut().and_then(|s| s.walks.remove(map)) else {
             tracing::debug!(map, "sync message without a running walk ignored");
             return;
         };
         let step = match core.maps.load(map, kind).await {
-            Ok((open, _)) => walk.on_message(message, &mut open.replica),
+            Ok(open) => walk.on_message(message, &mut open.replica),
             Err(e) => {
                 tracing::warn!(map, error = %e, "cannot load a map to sync it");
                 return;
@@ -931,7 +943,10 @@ impl Engine {
     /// The server pruned history this map's last sync predates: drop the local copy and
     /// walk again from nothing (pending ops stay in the op log and are still sent).
     async fn reset_map(&self, core: &mut Core, map: &str, kind: MapKind) {
-        tracing::info!(map, "server asked for a full resync; clearing the local copy");
+        tracing::info!(
+            map,
+            "server asked for a full resync; clearing the local copy"
+        );
         let clear = vec![
             Mutation::ClearMap {
                 map: map.to_owned(),

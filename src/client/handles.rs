@@ -47,7 +47,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
     pub async fn get(&self, key: &str) -> Result<Option<T>, ClientError> {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Lww).await?;
+        let open = core.maps.load(&self.name, MapKind::Lww).await?;
         match open.values(key, now).into_iter().next() {
             Some(value) => Ok(Some(serde_json::from_value(value)?)),
             None => Ok(None),
@@ -58,7 +58,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
     pub async fn entries(&self) -> Result<Vec<(String, T)>, ClientError> {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Lww).await?;
+        let open = core.maps.load(&self.name, MapKind::Lww).await?;
         open.entries(now)
             .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_value(v)?)))
@@ -89,7 +89,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
     /// Every later change to this map, local or remote.
     pub async fn subscribe(&self) -> Result<MapSubscription<T>, ClientError> {
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Lww).await?;
+        let open = core.maps.load(&self.name, MapKind::Lww).await?;
         Ok(MapSubscription {
             changes: open.subscribe(),
             _values: PhantomData,
@@ -166,7 +166,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
     pub async fn values(&self, key: &str) -> Result<Vec<T>, ClientError> {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Or).await?;
+        let open = core.maps.load(&self.name, MapKind::Or).await?;
         open.values(key, now)
             .into_iter()
             .map(|v| Ok(serde_json::from_value(v)?))
@@ -177,7 +177,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
     pub async fn entries(&self) -> Result<Vec<(String, Vec<T>)>, ClientError> {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Or).await?;
+        let open = core.maps.load(&self.name, MapKind::Or).await?;
         open.entries(now)
             .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_value(v)?)))
@@ -228,7 +228,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
         let value = serde_json::to_value(value)?;
         let tags: Vec<String> = {
             let mut core = self.engine.core.lock().await;
-            let (open, _) = core.maps.load(&self.name, MapKind::Or).await?;
+            let open = core.maps.load(&self.name, MapKind::Or).await?;
             match &open.replica {
                 Replica::Or(r) => r
                     .map()
@@ -281,7 +281,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
     /// Every later change to this map, local or remote.
     pub async fn subscribe(&self) -> Result<MapSubscription<Vec<T>>, ClientError> {
         let mut core = self.engine.core.lock().await;
-        let (open, _) = core.maps.load(&self.name, MapKind::Or).await?;
+        let open = core.maps.load(&self.name, MapKind::Or).await?;
         Ok(MapSubscription {
             changes: open.subscribe(),
             _values: PhantomData,

@@ -145,9 +145,13 @@ impl OpenMap {
     }
 }
 
+/// Where residency events go (the engine forwards them to the app).
+pub type MapsEventSink = Arc<dyn Fn(MapsEvent) + Send + Sync>;
+
 /// The loaded maps, the set of every map known locally, and what keeps a map loaded.
 pub struct LocalMaps {
     store: Arc<dyn Store>,
+    on_event: MapsEventSink,
     open: LruCache<String, OpenMap>,
     capacity: usize,
     known: BTreeMap<String, MapKind>,
@@ -159,10 +163,15 @@ pub struct LocalMaps {
 
 impl LocalMaps {
     /// Reads which maps the store holds; loads none of them yet.
-    pub async fn open(store: Arc<dyn Store>, config: MapsConfig) -> Result<Self, StoreError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        config: MapsConfig,
+        on_event: MapsEventSink,
+    ) -> Result<Self, StoreError> {
         let known = store.list_maps().await?.into_iter().collect();
         Ok(Self {
             store,
+            on_event,
             open: LruCache::unbounded(),
             capacity: config.max_open_maps.max(1),
             known,
@@ -201,13 +210,9 @@ impl LocalMaps {
         self.open.peek(map)
     }
 
-    /// Loads `map` as `kind` (from the store, or empty if new) and returns it with the
-    /// evictions loading it caused.
-    pub async fn load(
-        &mut self,
-        map: &str,
-        kind: MapKind,
-    ) -> Result<(&mut OpenMap, Vec<MapsEvent>), MapError> {
+    /// Loads `map` as `kind` (from the store, or empty if new); evictions this causes go to
+    /// the event sink.
+    pub async fn load(&mut self, map: &str, kind: MapKind) -> Result<&mut OpenMap, MapError> {
         validate_map_name(map)?;
         if let Some(actual) = self.known.get(map).copied() {
             if actual != kind {
@@ -218,21 +223,22 @@ impl LocalMaps {
                 });
             }
         }
-        let mut events = Vec::new();
         if !self.open.contains(map) {
             let replica = match self.store.load_map(map).await? {
                 Some(snapshot) => replica_from(snapshot),
                 None => Replica::empty(kind),
             };
             self.open.put(map.to_owned(), OpenMap::new(replica));
-            events = self.evict_over_capacity(map);
+            for event in self.evict_over_capacity(map) {
+                (self.on_event)(event);
+            }
         }
         self.known.insert(map.to_owned(), kind);
         // Present by now (eviction never takes `map`); the closure only satisfies the API.
         let open = self
             .open
             .get_or_insert_mut(map.to_owned(), || OpenMap::new(Replica::empty(kind)));
-        Ok((open, events))
+        Ok(open)
     }
 
     /// Remembers that op `op_id` of `map` awaits its ack (the map is pinned until then).
@@ -367,6 +373,27 @@ mod tests {
         }
     }
 
+    /// Local maps over `store` whose events land in the returned list.
+    async fn maps_over(
+        store: Arc<dyn Store>,
+        max_open_maps: usize,
+    ) -> (LocalMaps, Arc<std::sync::Mutex<Vec<MapsEvent>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let maps = LocalMaps::open(
+            store,
+            MapsConfig { max_open_maps },
+            Arc::new(move |e| sink.lock().unwrap().push(e)),
+        )
+        .await
+        .unwrap();
+        (maps, seen)
+    }
+
+    fn drain(seen: &std::sync::Mutex<Vec<MapsEvent>>) -> Vec<MapsEvent> {
+        std::mem::take(&mut *seen.lock().unwrap())
+    }
+
     async fn store_with(maps: &[&str]) -> Arc<dyn Store> {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let mut batch = WriteBatch::new();
@@ -380,10 +407,10 @@ mod tests {
     #[tokio::test]
     async fn loading_reads_the_store_and_checks_the_kind() {
         let store = store_with(&["a"]).await;
-        let mut maps = LocalMaps::open(store, MapsConfig::default()).await.unwrap();
+        let (mut maps, _) = maps_over(store, 64).await;
         assert_eq!(maps.known(), vec![("a".to_owned(), MapKind::Lww)]);
         assert!(!maps.is_loaded("a"));
-        let (open, _) = maps.load("a", MapKind::Lww).await.unwrap();
+        let open = maps.load("a", MapKind::Lww).await.unwrap();
         assert_eq!(open.values("k", 0), vec![json!("a")]);
         let err = maps.load("a", MapKind::Or).await.unwrap_err();
         assert!(matches!(err, MapError::KindMismatch { .. }), "{err}");
@@ -396,14 +423,12 @@ mod tests {
     #[tokio::test]
     async fn eviction_takes_the_least_recently_used_idle_map() {
         let store = store_with(&["a", "b", "c", "d"]).await;
-        let mut maps = LocalMaps::open(store, MapsConfig { max_open_maps: 2 })
-            .await
-            .unwrap();
+        let (mut maps, seen) = maps_over(store, 2).await;
         maps.load("a", MapKind::Lww).await.unwrap();
         maps.load("b", MapKind::Lww).await.unwrap();
         maps.get_mut("a");
-        let (_, events) = maps.load("c", MapKind::Lww).await.unwrap();
-        assert_eq!(events, vec![MapsEvent::Evicted { map: "b".into() }]);
+        maps.load("c", MapKind::Lww).await.unwrap();
+        assert_eq!(drain(&seen), vec![MapsEvent::Evicted { map: "b".into() }]);
         assert!(maps.is_loaded("a") && maps.is_loaded("c"));
         assert_eq!(maps.known().len(), 4, "evicted maps stay in the sync set");
     }
@@ -411,23 +436,22 @@ mod tests {
     #[tokio::test]
     async fn maps_in_use_are_never_evicted() {
         let store = store_with(&["a", "b", "c", "d"]).await;
-        let mut maps = LocalMaps::open(store, MapsConfig { max_open_maps: 1 })
-            .await
-            .unwrap();
-        let (a, _) = maps.load("a", MapKind::Lww).await.unwrap();
+        let (mut maps, seen) = maps_over(store, 1).await;
+        let a = maps.load("a", MapKind::Lww).await.unwrap();
         let _watching = a.subscribe();
         maps.op_pending("b", 7);
         maps.load("b", MapKind::Lww).await.unwrap();
         maps.query_ref("c", true);
-        let (_, events) = maps.load("c", MapKind::Lww).await.unwrap();
+        maps.load("c", MapKind::Lww).await.unwrap();
+        let events = drain(&seen);
         assert!(events.is_empty(), "all three are in use: {events:?}");
         assert_eq!(maps.loaded(), 3);
 
         maps.ops_settled(7);
         maps.query_ref("c", false);
-        let (_, events) = maps.load("d", MapKind::Lww).await.unwrap();
+        maps.load("d", MapKind::Lww).await.unwrap();
         assert_eq!(
-            events,
+            drain(&seen),
             vec![
                 MapsEvent::Evicted { map: "b".into() },
                 MapsEvent::Evicted { map: "c".into() }
@@ -453,8 +477,8 @@ mod tests {
             .commit(or_mutations("m", "k", vec![], vec!["5:0:n1".into()]).into())
             .await
             .unwrap();
-        let mut maps = LocalMaps::open(store, MapsConfig::default()).await.unwrap();
-        let (open, _) = maps.load("m", MapKind::Or).await.unwrap();
+        let (mut maps, _) = maps_over(store, 64).await;
+        let open = maps.load("m", MapKind::Or).await.unwrap();
         assert!(open.values("k", 0).is_empty());
         let Replica::Or(r) = &open.replica else {
             panic!("kind")

@@ -113,18 +113,20 @@ impl TopGunClient {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
         let kind = core.maps.kind_of(map).unwrap_or(MapKind::Lww);
-        let (open, _) = core.maps.load(map, kind).await?;
+        let open = core.maps.load(map, kind).await?;
         let local = open.entries(now);
         let online = Engine::is_online(&core);
-        let registered = core.queries.register(map, query, local.into_iter(), online)?;
+        let registered = core
+            .queries
+            .register(map, query, local.into_iter(), online)?;
         core.maps.query_ref(map, true);
-        core.query_maps.insert(registered.id.clone(), map.to_owned());
+        core.query_maps
+            .insert(registered.id.clone(), map.to_owned());
         if let Some(message) = registered.subscribe {
             self.engine.send(&core, message);
         }
         if let Some(eviction) = registered.eviction {
-            let self::queries::QueryManagerEvent::Evicted { query_id, map_name } =
-                &eviction.event;
+            let self::queries::QueryManagerEvent::Evicted { query_id, map_name } = &eviction.event;
             if core.query_maps.remove(query_id).is_some() {
                 core.maps.query_ref(map_name, false);
             }
