@@ -63,8 +63,8 @@ pub struct BenchArgs {
     /// WebSocket URL of the server.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
-    /// A ready token used by every connection.
-    #[arg(long, global = true, conflicts_with = "secret")]
+    /// A ready token used by every connection (takes precedence over `--secret`).
+    #[arg(long, global = true)]
     pub token: Option<String>,
     /// The server's HS256 secret: a token is minted per connection. Defaults to the
     /// development secret.
