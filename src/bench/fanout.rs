@@ -392,7 +392,7 @@ mod tests {
             sent_micros: 3,
         });
         assert_eq!(
-            stamp(delivered_values(&batch_event(&[v.clone()]))[0]),
+            stamp(delivered_values(&batch_event(std::slice::from_ref(&v)))[0]),
             expected
         );
         let update = message(json!({"type": "QUERY_UPDATE", "payload": {
@@ -407,7 +407,7 @@ mod tests {
         let mut s = subscriber();
         let v = json!({"w": 0, "s": 1, "t": 10});
         let received = s.epoch + Duration::from_millis(5);
-        s.on_message(&batch_event(&[v.clone()]), received, &counters);
+        s.on_message(&batch_event(std::slice::from_ref(&v)), received, &counters);
         let update = message(json!({"type": "QUERY_UPDATE", "payload": {
             "queryId": "q", "key": "k0", "value": v, "changeType": "ENTER"}}));
         s.on_message(&update, received, &counters);
