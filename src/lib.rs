@@ -14,8 +14,10 @@
 //! - **Security**: [`auth`] (JWT, principals) and [`security`] (permission policies).
 //! - **Server**: [`server`], the WebSocket server built from all of the above.
 //! - **Client**: [`client`], the offline-first Rust client SDK.
+//! - **Tools**: [`bench`], `topgun bench`, a load generator speaking the raw protocol.
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod entropy;

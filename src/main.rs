@@ -1,4 +1,4 @@
-//! The `topgun` command line: `serve` (the default), `token`, `schemas`.
+//! The `topgun` command line: `serve` (the default), `token`, `schemas`, `bench`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +49,8 @@ enum Command {
         #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Load-test a TopGun server (any implementation) over its WebSocket protocol.
+    Bench(topgun::bench::BenchArgs),
     /// Regenerate the JSON Schemas of every protocol message into a directory.
     Schemas {
         /// Output directory.
@@ -77,6 +79,13 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Bench(args)) => match topgun::bench::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => serve(ServeArgs::parse_from_env()),
     }
 }

@@ -1,0 +1,593 @@
+//! `topgun bench write`, and the writer loop the other workloads reuse: a connection sends
+//! `OP_BATCH`es shaped like the TypeScript client's (decimal op ids, `PUT` ops with LWW
+//! records on the writer's own HLC) and matches each `OP_ACK` (`lastId` acks every op ≤ it)
+//! to the batches in flight, recording send → ack latency.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+use crate::clock::{Clock, SystemClock};
+use crate::hlc::Timestamp;
+use crate::protocol::{
+    ClientOp, Message, OpBatch, OpBatchPayload, OpType, WriteConcern, encode_msgpack, parse_op_id,
+};
+use crate::record::LwwRecord;
+
+use super::conn::Conn;
+use super::measure::{Counters, Latencies, Percentiles, Progress, Window};
+use super::report::{Rows, human_bytes, human_count, ms};
+use super::{BenchError, Context, WriteArgs};
+
+/// How long a batch may wait for its ack before it counts as lost.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a writer waits for outstanding acks after it stops sending.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Servers close authenticated connections without a `PING` for 20 s (TopGun: 20 s).
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Which keys a writer writes.
+pub enum KeyPlan {
+    /// Uniformly random keys `0..space`, forever (until the window ends).
+    Random { space: u64 },
+    /// Exactly these keys, in order, then the writer stops.
+    Listed(VecDeque<u64>),
+}
+
+/// What value a writer puts.
+#[derive(Clone)]
+pub enum ValuePlan {
+    /// `{"v": <padding>}`.
+    Padding(String),
+    /// `{"w": writer, "s": sequence, "t": µs since epoch, "p": <padding>}`, so a subscriber
+    /// can tell which write it received and when it was sent.
+    Stamped {
+        writer: u64,
+        epoch: Instant,
+        padding: String,
+    },
+}
+
+/// Everything one writer needs.
+pub struct WriterSpec {
+    pub map: String,
+    pub key_prefix: String,
+    pub keys: KeyPlan,
+    pub batch: usize,
+    /// Batches in flight at most (1 = fire-and-wait).
+    pub pipeline: usize,
+    pub write_concern: Option<WriteConcern>,
+    /// The pause between batch sends for a rate limit.
+    pub batch_interval: Option<Duration>,
+    pub value: ValuePlan,
+    /// The writer's HLC node id (unique per connection).
+    pub node_id: String,
+    pub seed: u64,
+}
+
+/// What one writer achieved within the measurement window.
+#[derive(Debug)]
+pub struct WriterOutcome {
+    pub latencies: Latencies,
+    /// Ops sent in the window and acknowledged.
+    pub acked_ops: u64,
+    /// Ops sent in the window that were never acknowledged.
+    pub unacked_ops: u64,
+}
+
+/// A batch on its way.
+struct InFlight {
+    last_id: u64,
+    sent: Instant,
+    ops: u64,
+}
+
+/// One writer's state: its key/value choices, op ids and HLC.
+struct Writer {
+    spec: WriterSpec,
+    rng: ChaCha8Rng,
+    next_id: u64,
+    sequence: u64,
+    counter: u32,
+    last_millis: u64,
+}
+
+impl Writer {
+    fn new(spec: WriterSpec) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        Self {
+            spec,
+            rng,
+            next_id: 1,
+            sequence: 0,
+            counter: 0,
+            last_millis: 0,
+        }
+    }
+
+    fn has_more(&self) -> bool {
+        match &self.spec.keys {
+            KeyPlan::Random { .. } => true,
+            KeyPlan::Listed(keys) => !keys.is_empty(),
+        }
+    }
+
+    /// The next HLC timestamp: wall-clock millis, the counter breaking ties.
+    fn tick(&mut self) -> Timestamp {
+        let now = SystemClock.now_millis();
+        if now > self.last_millis {
+            self.last_millis = now;
+            self.counter = 0;
+        } else {
+            self.counter = self.counter.wrapping_add(1);
+        }
+        Timestamp::new(self.last_millis, self.counter, self.spec.node_id.clone())
+    }
+
+    fn next_key(&mut self) -> Option<u64> {
+        match &mut self.spec.keys {
+            KeyPlan::Random { space } => Some(self.rng.random_range(0..(*space).max(1))),
+            KeyPlan::Listed(keys) => keys.pop_front(),
+        }
+    }
+
+    fn value(&mut self) -> Value {
+        self.sequence += 1;
+        match &self.spec.value {
+            ValuePlan::Padding(padding) => json!({ "v": padding }),
+            ValuePlan::Stamped {
+                writer,
+                epoch,
+                padding,
+            } => {
+                let sent = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                json!({ "w": writer, "s": self.sequence, "t": sent, "p": padding })
+            }
+        }
+    }
+
+    /// The next `OP_BATCH` (encoded) and the id of its last op, or `None` when done.
+    fn next_batch(&mut self) -> Result<Option<(Vec<u8>, u64, u64)>, BenchError> {
+        let mut ops = Vec::with_capacity(self.spec.batch);
+        while ops.len() < self.spec.batch.max(1) {
+            let Some(key) = self.next_key() else { break };
+            let id = self.next_id;
+            self.next_id += 1;
+            let value = self.value();
+            ops.push(ClientOp {
+                id: Some(id.to_string()),
+                map_name: self.spec.map.clone(),
+                key: format!("{}{key}", self.spec.key_prefix),
+                op_type: Some(OpType::Put),
+                record: Some(LwwRecord {
+                    value: Some(value),
+                    timestamp: self.tick(),
+                    ttl_ms: None,
+                }),
+                or_record: None,
+                or_tag: None,
+                write_concern: None,
+                timeout: None,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let count = ops.len() as u64;
+        let last_id = self.next_id - 1;
+        let message = Message::OpBatch(OpBatch {
+            payload: OpBatchPayload {
+                ops,
+                write_concern: self.spec.write_concern,
+                timeout: None,
+            },
+        });
+        let bytes = encode_msgpack(&message).map_err(|e| BenchError::Encode(e.to_string()))?;
+        Ok(Some((bytes, last_id, count)))
+    }
+}
+
+/// Runs one writer on `conn` until the window ends (or its keys run out), then waits for
+/// the acks still outstanding.
+pub async fn run_writer(
+    conn: &mut Conn,
+    spec: WriterSpec,
+    window: Window,
+    counters: &Counters,
+) -> Result<WriterOutcome, BenchError> {
+    let pipeline = spec.pipeline.max(1);
+    let interval = spec.batch_interval;
+    let mut writer = Writer::new(spec);
+    let mut outcome = WriterOutcome {
+        latencies: Latencies::new()?,
+        acked_ops: 0,
+        unacked_ops: 0,
+    };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut next_send = Instant::now();
+    let mut next_ping = Instant::now() + PING_EVERY;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let sending = Instant::now() < window.end && writer.has_more();
+        if !sending {
+            if in_flight.is_empty() {
+                break;
+            }
+            drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+        }
+        let can_send = sending && in_flight.len() < pipeline;
+        let oldest = in_flight.front().map(|f| f.sent + ACK_TIMEOUT);
+        tokio::select! {
+            biased;
+            message = conn.recv() => {
+                let message = message?;
+                on_message(&message, &mut in_flight, &window, &mut outcome, counters);
+            }
+            _ = sleep_until(next_send), if can_send => {
+                let Some((bytes, last_id, ops)) = writer.next_batch()? else { continue };
+                let sent = Instant::now();
+                conn.send_bytes(bytes).await?;
+                in_flight.push_back(InFlight { last_id, sent, ops });
+                next_send = interval.map_or(sent, |every| (next_send + every).max(sent));
+            }
+            _ = sleep_until(window.end), if sending => {}
+            _ = sleep_until(oldest.unwrap_or(window.end)), if oldest.is_some() => {
+                if let Some(lost) = in_flight.pop_front() {
+                    counters.error();
+                    if window.measures(lost.sent) {
+                        outcome.unacked_ops += lost.ops;
+                    }
+                }
+            }
+            _ = sleep_until(drain_deadline.unwrap_or(window.end)), if drain_deadline.is_some() => {
+                for lost in in_flight.drain(..).filter(|f| window.measures(f.sent)) {
+                    outcome.unacked_ops += lost.ops;
+                }
+                break;
+            }
+            _ = sleep_until(next_ping) => {
+                conn.ping(SystemClock.now_millis()).await?;
+                next_ping = Instant::now() + PING_EVERY;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Matches an `OP_ACK` to the batches it acknowledges; counts `ERROR`s and rejections.
+fn on_message(
+    message: &Message,
+    in_flight: &mut VecDeque<InFlight>,
+    window: &Window,
+    outcome: &mut WriterOutcome,
+    counters: &Counters,
+) {
+    match message {
+        Message::OpAck(ack) => {
+            let failed = ack
+                .payload
+                .results
+                .iter()
+                .flatten()
+                .filter(|r| !r.success)
+                .count();
+            for _ in 0..failed {
+                counters.error();
+            }
+            let Ok(last_id) = parse_op_id(&ack.payload.last_id) else {
+                counters.error();
+                return;
+            };
+            let now = Instant::now();
+            while in_flight.front().is_some_and(|f| f.last_id <= last_id) {
+                let Some(done) = in_flight.pop_front() else {
+                    break;
+                };
+                counters.acked_ops.fetch_add(done.ops, Ordering::Relaxed);
+                if window.measures(done.sent) {
+                    outcome.acked_ops += done.ops;
+                    outcome.latencies.record(now - done.sent);
+                }
+            }
+        }
+        Message::Error(_) | Message::OpRejected(_) => counters.error(),
+        _ => {}
+    }
+}
+
+/// A printable padding of `bytes` random alphanumeric characters.
+pub fn padding(rng: &mut impl Rng, bytes: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..bytes)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// The `write` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteReport {
+    pub connections: usize,
+    pub connected: usize,
+    pub batch_ops: usize,
+    pub keys: u64,
+    pub value_bytes: usize,
+    /// `"fire-and-wait"` or `"pipeline N"`.
+    pub mode: String,
+    pub write_concern: Option<WriteConcern>,
+    pub measured_secs: f64,
+    pub acked_ops: u64,
+    pub acked_ops_per_sec: f64,
+    pub unacked_ops: u64,
+    /// Send → `OP_ACK` of each batch.
+    pub batch_latency: Percentiles,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub errors: u64,
+}
+
+impl WriteReport {
+    /// The table rows.
+    pub fn rows(&self) -> Rows {
+        vec![
+            (
+                "connections".into(),
+                format!("{} of {}", self.connected, self.connections),
+            ),
+            ("mode".into(), self.mode.clone()),
+            (
+                "write concern".into(),
+                self.write_concern
+                    .map_or_else(|| "default".to_owned(), |wc| format!("{wc:?}")),
+            ),
+            (
+                "batch / keys / value".into(),
+                format!(
+                    "{} ops / {} keys / {} B",
+                    self.batch_ops, self.keys, self.value_bytes
+                ),
+            ),
+            ("measured".into(), format!("{:.1} s", self.measured_secs)),
+            (
+                "acked ops".into(),
+                format!(
+                    "{} ({}/s)",
+                    human_count(self.acked_ops as f64),
+                    human_count(self.acked_ops_per_sec)
+                ),
+            ),
+            ("unacked ops".into(), self.unacked_ops.to_string()),
+            (
+                "ack latency p50 / p99".into(),
+                format!(
+                    "{} / {}",
+                    ms(self.batch_latency.p50_ms),
+                    ms(self.batch_latency.p99_ms)
+                ),
+            ),
+            (
+                "ack latency p99.9 / max".into(),
+                format!(
+                    "{} / {}",
+                    ms(self.batch_latency.p999_ms),
+                    ms(self.batch_latency.max_ms)
+                ),
+            ),
+            (
+                "sent / received".into(),
+                format!(
+                    "{} / {}",
+                    human_bytes(self.sent_bytes as f64),
+                    human_bytes(self.received_bytes as f64)
+                ),
+            ),
+            ("errors".into(), self.errors.to_string()),
+        ]
+    }
+}
+
+/// Runs `topgun bench write`.
+pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchError> {
+    let pipeline = if args.wait { 1 } else { args.pipeline.max(1) };
+    let batch_interval = per_connection_interval(args.rate, args.connections, args.batch);
+    let conns = ctx.open_many(args.connections).await;
+    let connected = conns.len();
+    if connected == 0 {
+        return Err(BenchError::NoConnections);
+    }
+    let _progress = Progress::start("write", ctx.counters.clone());
+    let window = Window::starting_now(ctx.warmup, ctx.duration);
+    let mut tasks = JoinSet::new();
+    for (index, mut conn) in conns {
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ index as u64);
+        let spec = WriterSpec {
+            map: args.map.clone(),
+            key_prefix: "k".to_owned(),
+            keys: KeyPlan::Random { space: args.keys },
+            batch: args.batch,
+            pipeline,
+            write_concern: args.write_concern,
+            batch_interval,
+            value: ValuePlan::Padding(padding(&mut rng, args.value_bytes)),
+            node_id: ctx.node_id(index),
+            seed: rng.next_u64(),
+        };
+        let counters = ctx.counters.clone();
+        tasks.spawn(async move {
+            let outcome = run_writer(&mut conn, spec, window, &counters).await;
+            conn.close().await;
+            outcome
+        });
+    }
+    let traffic = window.measure(&ctx.counters).await;
+    let mut latencies = Latencies::new()?;
+    let (mut acked_ops, mut unacked_ops) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(outcome)) => {
+                latencies.add(&outcome.latencies);
+                acked_ops += outcome.acked_ops;
+                unacked_ops += outcome.unacked_ops;
+            }
+            Ok(Err(_)) | Err(_) => ctx.counters.error(),
+        }
+    }
+    let measured_secs = window.measured().as_secs_f64();
+    Ok(WriteReport {
+        connections: args.connections,
+        connected,
+        batch_ops: args.batch,
+        keys: args.keys,
+        value_bytes: args.value_bytes,
+        mode: if pipeline == 1 {
+            "fire-and-wait".to_owned()
+        } else {
+            format!("pipeline {pipeline}")
+        },
+        write_concern: args.write_concern,
+        measured_secs,
+        acked_ops,
+        acked_ops_per_sec: acked_ops as f64 / measured_secs.max(f64::EPSILON),
+        unacked_ops,
+        batch_latency: latencies.percentiles(),
+        sent_bytes: traffic.sent_bytes,
+        received_bytes: traffic.received_bytes,
+        errors: ctx.counters.snapshot().errors,
+    })
+}
+
+/// The pause between one connection's batches that keeps the total at `rate` ops/s
+/// (`None` for no limit).
+pub fn per_connection_interval(rate: u64, connections: usize, batch: usize) -> Option<Duration> {
+    (rate > 0)
+        .then(|| Duration::from_secs_f64((connections.max(1) * batch.max(1)) as f64 / rate as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(keys: KeyPlan, batch: usize) -> WriterSpec {
+        WriterSpec {
+            map: "m".to_owned(),
+            key_prefix: "k".to_owned(),
+            keys,
+            batch,
+            pipeline: 1,
+            write_concern: None,
+            batch_interval: None,
+            value: ValuePlan::Padding("xx".to_owned()),
+            node_id: "bench-1".to_owned(),
+            seed: 3,
+        }
+    }
+
+    fn decode_batch(bytes: &[u8]) -> OpBatchPayload {
+        match crate::protocol::decode(crate::protocol::Frame::Binary(bytes)) {
+            Ok(Message::OpBatch(b)) => b.payload,
+            other => panic!("not an OP_BATCH: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_number_ops_consecutively_and_name_the_last() {
+        let mut w = Writer::new(spec(KeyPlan::Random { space: 10 }, 3));
+        let (bytes, last, count) = w.next_batch().unwrap().unwrap();
+        assert_eq!((last, count), (3, 3));
+        let payload = decode_batch(&bytes);
+        let ids: Vec<_> = payload.ops.iter().map(|o| o.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["1", "2", "3"]);
+        assert!(payload.ops.iter().all(|o| o.op_type == Some(OpType::Put)));
+        let (_, last, _) = w.next_batch().unwrap().unwrap();
+        assert_eq!(last, 6);
+    }
+
+    #[test]
+    fn timestamps_strictly_increase_within_a_writer() {
+        let mut w = Writer::new(spec(KeyPlan::Random { space: 10 }, 1));
+        let stamps: Vec<_> = (0..100).map(|_| w.tick()).collect();
+        assert!(stamps.windows(2).all(|p| p[0] < p[1]));
+    }
+
+    #[test]
+    fn listed_keys_are_written_once_then_the_writer_stops() {
+        let mut w = Writer::new(spec(KeyPlan::Listed(VecDeque::from([4, 7, 9])), 2));
+        let (first, _, _) = w.next_batch().unwrap().unwrap();
+        let (second, _, count) = w.next_batch().unwrap().unwrap();
+        assert_eq!(count, 1);
+        assert!(w.next_batch().unwrap().is_none());
+        assert!(!w.has_more());
+        let keys: Vec<_> = decode_batch(&first)
+            .ops
+            .into_iter()
+            .chain(decode_batch(&second).ops)
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["k4", "k7", "k9"]);
+    }
+
+    #[test]
+    fn stamped_values_carry_writer_and_sequence() {
+        let mut s = spec(KeyPlan::Random { space: 1 }, 2);
+        s.value = ValuePlan::Stamped {
+            writer: 5,
+            epoch: Instant::now(),
+            padding: "p".to_owned(),
+        };
+        let mut w = Writer::new(s);
+        let (bytes, _, _) = w.next_batch().unwrap().unwrap();
+        let ops = decode_batch(&bytes).ops;
+        let value = ops[1].record.as_ref().unwrap().value.clone().unwrap();
+        assert_eq!(value["w"], 5);
+        assert_eq!(value["s"], 2);
+        assert!(value["t"].is_u64());
+    }
+
+    #[test]
+    fn rate_limit_spreads_over_connections() {
+        assert_eq!(per_connection_interval(0, 10, 10), None);
+        assert_eq!(
+            per_connection_interval(1_000, 10, 10),
+            Some(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn padding_has_the_requested_length() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let p = padding(&mut rng, 37);
+        assert_eq!(p.len(), 37);
+        assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[tokio::test]
+    async fn an_ack_settles_every_batch_up_to_its_id() {
+        let counters = Counters::default();
+        let window = Window::starting_now(Duration::ZERO, Duration::from_secs(60));
+        let mut outcome = WriterOutcome {
+            latencies: Latencies::new().unwrap(),
+            acked_ops: 0,
+            unacked_ops: 0,
+        };
+        let sent = Instant::now();
+        let mut in_flight: VecDeque<InFlight> = [(10, 10), (20, 10), (30, 10)]
+            .into_iter()
+            .map(|(last_id, ops)| InFlight { last_id, sent, ops })
+            .collect();
+        let ack: Message = serde_json::from_value(json!({
+            "type": "OP_ACK", "payload": {"lastId": "20"}
+        }))
+        .unwrap();
+        on_message(&ack, &mut in_flight, &window, &mut outcome, &counters);
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(outcome.acked_ops, 20);
+        assert_eq!(outcome.latencies.count(), 2);
+        assert_eq!(counters.snapshot().acked_ops, 20);
+    }
+}
