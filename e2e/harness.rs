@@ -32,6 +32,11 @@ pub const SERVER_NODE: &str = "server-e2e";
 pub const SERVER_NOW_MS: u64 = 1_790_000_000_000;
 /// The client node id of the fake client clock.
 pub const CLIENT_NODE: &str = "client-a";
+/// Held by tests that load the whole machine (TEST-03) or measure latency (the worker-pool
+/// test), so the two never run at once and the latency bound measures the server, not a
+/// neighbouring test.
+pub static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long any single receive may take before the test fails instead of hanging.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 

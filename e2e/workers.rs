@@ -98,6 +98,7 @@ async fn measure_pings_against(url: String) -> (Message, Vec<Duration>) {
 /// connection task stalls every other connection, which is exactly what the pool prevents.
 #[tokio::test]
 async fn a_huge_batch_does_not_stall_another_connections_ping() {
+    let _alone = crate::harness::EXCLUSIVE.lock().await;
     let server = TestServer::start().await;
     let t = Transcript::default();
 

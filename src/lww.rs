@@ -91,6 +91,20 @@ impl LwwMap {
         )
     }
 
+    /// Removes `key`'s record if it still carries `timestamp` (a write the server rejected is
+    /// withdrawn; a newer write since is kept). Not a CRDT operation: only the writer of that
+    /// record may do this, and only for a record no other replica accepted.
+    pub fn forget(&mut self, key: &str, timestamp: &Timestamp) -> bool {
+        let matches = self
+            .records
+            .get(key)
+            .is_some_and(|record| record.timestamp == *timestamp);
+        if matches {
+            self.records.remove(key);
+        }
+        matches
+    }
+
     /// The live value of `key`: `None` for missing keys, tombstones and expired records.
     pub fn get(&self, key: &str, now_millis: u64) -> Option<&Value> {
         self.records

@@ -40,6 +40,15 @@ impl LwwReplica {
         outcome
     }
 
+    /// Withdraws `key`'s record if it still carries `timestamp` (see [`LwwMap::forget`]).
+    pub fn forget(&mut self, key: &str, timestamp: &Timestamp) -> bool {
+        let forgotten = self.map.forget(key, timestamp);
+        if forgotten {
+            self.merkle.remove(key);
+        }
+        forgotten
+    }
+
     /// Turns TTL-expired records into tombstones (see [`LwwMap::expire`]).
     pub fn expire(&mut self, now_millis: u64, server_node_id: &str) -> Vec<(String, LwwRecord)> {
         let tombstones = self.map.expire(now_millis, server_node_id);
@@ -224,6 +233,18 @@ mod tests {
             "a losing write changes nothing"
         );
         assert_eq!(r.merkle().root(Combine::Fmix), 752_903_945);
+    }
+
+    #[test]
+    fn forgetting_a_record_takes_it_out_of_the_tree() {
+        let mut r = LwwReplica::default();
+        r.merge("a", lww(json!(1), 10, "n"));
+        let before = r.merkle().root(Combine::Fmix);
+        r.merge("b", lww(json!(2), 20, "n"));
+        assert!(!r.forget("b", &Timestamp::new(19, 0, "n")), "another write");
+        assert!(r.forget("b", &Timestamp::new(20, 0, "n")));
+        assert_eq!(r.map().record("b"), None);
+        assert_eq!(r.merkle().root(Combine::Fmix), before);
     }
 
     #[test]

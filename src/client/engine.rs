@@ -315,6 +315,43 @@ impl Engine {
         }
     }
 
+    /// Registers a live query over `map` (local result first, then the server's).
+    pub async fn register_query(
+        &self,
+        map: &str,
+        query: crate::query::Query,
+    ) -> Result<super::handles::QueryHandle, ClientError> {
+        let now = self.now_ms();
+        let mut core = self.core.lock().await;
+        let kind = core.maps.kind_of(map).unwrap_or(MapKind::Lww);
+        let local = core.maps.load(map, kind).await?.entries(now);
+        let online = Self::is_online(&core);
+        let registered = core
+            .queries
+            .register(map, query, local.into_iter(), online)?;
+        core.maps.query_ref(map, true);
+        core.query_maps
+            .insert(registered.id.clone(), map.to_owned());
+        if let Some(message) = registered.subscribe {
+            self.send(&core, message);
+        }
+        if let Some(eviction) = registered.eviction {
+            let super::queries::QueryManagerEvent::Evicted { query_id, map_name } = &eviction.event;
+            if core.query_maps.remove(query_id).is_some() {
+                core.maps.query_ref(map_name, false);
+            }
+            if let Some(message) = eviction.unsubscribe {
+                self.send(&core, message);
+            }
+            self.emit(ClientEvent::Query(eviction.event));
+        }
+        Ok(super::handles::QueryHandle {
+            id: registered.id,
+            events: registered.events,
+            commands: self.commands.clone(),
+        })
+    }
+
     // ---- the task ---------------------------------------------------------------------
 
     async fn run(
@@ -784,6 +821,8 @@ impl Engine {
         };
         let mut core = self.core.lock().await;
         let (trim, outcome) = core.oplog.rejected(op_id, rejected.code);
+        let mut undo: Vec<Mutation> = Vec::new();
+        let mut rewalk: Option<String> = None;
         match outcome {
             Rejection::Retry => {
                 // Transient (overload, store trouble): the op stays queued and goes out again
@@ -793,6 +832,14 @@ impl Engine {
             }
             Rejection::Stale => {}
             Rejection::Final => {
+                match core.oplog.read(op_id).await {
+                    Ok(Some(op)) => {
+                        undo.extend(self.withdraw(&mut core, &op));
+                        rewalk = Some(op.map_name);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(op_id, error = %e, "cannot read a rejected op"),
+                }
                 if let Some(waiter) = core.waiters.remove(&op_id) {
                     let _ = waiter.reply.send(Err(ClientError::Rejected {
                         op_id,
@@ -808,12 +855,42 @@ impl Engine {
                 });
             }
         }
-        drop(core);
-        if !trim.is_empty() {
-            if let Err(e) = self.store.commit(trim).await {
-                tracing::warn!(error = %e, "removing a rejected op from the log failed");
+        let mut batch: Vec<Mutation> = undo;
+        batch.extend(trim.mutations().iter().cloned());
+        if !batch.is_empty() {
+            if let Err(e) = self.store.commit(batch.into()).await {
+                tracing::warn!(error = %e, "removing a rejected op failed");
             }
         }
+        if let Some(op) = rewalk {
+            self.opened(&mut core, &op, MapKind::Lww).await;
+        }
+    }
+
+    /// Takes back a rejected LWW write (defect 17: a rejected write must not keep winning
+    /// locally): the record goes if it is still the rejected one, and the map is walked again
+    /// so the server's record for the key returns. OR ops stay (an add the server refused is
+    /// a tag no one else holds; a refused remove is repaired by the next walk's pull).
+    fn withdraw(&self, core: &mut Core, op: &ClientOp) -> Option<Mutation> {
+        let record = op.record.as_ref().filter(|_| !op.is_or_op())?;
+        let map = op.map_name.as_str();
+        let forgotten = match core.maps.get_mut(map).map(|open| &mut open.replica) {
+            Some(Replica::Lww(replica)) => replica.forget(&op.key, &record.timestamp),
+            _ => false,
+        };
+        if forgotten {
+            core.changed(map, std::slice::from_ref(&op.key), self.now_ms());
+        }
+        if let Some(session) = core.session.as_mut() {
+            if !session.walks.contains_key(map) {
+                session.walked.remove(map);
+            }
+        }
+        Some(Mutation::ForgetLww {
+            map: op.map_name.clone(),
+            key: op.key.clone(),
+            timestamp: record.timestamp.clone(),
+        })
     }
 
     /// Changes other clients made: merged into loaded maps and always into the store (which

@@ -88,12 +88,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
 
     /// Every later change to this map, local or remote.
     pub async fn subscribe(&self) -> Result<MapSubscription<T>, ClientError> {
-        let mut core = self.engine.core.lock().await;
-        let open = core.maps.load(&self.name, MapKind::Lww).await?;
-        Ok(MapSubscription {
-            changes: open.subscribe(),
-            _values: PhantomData,
-        })
+        map_subscription(&self.engine, &self.name, MapKind::Lww).await
     }
 
     fn default_options(&self) -> WriteOptions {
@@ -280,12 +275,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
 
     /// Every later change to this map, local or remote.
     pub async fn subscribe(&self) -> Result<MapSubscription<Vec<T>>, ClientError> {
-        let mut core = self.engine.core.lock().await;
-        let open = core.maps.load(&self.name, MapKind::Or).await?;
-        Ok(MapSubscription {
-            changes: open.subscribe(),
-            _values: PhantomData,
-        })
+        map_subscription(&self.engine, &self.name, MapKind::Or).await
     }
 }
 
@@ -293,9 +283,38 @@ fn applied_key(applied: bool, key: String) -> Vec<String> {
     if applied { vec![key] } else { Vec::new() }
 }
 
+/// Subscribes to `map`'s changes. The server sends a map's changes to every connection with
+/// a live query on it, so the subscription holds one (a one-row window keeps its initial
+/// answer small); dropping the subscription drops the query.
+async fn map_subscription<T>(
+    engine: &Arc<Engine>,
+    map: &str,
+    kind: MapKind,
+) -> Result<MapSubscription<T>, ClientError> {
+    let changes = engine
+        .core
+        .lock()
+        .await
+        .maps
+        .load(map, kind)
+        .await?
+        .subscribe();
+    let window = crate::query::Query {
+        limit: Some(1),
+        ..crate::query::Query::default()
+    };
+    let server_feed = engine.register_query(map, window).await?;
+    Ok(MapSubscription {
+        changes,
+        _server_feed: server_feed,
+        _values: PhantomData,
+    })
+}
+
 /// Changes to a map, typed. For an OR map `T` is the `Vec` of a key's values.
 pub struct MapSubscription<T> {
     changes: broadcast::Receiver<MapChange>,
+    _server_feed: QueryHandle,
     _values: PhantomData<fn() -> T>,
 }
 

@@ -110,36 +110,7 @@ impl TopGunClient {
     /// A live query over `map`; the first event is the local result, server results and
     /// every later change (local or remote) follow.
     pub async fn query(&self, map: &str, query: Query) -> Result<QueryHandle, ClientError> {
-        let now = self.engine.now_ms();
-        let mut core = self.engine.core.lock().await;
-        let kind = core.maps.kind_of(map).unwrap_or(MapKind::Lww);
-        let open = core.maps.load(map, kind).await?;
-        let local = open.entries(now);
-        let online = Engine::is_online(&core);
-        let registered = core
-            .queries
-            .register(map, query, local.into_iter(), online)?;
-        core.maps.query_ref(map, true);
-        core.query_maps
-            .insert(registered.id.clone(), map.to_owned());
-        if let Some(message) = registered.subscribe {
-            self.engine.send(&core, message);
-        }
-        if let Some(eviction) = registered.eviction {
-            let self::queries::QueryManagerEvent::Evicted { query_id, map_name } = &eviction.event;
-            if core.query_maps.remove(query_id).is_some() {
-                core.maps.query_ref(map_name, false);
-            }
-            if let Some(message) = eviction.unsubscribe {
-                self.engine.send(&core, message);
-            }
-            let _ = self.engine.events.send(ClientEvent::Query(eviction.event));
-        }
-        Ok(QueryHandle {
-            id: registered.id,
-            events: registered.events,
-            commands: self.engine.commands.clone(),
-        })
+        self.engine.register_query(map, query).await
     }
 
     /// A one-shot full-text search of `map` on the server (fails offline).

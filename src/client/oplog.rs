@@ -298,6 +298,18 @@ impl OpLog {
         (self.trim(), acked)
     }
 
+    /// The stored op `id`, if it is still in the log (for undoing a rejected write locally).
+    pub async fn read(&self, id: u64) -> Result<Option<ClientOp>, OpLogError> {
+        let rows = self.store.read_journal(id, 1).await?;
+        match rows.into_iter().next() {
+            Some((sequence, bytes)) if sequence == id => match decode(id, &bytes)? {
+                Entry::Op(op) => Ok(Some(*op)),
+                Entry::Dropped => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// `OP_REJECTED { opId: id, code }`: a transient code sends the op (and its chunk's later
     /// ops, whose ack the server held back) again; any other code finishes it for good.
     /// Returns the trim batch to commit and what happened.

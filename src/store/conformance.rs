@@ -19,6 +19,7 @@ macro_rules! store_conformance_tests {
             round_trips_or_records_and_tombstones,
             map_kind_is_fixed_at_first_touch,
             removals_do_not_create_maps,
+            forget_withdraws_only_the_named_record,
             failed_batch_changes_nothing,
             mutations_apply_in_batch_order,
             out_of_order_commits_never_regress,
@@ -296,6 +297,31 @@ pub(crate) async fn map_kind_is_fixed_at_first_touch(store: &dyn Store) {
         store.load_map("o").await.unwrap(),
         Some(MapSnapshot::empty(MapKind::Or))
     );
+}
+
+pub(crate) async fn forget_withdraws_only_the_named_record(store: &dyn Store) {
+    commit(
+        store,
+        vec![
+            put_lww("m", "a", lww(Some(json!(1)), 10)),
+            put_lww("m", "b", lww(Some(json!(2)), 20)),
+        ],
+    )
+    .await
+    .unwrap();
+    let forget = |key: &str, millis| Mutation::ForgetLww {
+        map: "m".into(),
+        key: key.into(),
+        timestamp: Timestamp::new(millis, 0, "node-a"),
+    };
+    // `b` was overwritten since the withdrawn write: it stays.
+    commit(store, vec![forget("a", 10), forget("b", 19)])
+        .await
+        .unwrap();
+    let Some(MapSnapshot::Lww { records }) = store.load_map("m").await.unwrap() else {
+        panic!("m is an LWW map")
+    };
+    assert_eq!(records.keys().collect::<Vec<_>>(), ["b"]);
 }
 
 pub(crate) async fn removals_do_not_create_maps(store: &dyn Store) {

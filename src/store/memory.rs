@@ -80,6 +80,17 @@ impl State {
                     records.remove(&key);
                 }
             }
+            Mutation::ForgetLww {
+                map,
+                key,
+                timestamp,
+            } => {
+                if let Some(MapSnapshot::Lww { records }) = self.maps.get_mut(&map)
+                    && records.get(&key).is_some_and(|r| r.timestamp == timestamp)
+                {
+                    records.remove(&key);
+                }
+            }
             Mutation::PutOrKey { map, key, records } if records.is_empty() => {
                 if let Some(MapSnapshot::Or {
                     records: items,

@@ -145,6 +145,16 @@ pub enum Mutation {
         /// The key.
         key: String,
     },
+    /// Remove an LWW record outright if it still carries `timestamp`: a client withdrawing its
+    /// own write that the server rejected (a newer record written since is kept).
+    ForgetLww {
+        /// The map.
+        map: String,
+        /// The key.
+        key: String,
+        /// The timestamp of the record to withdraw.
+        timestamp: crate::hlc::Timestamp,
+    },
     /// Merge records into an OR key: union with the stored ones, minus tombstoned tags; a key
     /// left with no records is deleted.
     PutOrKey {
@@ -228,7 +238,9 @@ impl Mutation {
         match self {
             Self::SetMapKind { map, kind } => Some((map, Claim(*kind))),
             Self::PutLww { map, .. } => Some((map, Claim(MapKind::Lww))),
-            Self::DeleteLww { map, .. } => Some((map, Require(MapKind::Lww))),
+            Self::DeleteLww { map, .. } | Self::ForgetLww { map, .. } => {
+                Some((map, Require(MapKind::Lww)))
+            }
             Self::PutOrKey { map, records, .. } if records.is_empty() => {
                 Some((map, Require(MapKind::Or)))
             }

@@ -515,6 +515,21 @@ impl<'txn> WriteTables<'txn> {
                 }
                 Ok(())
             }
+            Mutation::ForgetLww {
+                map,
+                key,
+                timestamp,
+            } => {
+                if self
+                    .stored_lww(map, key)?
+                    .is_some_and(|record| record.timestamp == *timestamp)
+                {
+                    self.lww
+                        .remove((map.as_str(), key.as_str()))
+                        .map_err(backend("forget an LWW record"))?;
+                }
+                Ok(())
+            }
             Mutation::PutOrKey { map, key, records } => {
                 if !records.is_empty() {
                     self.claim(map, MapKind::Or)?;
