@@ -392,7 +392,10 @@ pub fn page(mut records: Vec<Record>, options: &FindManyOptions) -> Vec<Record> 
 }
 
 /// The record's key: its `id`, or a fresh one (written into the record) when missing.
-fn ensure_id(record: &mut Record, fresh: impl FnOnce() -> String) -> Result<String, AuthStoreError> {
+fn ensure_id(
+    record: &mut Record,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, AuthStoreError> {
     match record.get("id") {
         Some(Value::String(id)) => Ok(id.clone()),
         None | Some(Value::Null) => {
@@ -679,12 +682,29 @@ mod tests {
         assert!(holds(WhereOp::Gt, "score", json!(2)));
         assert!(!holds(WhereOp::Gt, "score", json!(2.5)));
         assert!(holds(WhereOp::Gte, "score", json!(2.5)));
-        assert!(holds(WhereOp::Lt, "age", json!(30.5)), "mixed int and float");
+        assert!(
+            holds(WhereOp::Lt, "age", json!(30.5)),
+            "mixed int and float"
+        );
         // ISO timestamps order as strings.
-        assert!(holds(WhereOp::Gt, "createdAt", json!("2026-01-01T00:00:00.000Z")));
-        assert!(!holds(WhereOp::Gt, "createdAt", json!("2026-02-01T00:00:00.000Z")));
-        assert!(!holds(WhereOp::Lt, "age", json!("99")), "number vs string never matches");
-        assert!(!holds(WhereOp::Gte, "missing", json!(0)), "missing field never orders");
+        assert!(holds(
+            WhereOp::Gt,
+            "createdAt",
+            json!("2026-01-01T00:00:00.000Z")
+        ));
+        assert!(!holds(
+            WhereOp::Gt,
+            "createdAt",
+            json!("2026-02-01T00:00:00.000Z")
+        ));
+        assert!(
+            !holds(WhereOp::Lt, "age", json!("99")),
+            "number vs string never matches"
+        );
+        assert!(
+            !holds(WhereOp::Gte, "missing", json!(0)),
+            "missing field never orders"
+        );
     }
 
     #[test]
@@ -706,7 +726,10 @@ mod tests {
         // `%` and `_` are not wildcards (the TypeScript adapter's LIKE translation was).
         assert!(!holds(WhereOp::Contains, "email", json!("%")));
         assert!(!holds(WhereOp::StartsWith, "email", json!("_lice")));
-        assert!(!holds(WhereOp::Contains, "age", json!("3")), "non-string field");
+        assert!(
+            !holds(WhereOp::Contains, "age", json!("3")),
+            "non-string field"
+        );
     }
 
     #[test]
@@ -714,14 +737,14 @@ mod tests {
         let u = user();
         let email = Where::and("email", WhereOp::Eq, json!("alice@example.com"));
         let old = Where::and("age", WhereOp::Gt, json!(40));
-        assert!(matches(&u, &[email.clone()]));
+        assert!(matches(&u, std::slice::from_ref(&email)));
         assert!(!matches(&u, &[email.clone(), old]));
         assert!(matches(&u, &[]), "no clauses match everything");
 
         let bob = Where::or("name", WhereOp::Eq, json!("Bob"));
         let alice = Where::or("name", WhereOp::Eq, json!("Alice"));
         assert!(matches(&u, &[bob.clone(), alice.clone()]));
-        assert!(!matches(&u, &[bob.clone()]));
+        assert!(!matches(&u, std::slice::from_ref(&bob)));
         assert!(matches(&u, &[email.clone(), bob.clone(), alice]));
         let other_email = Where::and("email", WhereOp::Eq, json!("x@y"));
         assert!(!matches(&u, &[other_email, bob]));
@@ -734,9 +757,21 @@ mod tests {
         let parsed: Result<Where, _> =
             serde_json::from_value(json!({"field": "a", "operator": "regex", "value": 1}));
         let message = parsed.unwrap_err().to_string();
-        assert!(message.contains("unknown where operator \"regex\""), "{message}");
+        assert!(
+            message.contains("unknown where operator \"regex\""),
+            "{message}"
+        );
         for op in [
-            "eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains", "starts_with",
+            "eq",
+            "ne",
+            "lt",
+            "lte",
+            "gt",
+            "gte",
+            "in",
+            "not_in",
+            "contains",
+            "starts_with",
             "ends_with",
         ] {
             assert_eq!(op.parse::<WhereOp>().unwrap().as_str(), op);
@@ -835,7 +870,10 @@ mod tests {
         let mut with = record(json!({"id": "x", "a": 1}));
         assert_eq!(ensure_id(&mut with, || "fresh".to_owned()).unwrap(), "x");
         let mut without = record(json!({"a": 1}));
-        assert_eq!(ensure_id(&mut without, || "fresh".to_owned()).unwrap(), "fresh");
+        assert_eq!(
+            ensure_id(&mut without, || "fresh".to_owned()).unwrap(),
+            "fresh"
+        );
         assert_eq!(without["id"], json!("fresh"));
         let mut bad = record(json!({"id": 7}));
         assert!(matches!(
