@@ -13,6 +13,7 @@
 //! - [`queries`], [`search`], [`topics`], [`locks`], [`counters`]: one manager each.
 //! - [`auth_store`]: the Better-Auth-style storage adapter built on top of the client.
 
+pub mod auth_store;
 pub mod backpressure;
 pub mod connection;
 pub mod counters;
