@@ -50,6 +50,8 @@ pub enum ClientError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("client: {0}")]
+    Client(#[from] topgun::client::ClientError),
 }
 
 /// The kind of a simulated map.
@@ -147,23 +149,25 @@ pub struct ClientContext {
     pub write_concern: WriteConcern,
     /// How long any single wait for the server may take before the connection counts as lost.
     pub timeout: Duration,
+    /// Seed of the client's own randomness (backoff jitter), derived from the run's seed.
+    pub entropy_seed: u64,
 }
 
-/// A simulated client as a scenario drives it. A second implementation over the real
-/// `TopGunClient` plugs in here; it must keep unanswered writes across reconnects and report
-/// every server answer by op id.
+/// A simulated client as a scenario drives it: [`ModelClient`] over the raw protocol, or
+/// `RealClient` over the SDK's `TopGunClient`. Either keeps unanswered writes across
+/// reconnects and reports every server answer by op id.
 #[allow(async_fn_in_trait)]
 pub trait SimClientHost: Sized + 'static {
-    fn create(context: ClientContext) -> Result<Self, ClientError>;
+    async fn create(context: ClientContext) -> Result<Self, ClientError>;
     /// Opens and authenticates a connection (replacing a lost one).
     async fn connect(&mut self) -> Result<(), ClientError>;
     fn disconnect(&mut self);
     fn is_connected(&self) -> bool;
-    /// Stamps a write with the client's HLC and queues it; `None` if there is nothing to do
-    /// (an OR remove with no known tag).
-    fn write(&mut self, map: &MapSpec, request: WriteRequest) -> Option<Stamped>;
+    /// Stamps a write with the client's HLC and queues it: the ops it became (none for an
+    /// OR remove with no known tag).
+    async fn write(&mut self, map: &MapSpec, request: WriteRequest) -> Vec<Stamped>;
     /// Unanswered writes.
-    fn pending(&self) -> usize;
+    async fn pending(&self) -> usize;
     /// Sends every unanswered write and waits for the server's answers.
     async fn flush(&mut self) -> Result<FlushReport, ClientError>;
     /// Asks for `lock` with a lease of `ttl_ms`; the fencing token once granted within `wait`.
@@ -175,10 +179,11 @@ pub trait SimClientHost: Sized + 'static {
     ) -> Result<Option<u64>, ClientError>;
     /// Releases `lock`; whether the server confirmed it.
     async fn unlock(&mut self, lock: &str, token: u64) -> Result<bool, ClientError>;
-    /// Merkle-syncs `map` from the server; returns the server's root.
-    async fn sync(&mut self, map: &MapSpec) -> Result<u32, ClientError>;
+    /// Merkle-syncs `map` from the server; returns the root the server advertised, if the
+    /// client can observe it.
+    async fn sync(&mut self, map: &MapSpec) -> Result<Option<u32>, ClientError>;
     /// The confirmed state of `map` and its Merkle root.
-    fn state(&self, map: &MapSpec) -> (MapState, u32);
+    async fn state(&self, map: &MapSpec) -> (MapState, u32);
 }
 
 type Socket = WebSocketStream<turmoil::net::TcpStream>;
@@ -455,8 +460,100 @@ fn differing_children(local: &MerkleTree, path: &str, server: &Buckets) -> Vec<S
         .collect()
 }
 
+impl ModelClient {
+    fn stamp(&mut self, map: &MapSpec, request: WriteRequest) -> Option<Stamped> {
+        let (key, change) = match request {
+            WriteRequest::Put { key, value } => (
+                key,
+                Change::Lww(LwwRecord {
+                    value: Some(value),
+                    timestamp: self.hlc.now(),
+                    ttl_ms: None,
+                }),
+            ),
+            WriteRequest::Remove { key } => (
+                key,
+                Change::Lww(LwwRecord {
+                    value: None,
+                    timestamp: self.hlc.now(),
+                    ttl_ms: None,
+                }),
+            ),
+            WriteRequest::OrAdd { key, value } => {
+                let timestamp = self.hlc.now();
+                let record = OrMapRecord {
+                    value,
+                    tag: timestamp.to_string(),
+                    timestamp,
+                    ttl_ms: None,
+                };
+                (key, Change::OrAdd(record))
+            }
+            WriteRequest::OrRemove { key, pick } => {
+                let tags: Vec<String> = self
+                    .or
+                    .get(&map.name)
+                    .map(|r| r.map().records(&key).map(|rec| rec.tag.clone()).collect())
+                    .unwrap_or_default();
+                let tag = tags.get(pick % tags.len().max(1))?.clone();
+                (key, Change::OrRemove { tag })
+            }
+        };
+        let op_id = self.next_id;
+        self.next_id += 1;
+        let stamped = Stamped {
+            op_id,
+            map: map.name.clone(),
+            key: key.clone(),
+            change,
+        };
+        let op = self.client_op(op_id, map, &key, &stamped.change);
+        self.log.insert(op_id, (op, stamped.clone()));
+        Some(stamped)
+    }
+
+    async fn flush_log(&mut self) -> Result<FlushReport, ClientError> {
+        let mut report = FlushReport::default();
+        let unsent: Vec<u64> = self
+            .log
+            .keys()
+            .filter(|id| !self.sent.contains(id))
+            .copied()
+            .collect();
+        for chunk in unsent.chunks(BATCH_OPS) {
+            let ops = chunk
+                .iter()
+                .filter_map(|id| self.log.get(id).map(|(op, _)| op.clone()))
+                .collect();
+            self.send(
+                OpBatch {
+                    payload: OpBatchPayload {
+                        ops,
+                        write_concern: Some(self.context.write_concern),
+                        timeout: None,
+                    },
+                }
+                .into(),
+            )
+            .await?;
+            self.sent.extend(chunk.iter().copied());
+        }
+        report.resent = unsent
+            .iter()
+            .filter(|id| !self.ever_sent.insert(**id))
+            .copied()
+            .collect();
+        while !self.sent.is_empty() {
+            let message = self.recv().await?;
+            self.settle(message);
+        }
+        report.answers = std::mem::take(&mut self.answers);
+        Ok(report)
+    }
+}
+
 impl SimClientHost for ModelClient {
-    fn create(context: ClientContext) -> Result<Self, ClientError> {
+    async fn create(context: ClientContext) -> Result<Self, ClientError> {
         let hlc = Hlc::new(
             format!("node-{}", context.name),
             Arc::new(context.clock.clone()),
@@ -528,98 +625,16 @@ impl SimClientHost for ModelClient {
         self.ws.is_some()
     }
 
-    fn write(&mut self, map: &MapSpec, request: WriteRequest) -> Option<Stamped> {
-        let (key, change) = match request {
-            WriteRequest::Put { key, value } => (
-                key,
-                Change::Lww(LwwRecord {
-                    value: Some(value),
-                    timestamp: self.hlc.now(),
-                    ttl_ms: None,
-                }),
-            ),
-            WriteRequest::Remove { key } => (
-                key,
-                Change::Lww(LwwRecord {
-                    value: None,
-                    timestamp: self.hlc.now(),
-                    ttl_ms: None,
-                }),
-            ),
-            WriteRequest::OrAdd { key, value } => {
-                let timestamp = self.hlc.now();
-                let record = OrMapRecord {
-                    value,
-                    tag: timestamp.to_string(),
-                    timestamp,
-                    ttl_ms: None,
-                };
-                (key, Change::OrAdd(record))
-            }
-            WriteRequest::OrRemove { key, pick } => {
-                let tags: Vec<String> = self
-                    .or
-                    .get(&map.name)
-                    .map(|r| r.map().records(&key).map(|rec| rec.tag.clone()).collect())
-                    .unwrap_or_default();
-                let tag = tags.get(pick % tags.len().max(1))?.clone();
-                (key, Change::OrRemove { tag })
-            }
-        };
-        let op_id = self.next_id;
-        self.next_id += 1;
-        let stamped = Stamped {
-            op_id,
-            map: map.name.clone(),
-            key: key.clone(),
-            change,
-        };
-        let op = self.client_op(op_id, map, &key, &stamped.change);
-        self.log.insert(op_id, (op, stamped.clone()));
-        Some(stamped)
+    async fn write(&mut self, map: &MapSpec, request: WriteRequest) -> Vec<Stamped> {
+        self.stamp(map, request).into_iter().collect()
     }
 
-    fn pending(&self) -> usize {
+    async fn pending(&self) -> usize {
         self.log.len()
     }
 
     async fn flush(&mut self) -> Result<FlushReport, ClientError> {
-        let mut report = FlushReport::default();
-        let unsent: Vec<u64> = self
-            .log
-            .keys()
-            .filter(|id| !self.sent.contains(id))
-            .copied()
-            .collect();
-        for chunk in unsent.chunks(BATCH_OPS) {
-            let ops = chunk
-                .iter()
-                .filter_map(|id| self.log.get(id).map(|(op, _)| op.clone()))
-                .collect();
-            self.send(
-                OpBatch {
-                    payload: OpBatchPayload {
-                        ops,
-                        write_concern: Some(self.context.write_concern),
-                        timeout: None,
-                    },
-                }
-                .into(),
-            )
-            .await?;
-            self.sent.extend(chunk.iter().copied());
-        }
-        report.resent = unsent
-            .iter()
-            .filter(|id| !self.ever_sent.insert(**id))
-            .copied()
-            .collect();
-        while !self.sent.is_empty() {
-            let message = self.recv().await?;
-            self.settle(message);
-        }
-        report.answers = std::mem::take(&mut self.answers);
-        Ok(report)
+        self.flush_log().await
     }
 
     async fn lock(
@@ -680,7 +695,7 @@ impl SimClientHost for ModelClient {
         }
     }
 
-    async fn sync(&mut self, map: &MapSpec) -> Result<u32, ClientError> {
+    async fn sync(&mut self, map: &MapSpec) -> Result<Option<u32>, ClientError> {
         let init: Message = match map.kind {
             MapKind::Lww => SyncInit {
                 map_name: map.name.clone(),
@@ -689,7 +704,7 @@ impl SimClientHost for ModelClient {
             .into(),
             MapKind::Or => OrMapSyncInit {
                 map_name: map.name.clone(),
-                root_hash: self.state(map).1,
+                root_hash: self.state_now(map).1,
                 bucket_hashes: Buckets::new(),
                 last_sync_timestamp: None,
                 claimed_epoch: None,
@@ -708,13 +723,19 @@ impl SimClientHost for ModelClient {
                 other => self.settle(other),
             }
         };
-        if server_root != self.state(map).1 {
+        if server_root != self.state_now(map).1 {
             self.walk(map).await?;
         }
-        Ok(server_root)
+        Ok(Some(server_root))
     }
 
-    fn state(&self, map: &MapSpec) -> (MapState, u32) {
+    async fn state(&self, map: &MapSpec) -> (MapState, u32) {
+        self.state_now(map)
+    }
+}
+
+impl ModelClient {
+    fn state_now(&self, map: &MapSpec) -> (MapState, u32) {
         match map.kind {
             MapKind::Lww => {
                 let replica = self.lww.get(&map.name).cloned().unwrap_or_default();

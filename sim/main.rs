@@ -13,6 +13,7 @@ mod faults;
 mod harness;
 mod history;
 mod properties;
+mod real_client;
 mod runner;
 mod scenario;
 mod scenarios;

@@ -47,12 +47,13 @@ pub fn convergence(finals: &Finals) -> Vec<Violation> {
                     ),
                 ));
             }
-            // The server may answer a session with the 2026-01 `Sum` combine: it flips a
-            // session to `Sum` when any frame contains the bytes `d4 00 00` (JS `undefined`),
-            // and a skewed client's ordinary frames sometimes do (server/session.rs
-            // `contains_js_undefined`). The data still converges; only the advertised root
-            // changes combine, so either root of the server's data is accepted here.
-            if mine.server_root != Some(server.root) && mine.server_root != Some(server.sum_root) {
+            // A client that cannot observe the advertised root (the real client) reports
+            // `None` with `synced`; its state and own root are still compared above.
+            let advertised_ok = match mine.server_root {
+                Some(root) => root == server.root,
+                None => mine.synced,
+            };
+            if !advertised_ok {
                 found.push(violation(
                     "convergence",
                     format!(
@@ -430,7 +431,7 @@ mod tests {
             ),
             root: 7,
             server_root: Some(7),
-            sum_root: 70,
+            synced: true,
         }
     }
 
@@ -456,10 +457,11 @@ mod tests {
             BTreeMap::from([("m".to_owned(), sum_session)]),
         );
         assert_eq!(
-            convergence(&finals),
-            vec![],
-            "the Sum root of the same data is accepted"
+            convergence(&finals).len(),
+            1,
+            "a root under another combine (the Sum false positive) is not accepted"
         );
+        finals.clients.remove("carol");
 
         let mut stale = lww_final(&[("k", lww(0, "a", Some(0)))]);
         stale.root = 8;
@@ -562,7 +564,7 @@ mod tests {
                 },
                 root: 0,
                 server_root: None,
-                sum_root: 0,
+                synced: true,
             })
         };
         assert_eq!(
@@ -594,7 +596,7 @@ mod tests {
                 },
                 root: 0,
                 server_root: None,
-                sum_root: 0,
+                synced: true,
             },
         );
         assert_eq!(idempotence(&history, &finals), vec![]);

@@ -54,8 +54,8 @@ pub struct MapFinal {
     pub state: MapState,
     pub root: u32,
     pub server_root: Option<u32>,
-    /// The root under the 2026-01 clients' `Sum` combine (server only; 0 for clients).
-    pub sum_root: u32,
+    /// Whether the final sync completed (always true for the server).
+    pub synced: bool,
 }
 
 /// Final states: the server's and each client's, by map name.
@@ -108,6 +108,7 @@ pub fn run<C: SimClientHost>(scenario: &Scenario) -> RunOutcome {
             maps: scenario.maps.clone(),
             write_concern: spec.write_concern,
             timeout: scenario.timeout,
+            entropy_seed: scenario.seed ^ crate::harness::trace_hash(&[&spec.name]),
         };
         let driver = Driver {
             plan: scenario.plans.get(&spec.name).cloned().unwrap_or_default(),
@@ -174,42 +175,45 @@ fn server_finals(store: &MemoryStore, maps: &[MapSpec]) -> BTreeMap<String, MapF
         .map(|map| {
             let snapshot = runtime.block_on(store.load_map(&map.name)).ok().flatten();
             let (state, root) = match snapshot {
-                Some(MapSnapshot::Or {
-                    records,
-                    tombstones,
-                }) => {
-                    let replica = OrReplica::from_parts(records, tombstones);
-                    (MapState::from_or(&replica), roots(replica.merkle()))
-                }
-                Some(MapSnapshot::Lww { records }) => {
-                    let replica = LwwReplica::from_records(records);
-                    (MapState::from_lww(&replica), roots(replica.merkle()))
-                }
-                None => match map.kind {
-                    crate::client::MapKind::Lww => {
-                        (MapState::from_lww(&LwwReplica::default()), (0, 0))
-                    }
-                    crate::client::MapKind::Or => {
-                        (MapState::from_or(&OrReplica::default()), (0, 0))
-                    }
-                },
+                Some(snapshot) => snapshot_state(snapshot),
+                None => empty_state(map.kind),
             };
             (
                 map.name.clone(),
                 MapFinal {
                     state,
-                    root: root.0,
+                    root,
                     server_root: None,
-                    sum_root: root.1,
+                    synced: true,
                 },
             )
         })
         .collect()
 }
 
-/// A tree's root under our combine and under the 2026-01 `Sum` combine.
-fn roots(tree: &topgun::merkle::MerkleTree) -> (u32, u32) {
-    (tree.root(COMBINE), tree.root(topgun::merkle::Combine::Sum))
+/// A stored map's state and its Merkle root under our combine.
+pub fn snapshot_state(snapshot: MapSnapshot) -> (MapState, u32) {
+    match snapshot {
+        MapSnapshot::Or {
+            records,
+            tombstones,
+        } => {
+            let replica = OrReplica::from_parts(records, tombstones);
+            (MapState::from_or(&replica), replica.merkle().root(COMBINE))
+        }
+        MapSnapshot::Lww { records } => {
+            let replica = LwwReplica::from_records(records);
+            (MapState::from_lww(&replica), replica.merkle().root(COMBINE))
+        }
+    }
+}
+
+/// The state of a map nobody wrote.
+pub fn empty_state(kind: crate::client::MapKind) -> (MapState, u32) {
+    match kind {
+        crate::client::MapKind::Lww => (MapState::from_lww(&LwwReplica::default()), 0),
+        crate::client::MapKind::Or => (MapState::from_or(&OrReplica::default()), 0),
+    }
 }
 
 /// Runs one client's plan, then its quiescence flush and final sync.
@@ -233,7 +237,7 @@ impl Driver {
     async fn drive<C: SimClientHost>(self, context: ClientContext) {
         let name = context.name.clone();
         let maps = context.maps.clone();
-        let Ok(mut client) = C::create(context.clone()) else {
+        let Ok(mut client) = C::create(context.clone()).await else {
             return;
         };
         for item in &self.plan {
@@ -249,46 +253,49 @@ impl Driver {
         // Quiescence: faults are healed at `window_ms`; flush until every op is answered.
         sleep_until(self.window_ms + 200).await;
         let flush_deadline = self.window_ms + self.flush_ms;
-        while client.pending() > 0 && elapsed_ms() < flush_deadline {
+        while client.pending().await > 0 && elapsed_ms() < flush_deadline {
             self.ensure_connected(&mut client, &name).await;
             self.flush(&mut client, &name).await;
-            if client.pending() > 0 {
+            if client.pending().await > 0 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        if client.pending() > 0 {
+        let pending = client.pending().await;
+        if pending > 0 {
             self.recorder.push(Event::Unflushed {
                 client: name.clone(),
                 at_ms: elapsed_ms(),
-                pending: client.pending(),
+                pending,
             });
         }
         // Everyone's writes are in: pull every map.
         sleep_until(flush_deadline + 1_000).await;
         let mut mine = BTreeMap::new();
         for map in &maps {
-            let mut server_root = None;
+            let (mut server_root, mut synced) = (None, false);
             for _ in 0..5 {
                 self.ensure_connected(&mut client, &name).await;
                 match client.sync(map).await {
                     Ok(root) => {
-                        server_root = Some(root);
+                        (server_root, synced) = (root, true);
                         break;
                     }
                     Err(e) => self.lost(&mut client, &name, &e.to_string()),
                 }
             }
-            let (state, root) = client.state(map);
+            let (state, root) = client.state(map).await;
             mine.insert(
                 map.name.clone(),
                 MapFinal {
                     state,
                     root,
                     server_root,
-                    sum_root: 0,
+                    synced,
                 },
             );
         }
+        // Answers that arrived during the syncs belong to the history too.
+        self.flush(&mut client, &name).await;
         self.finals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -358,7 +365,7 @@ impl Driver {
                 let Some(map) = context.maps.get(*map) else {
                     return;
                 };
-                if let Some(stamped) = client.write(map, request.clone()) {
+                for stamped in client.write(map, request.clone()).await {
                     self.recorder.push(Event::Write {
                         client: name.to_owned(),
                         op_id: stamped.op_id,

@@ -14,11 +14,12 @@ use crate::faults::FaultProfile;
 use crate::harness::{ServerSpec, seeds};
 use crate::history::Event;
 use crate::properties;
+use crate::real_client::RealClient;
 use crate::runner::{Family, run_family};
 use crate::scenario::{RunOutcome, Scenario};
 use crate::workload::WorkloadProfile;
 
-use super::{TEST_SEEDS, build, client, data_properties};
+use super::{REAL_CLIENT_SEEDS, TEST_SEEDS, build, client, data_properties};
 
 fn scenario(seed: u64, keep_store: bool) -> Scenario {
     build(
@@ -95,4 +96,10 @@ fn server_crash_with_the_store_lost_keeps_later_writes_and_shows_the_loss() {
             "losing the store lost nothing: the check cannot see the loss"
         );
     }
+}
+
+#[test]
+fn real_clients_through_server_crashes_with_and_without_the_store() {
+    run_family::<RealClient>(&KEPT, &seeds(REAL_CLIENT_SEEDS));
+    run_family::<RealClient>(&LOST, &seeds(REAL_CLIENT_SEEDS));
 }

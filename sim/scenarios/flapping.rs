@@ -6,11 +6,12 @@ use topgun::protocol::WriteConcern;
 use crate::client::ModelClient;
 use crate::faults::FaultProfile;
 use crate::harness::{ServerSpec, seeds};
+use crate::real_client::RealClient;
 use crate::runner::{Family, run_family};
 use crate::scenario::Scenario;
 use crate::workload::WorkloadProfile;
 
-use super::{TEST_SEEDS, build, client, data_properties};
+use super::{REAL_CLIENT_SEEDS, TEST_SEEDS, build, client, data_properties};
 
 fn scenario(seed: u64) -> Scenario {
     build(
@@ -44,4 +45,9 @@ pub const FAMILY: Family = Family {
 #[test]
 fn flapping_connectivity_during_merkle_sync_still_converges() {
     run_family::<ModelClient>(&FAMILY, &seeds(TEST_SEEDS));
+}
+
+#[test]
+fn real_clients_converge_through_flapping_connectivity() {
+    run_family::<RealClient>(&FAMILY, &seeds(REAL_CLIENT_SEEDS));
 }

@@ -9,11 +9,12 @@ use crate::faults::FaultProfile;
 use crate::harness::{ServerSpec, seeds};
 use crate::history::Event;
 use crate::properties;
+use crate::real_client::RealClient;
 use crate::runner::{Family, run_family};
 use crate::scenario::Scenario;
 use crate::workload::WorkloadProfile;
 
-use super::{TEST_SEEDS, build, client, data_properties};
+use super::{REAL_CLIENT_SEEDS, TEST_SEEDS, build, client, data_properties};
 
 fn scenario(seed: u64) -> Scenario {
     build(
@@ -65,4 +66,9 @@ fn partitioned_lock_holders_never_overlap_and_tokens_grow() {
             "only {holds} lock holds: the scenario exercised nothing"
         );
     }
+}
+
+#[test]
+fn real_lock_holders_never_overlap_and_tokens_grow() {
+    run_family::<RealClient>(&FAMILY, &seeds(REAL_CLIENT_SEEDS));
 }

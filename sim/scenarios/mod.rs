@@ -23,6 +23,8 @@ use crate::workload::WorkloadProfile;
 
 /// Seeds each family runs under `cargo test` (the sweep runs more).
 pub const TEST_SEEDS: u64 = 12;
+/// Seeds each family runs with the real client under `cargo test` (it is slower per seed).
+pub const REAL_CLIENT_SEEDS: u64 = 4;
 
 /// Builds a scenario: one RNG stream from `seed` draws every client's plan, then the faults.
 pub fn build(

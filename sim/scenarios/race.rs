@@ -6,11 +6,12 @@ use topgun::protocol::WriteConcern;
 use crate::client::ModelClient;
 use crate::faults::FaultProfile;
 use crate::harness::{ServerSpec, seeds};
+use crate::real_client::RealClient;
 use crate::runner::{Family, run_family};
 use crate::scenario::Scenario;
 use crate::workload::WorkloadProfile;
 
-use super::{TEST_SEEDS, build, client, data_properties, replayed};
+use super::{REAL_CLIENT_SEEDS, TEST_SEEDS, build, client, data_properties, replayed};
 
 fn scenario(seed: u64) -> Scenario {
     build(
@@ -47,4 +48,9 @@ fn two_writers_racing_through_partitions_converge_and_lose_nothing() {
             "no seed exercised a replay after reconnect"
         );
     }
+}
+
+#[test]
+fn two_real_clients_racing_through_partitions_converge_and_lose_nothing() {
+    run_family::<RealClient>(&FAMILY, &seeds(REAL_CLIENT_SEEDS));
 }

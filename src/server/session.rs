@@ -471,10 +471,90 @@ fn decode_message(frame: Frame<'_>, limits: &codec::Limits) -> Result<Message, R
 }
 
 /// True when a msgpack frame carries ext-0 (`d4 00 00`, JS `undefined`), which only the
-/// 2026-01 client sends. A false positive inside a binary payload only picks a Merkle combine
-/// function; correctness never depends on it.
+/// 2026-01 client sends. The frame is walked value by value, so the three bytes count only
+/// where a value starts: inside a string, binary, number or other ext body they are data, and
+/// such a false positive used to flip the session's Merkle combine to `Sum`. A malformed or
+/// truncated frame counts as not carrying it (the decoder reports the frame itself).
 fn contains_js_undefined(bytes: &[u8]) -> bool {
-    bytes.windows(3).any(|w| w == [0xd4, 0x00, 0x00])
+    use rmp::Marker;
+    let mut pos = 0usize;
+    // Values still to visit: a container adds its items, iteratively (no recursion limit).
+    let mut remaining: u64 = 1;
+    while remaining > 0 {
+        let Some(&first) = bytes.get(pos) else {
+            return false;
+        };
+        remaining -= 1;
+        pos += 1;
+        let be_len = |at: usize, width: usize| -> Option<usize> {
+            let field = bytes.get(at..at.checked_add(width)?)?;
+            Some(field.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+        };
+        let (skip, items) = match Marker::from_u8(first) {
+            Marker::FixExt1 if bytes.get(pos..pos + 2) == Some(&[0x00, 0x00]) => return true,
+            Marker::FixPos(_)
+            | Marker::FixNeg(_)
+            | Marker::Null
+            | Marker::True
+            | Marker::False
+            | Marker::Reserved => (0, 0),
+            Marker::U8 | Marker::I8 => (1, 0),
+            Marker::U16 | Marker::I16 => (2, 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
+            Marker::FixStr(n) => (usize::from(n), 0),
+            Marker::Str8 | Marker::Bin8 => match be_len(pos, 1) {
+                Some(n) => (1 + n, 0),
+                None => return false,
+            },
+            Marker::Str16 | Marker::Bin16 => match be_len(pos, 2) {
+                Some(n) => (2 + n, 0),
+                None => return false,
+            },
+            Marker::Str32 | Marker::Bin32 => match be_len(pos, 4) {
+                Some(n) => (4 + n, 0),
+                None => return false,
+            },
+            Marker::FixExt1 => (2, 0),
+            Marker::FixExt2 => (3, 0),
+            Marker::FixExt4 => (5, 0),
+            Marker::FixExt8 => (9, 0),
+            Marker::FixExt16 => (17, 0),
+            Marker::Ext8 => match be_len(pos, 1) {
+                Some(n) => (2 + n, 0),
+                None => return false,
+            },
+            Marker::Ext16 => match be_len(pos, 2) {
+                Some(n) => (3 + n, 0),
+                None => return false,
+            },
+            Marker::Ext32 => match be_len(pos, 4) {
+                Some(n) => (5 + n, 0),
+                None => return false,
+            },
+            Marker::FixArray(n) => (0, u64::from(n)),
+            Marker::FixMap(n) => (0, 2 * u64::from(n)),
+            Marker::Array16 => match be_len(pos, 2) {
+                Some(n) => (2, n as u64),
+                None => return false,
+            },
+            Marker::Map16 => match be_len(pos, 2) {
+                Some(n) => (2, 2 * n as u64),
+                None => return false,
+            },
+            Marker::Array32 => match be_len(pos, 4) {
+                Some(n) => (4, n as u64),
+                None => return false,
+            },
+            Marker::Map32 => match be_len(pos, 4) {
+                Some(n) => (4, 2 * n as u64),
+                None => return false,
+            },
+        };
+        pos = pos.saturating_add(skip);
+        remaining = remaining.saturating_add(items);
+    }
+    false
 }
 
 async fn reject_invalid(
@@ -573,4 +653,65 @@ async fn write_loop<S: Stream>(
         }
     }
     let _ = within(WRITE_TIMEOUT, sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_js_undefined;
+
+    #[test]
+    fn ext0_counts_where_a_value_starts() {
+        // {"a": undefined}
+        assert!(contains_js_undefined(&[0x81, 0xa1, b'a', 0xd4, 0x00, 0x00]));
+        // [1, [undefined]] (nested in an array after a u16)
+        assert!(contains_js_undefined(&[
+            0x92, 0xcd, 0x01, 0x02, 0x91, 0xd4, 0x00, 0x00
+        ]));
+        // A map value after a str8 key.
+        assert!(contains_js_undefined(&[
+            0x81, 0xd9, 0x01, b'k', 0xd4, 0x00, 0x00
+        ]));
+    }
+
+    #[test]
+    fn ext0_bytes_inside_data_do_not_count() {
+        // {"s": "\xd4\x00\x00"}: the bytes are a string's content.
+        assert!(!contains_js_undefined(&[
+            0x81, 0xa1, b's', 0xa3, 0xd4, 0x00, 0x00
+        ]));
+        // {"b": bin8 [d4 00 00]}
+        assert!(!contains_js_undefined(&[
+            0x81, 0xa1, b'b', 0xc4, 0x03, 0xd4, 0x00, 0x00
+        ]));
+        // {"f": f64 with d4 00 00 in its mantissa}
+        assert!(!contains_js_undefined(&[
+            0x81, 0xa1, b'f', 0xcb, 0x41, 0xd4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01
+        ]));
+        // {"t": u32 0x00d40000} and an ext8 body carrying the bytes.
+        assert!(!contains_js_undefined(&[
+            0x82, 0xa1, b't', 0xce, 0x00, 0xd4, 0x00, 0x00, 0xa1, b'e', 0xc7, 0x03, 0x05, 0xd4,
+            0x00, 0x00
+        ]));
+        // A fixext1 of another type or value is not `undefined`.
+        assert!(!contains_js_undefined(&[0x91, 0xd4, 0x01, 0x00]));
+    }
+
+    #[test]
+    fn the_frame_that_misfired_in_the_simulation_no_longer_does() {
+        // An OP_BATCH-like frame whose HLC millis (u64) contain d4 00 00.
+        let millis: u64 = 0x0000_01a2_d400_00ff;
+        let mut frame = vec![0x81, 0xa6];
+        frame.extend_from_slice(b"millis");
+        frame.push(0xcf);
+        frame.extend_from_slice(&millis.to_be_bytes());
+        assert!(frame.windows(3).any(|w| w == [0xd4, 0x00, 0x00]));
+        assert!(!contains_js_undefined(&frame));
+    }
+
+    #[test]
+    fn malformed_frames_do_not_count() {
+        assert!(!contains_js_undefined(&[]));
+        assert!(!contains_js_undefined(&[0x92, 0xa5, b'x']));
+        assert!(!contains_js_undefined(&[0xdd, 0xff, 0xff, 0xff, 0xff]));
+    }
 }
