@@ -7,7 +7,7 @@
 //! same [`Core`] briefly; a local write commits to the store *outside* the lock so concurrent
 //! writes share group commits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,9 +160,9 @@ impl Core {
 struct Session {
     id: SessionId,
     /// Walks still running.
-    walks: HashMap<String, MapSync>,
+    walks: BTreeMap<String, MapSync>,
     /// Maps walked (or being walked) in this session.
-    walked: HashSet<String>,
+    walked: BTreeSet<String>,
     live: bool,
 }
 
@@ -406,8 +406,8 @@ impl Engine {
         let mut core = self.core.lock().await;
         let mut session = Session {
             id,
-            walks: HashMap::new(),
-            walked: HashSet::new(),
+            walks: BTreeMap::new(),
+            walked: BTreeSet::new(),
             live: false,
         };
         let mut inits = Vec::new();

@@ -45,7 +45,8 @@ pub enum ClientError {
     /// A value could not be converted to or from the app's type.
     #[error("value does not match the expected type: {0}")]
     Serde(String),
-    /// The server rejected the write; the local change stays until the next sync repairs it.
+    /// The server rejected the write for good; an LWW write is withdrawn locally and the map
+    /// walked again, so local state returns to the server's.
     #[error("the server rejected op {op_id} ({code:?}): {reason}")]
     Rejected {
         /// The op's id.
