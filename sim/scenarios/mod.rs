@@ -6,6 +6,7 @@ mod crash;
 mod determinism;
 mod flapping;
 mod locks;
+mod long_offline;
 mod race;
 
 use std::collections::BTreeMap;
