@@ -88,7 +88,7 @@ pub struct RealClient {
 }
 
 impl RealClient {
-    fn options(context: &ClientContext) -> ClientOptions {
+    pub(crate) fn options(context: &ClientContext) -> ClientOptions {
         // The token comes from an identity provider, so it carries true time, not our skew.
         let now_secs = (EPOCH_MS + elapsed_ms()) / 1_000;
         let token = mint_token(SECRET, &context.name, &["USER"], 24 * 3_600, now_secs)

@@ -8,6 +8,7 @@ mod flapping;
 mod locks;
 mod long_offline;
 mod race;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
