@@ -17,4 +17,5 @@ mod real_client;
 mod runner;
 mod scenario;
 mod scenarios;
+mod topics;
 mod workload;

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +88,7 @@ pub struct RealClient {
 }
 
 impl RealClient {
-    fn options(context: &ClientContext) -> ClientOptions {
+    pub(crate) fn options(context: &ClientContext) -> ClientOptions {
         // The token comes from an identity provider, so it carries true time, not our skew.
         let now_secs = (EPOCH_MS + elapsed_ms()) / 1_000;
         let token = mint_token(SECRET, &context.name, &["USER"], 24 * 3_600, now_secs)
@@ -133,11 +134,12 @@ impl RealClient {
         receiver
     }
 
-    /// Waits (bounded) until the write task's local commit shows in the journal.
-    async fn await_commit(&self, task: &tokio::task::JoinHandle<()>) {
+    /// Waits (bounded) until the write task's local commit shows in the journal, or the
+    /// write finished without journaling anything (an OR remove of a key with no values).
+    async fn await_commit(&self, performed: &AtomicBool) {
         let deadline = elapsed_ms() + COMMIT_WAIT_MS;
         let mut spins = 0u32;
-        while !task.is_finished() && elapsed_ms() < deadline {
+        while !performed.load(Ordering::Acquire) && elapsed_ms() < deadline {
             let last = self.store.last_journal_sequence().await.unwrap_or_default();
             if last > self.journal_seen {
                 return;
@@ -283,8 +285,13 @@ impl SimClientHost for RealClient {
         let lww = self.lww.get(&map.name).cloned();
         let or = self.or.get(&map.name).cloned();
         let answers = self.answers.clone();
-        let task = tokio::spawn(async move {
+        // Set once the write resolved, so the wait below does not outlast a write that
+        // journaled nothing (the task itself still waits for the ids).
+        let performed = Arc::new(AtomicBool::new(false));
+        let done = performed.clone();
+        tokio::spawn(async move {
             let result = perform(lww, or, request, concern).await;
+            done.store(true, Ordering::Release);
             let ids = ids_rx.await.unwrap_or_default();
             if result.is_ok() && concern >= WriteConcern::Applied {
                 let at_ms = elapsed_ms();
@@ -295,7 +302,7 @@ impl SimClientHost for RealClient {
                 );
             }
         });
-        self.await_commit(&task).await;
+        self.await_commit(&performed).await;
         let stamped = self.new_ops().await;
         let _ = ids_tx.send(stamped.iter().map(|s| s.op_id).collect());
         stamped

@@ -6,7 +6,9 @@ mod crash;
 mod determinism;
 mod flapping;
 mod locks;
+mod long_offline;
 mod race;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
