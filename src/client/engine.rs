@@ -298,14 +298,18 @@ impl Engine {
         core.session.is_some()
     }
 
-    /// Sends on the current session; dropped (with a debug log) when offline — every caller
-    /// re-sends its state after the next authentication.
-    pub fn send(&self, core: &Core, message: Message) {
+    /// Sends on the current session; `false` when offline or the session is closing (every
+    /// caller re-sends its state after the next authentication, or queues instead).
+    pub fn send(&self, core: &Core, message: Message) -> bool {
         let Some(session) = core.session.as_ref() else {
-            return;
+            return false;
         };
-        if let Err(e) = self.conn.send(session.id, message) {
-            tracing::debug!(error = %e, "send on a closing session dropped");
+        match self.conn.send(session.id, message) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "send on a closing session dropped");
+                false
+            }
         }
     }
 

@@ -512,15 +512,20 @@ impl Topic {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
         let online = Engine::is_online(&core);
-        let (message, events) = core.topics.publish(&self.name, data, online, now)?;
+        let (message, mut events) = core.topics.publish(&self.name, data.clone(), online, now)?;
+        if let Some(message) = message {
+            if !self.engine.send(&core, message) {
+                // The connection died before the engine noticed: queue it like any offline
+                // publish rather than lose it.
+                let (_, queued) = core.topics.publish(&self.name, data, false, now)?;
+                events.extend(queued);
+            }
+        }
         for event in events {
             let _ = self
                 .engine
                 .events
                 .send(super::events::ClientEvent::Topic(event));
-        }
-        if let Some(message) = message {
-            self.engine.send(&core, message);
         }
         Ok(())
     }
