@@ -3,75 +3,28 @@
 //! the network down, and the adapter's CRUD surface end to end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
+use topgun::client::TopGunClient;
 use topgun::client::auth_store::{
     AuthStore, AuthStoreOptions, Direction, FindManyOptions, Readiness, SortBy, Where, WhereOp,
 };
-use topgun::client::connection::{ConnectionConfig, Connector, TcpConnector};
-use topgun::client::{ClientOptions, Seams, TokenSource, TopGunClient};
-use topgun::clock::ManualClock;
-use topgun::entropy::SeededEntropy;
 use topgun::protocol::WriteConcern;
-use topgun::store::{BoxFuture, MemoryStore};
+use topgun::store::MemoryStore;
 
-use crate::harness::{SERVER_NOW_MS, TestServer, token};
-
-/// Entropy seeds handed to clients, one each (distinct node ids and record ids).
-static NEXT_SEED: AtomicU64 = AtomicU64::new(1_000);
+use crate::client::{Gate, options, start};
+use crate::harness::TestServer;
 
 /// The readiness timeout of tests where the server is reachable: never hit.
 const GENEROUS: Duration = Duration::from_secs(20);
 
-/// A connector whose network can be unplugged: while down, every connect fails.
-#[derive(Clone)]
-struct Gate(Arc<AtomicBool>);
-
-impl Gate {
-    fn new(down: bool) -> Self {
-        Self(Arc::new(AtomicBool::new(down)))
-    }
-
-    fn set_down(&self, down: bool) {
-        self.0.store(down, Ordering::SeqCst);
-    }
-}
-
-impl Connector for Gate {
-    fn connect<'a>(
-        &'a self,
-        url: &'a str,
-    ) -> BoxFuture<'a, std::io::Result<Box<dyn topgun::net::Stream>>> {
-        Box::pin(async move {
-            if self.0.load(Ordering::SeqCst) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "network unplugged by the test",
-                ));
-            }
-            TcpConnector.connect(url).await
-        })
-    }
-}
-
 /// A fresh client (empty in-memory store) of `user`; `Applied` so a create is on the
 /// server once it resolves.
 async fn client(server: &TestServer, user: &str, gate: &Gate) -> TopGunClient {
-    let mut options = ClientOptions::new(server.url(), TokenSource::Static(token(user)));
-    let mut connection = ConnectionConfig::new(server.url());
-    connection.backoff.initial = Duration::from_millis(20);
-    connection.backoff.max = Duration::from_millis(200);
-    options.connection = connection;
+    let mut options = options(server, user);
     options.write_concern = WriteConcern::Applied;
-    let seams = Seams {
-        store: Arc::new(MemoryStore::new()),
-        connector: Arc::new(gate.clone()),
-        clock: Arc::new(ManualClock::new(SERVER_NOW_MS)),
-        entropy: Arc::new(SeededEntropy::new(NEXT_SEED.fetch_add(1, Ordering::SeqCst))),
-    };
-    TopGunClient::start(options, seams).await.unwrap()
+    start(options, Arc::new(MemoryStore::new()), gate).await
 }
 
 fn store(client: TopGunClient, ready_timeout: Duration) -> AuthStore {

@@ -27,14 +27,19 @@ const SETTLE: Duration = Duration::from_secs(20);
 
 /// A connector whose network can be unplugged: while down, every connect fails.
 #[derive(Clone, Default)]
-struct Gate(Arc<AtomicBool>);
+pub struct Gate(Arc<AtomicBool>);
 
 impl Gate {
-    fn down() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+    /// A gate starting unplugged (`down`) or plugged in.
+    pub fn new(down: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(down)))
     }
 
-    fn set_down(&self, down: bool) {
+    fn down() -> Self {
+        Self::new(true)
+    }
+
+    pub fn set_down(&self, down: bool) {
         self.0.store(down, Ordering::SeqCst);
     }
 }
@@ -56,7 +61,8 @@ impl Connector for Gate {
     }
 }
 
-fn options(server: &TestServer, user: &str) -> ClientOptions {
+/// Options for a client of `user` with a fast reconnect backoff.
+pub fn options(server: &TestServer, user: &str) -> ClientOptions {
     let mut options = ClientOptions::new(server.url(), TokenSource::Static(token(user)));
     let mut connection = ConnectionConfig::new(server.url());
     connection.backoff.initial = Duration::from_millis(20);
@@ -65,7 +71,8 @@ fn options(server: &TestServer, user: &str) -> ClientOptions {
     options
 }
 
-async fn start(options: ClientOptions, store: Arc<dyn Store>, gate: &Gate) -> TopGunClient {
+/// Starts a client over `store` whose network goes through `gate`.
+pub async fn start(options: ClientOptions, store: Arc<dyn Store>, gate: &Gate) -> TopGunClient {
     // Each client draws its own node id from the store-less entropy seam: distinct seeds,
     // or two clients would stamp identical timestamps and OR tags.
     let seed = NEXT_SEED.fetch_add(1, Ordering::SeqCst);
