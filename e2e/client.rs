@@ -433,6 +433,7 @@ async fn a_hundred_thousand_offline_writes_sync() {
         done.unwrap();
     }
     let written = started.elapsed();
+    let rss_after_writes = (rss_kib("VmRSS:"), rss_kib("VmHWM:"));
     assert_eq!(client.pending_ops().await, WRITES as u64);
 
     gate.set_down(false);
@@ -444,6 +445,7 @@ async fn a_hundred_thousand_offline_writes_sync() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drained = synced.elapsed();
+    let rss_after_drain = (rss_kib("VmRSS:"), rss_kib("VmHWM:"));
     let reader = online(&server, "bob").await;
     let bulk = reader.get_map_async::<u64>("bulk").await.unwrap();
     // A fresh client's Merkle walk of 100k records takes a while in a debug build.
@@ -454,17 +456,20 @@ async fn a_hundred_thousand_offline_writes_sync() {
     assert_eq!(bulk.entries().await.unwrap().len(), WRITES);
     println!(
         "TEST-03: {WRITES} offline writes recorded in {written:?}, drained to the server in \
-         {drained:?}; process peak RSS {} KiB (server, both clients and the test together)",
-        peak_rss_kib()
+         {drained:?}; process (RSS, peak) KiB after the writes {rss_after_writes:?}, after \
+         the drain {rss_after_drain:?}, after a fresh client's full sync {:?} (server, both \
+         clients and the test in one process)",
+        (rss_kib("VmRSS:"), rss_kib("VmHWM:"))
     );
 }
 
-fn peak_rss_kib() -> u64 {
+/// A `/proc/self/status` memory line (`VmRSS:` now, `VmHWM:` peak) in KiB.
+fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse().ok())
         })
