@@ -487,6 +487,63 @@ mod tests {
     }
 
     #[test]
+    fn expand_answers_are_compared_by_whole_child_path() {
+        let mut local = LwwReplica::default();
+        for i in 0..50 {
+            local.merge(&format!("k{i}"), record(1));
+        }
+        let prefix = crate::merkle::leaf_path("k0");
+        let mine = local.merkle().prefix_buckets(&prefix, Combine::Fmix);
+        let (same, &hash) = mine.iter().next().unwrap();
+        let mut server: Buckets = [(same.clone(), hash)].into_iter().collect();
+        let changed = format!("{prefix}x");
+        server.insert(changed.clone(), 0);
+        let new_child = (0..16)
+            .map(|d| format!("{prefix}{d:x}"))
+            .find(|c| !mine.contains_key(c))
+            .unwrap_or_else(|| same.clone());
+        server.insert(new_child.clone(), hash.wrapping_add(1));
+        let path = DeepRequest::Expand(vec![prefix]).path();
+        let wanted = differing_children(local.merkle(), &path, &server, Combine::Fmix);
+        assert_eq!(
+            wanted,
+            vec![new_child],
+            "zero hashes and equal ones are skipped"
+        );
+    }
+
+    #[test]
+    fn deep_batches_fill_up_unless_drained() {
+        let mut pending = Pending {
+            deep: true,
+            ..Pending::default()
+        };
+        let local = MerkleTree::new();
+        pending.add(&local, "0a".to_owned());
+        pending.add(&local, "0a1".to_owned());
+        assert_eq!(pending.next(false), Some("0a1".to_owned()), "an empty leaf");
+        assert_eq!(pending.next(false), None, "a partial batch waits");
+        assert_eq!(pending.next(true), Some("+0a".to_owned()));
+        for i in 0..MAX_DEEP_PREFIXES + 1 {
+            pending.add(&local, format!("{:05x}", i));
+        }
+        let full = pending.next(false).unwrap();
+        assert!(full.starts_with('=') && full.matches(',').count() == MAX_DEEP_PREFIXES - 1);
+        assert_eq!(pending.next(false), None);
+        assert_eq!(
+            pending.next(true),
+            Some(format!("={:05x}", MAX_DEEP_PREFIXES))
+        );
+        let mut standard = Pending::default();
+        standard.add(&local, "0a".to_owned());
+        assert_eq!(
+            standard.next(false),
+            Some("0a".to_owned()),
+            "no marker, no batching"
+        );
+    }
+
+    #[test]
     fn the_combine_is_detected_from_the_server_root() {
         let mut local = LwwReplica::default();
         local.merge("a", record(1));
