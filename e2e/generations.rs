@@ -3,10 +3,11 @@
 //! (2026-01 sums, 2026-08 mixes with fmix32), and a replay of their real sessions is
 //! answered message for message, never with an ERROR.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use topgun::merkle::Combine;
+use topgun::merkle::{Combine, DEEP_SYNC_MARKER};
 use topgun::protocol::Message;
 use topgun::protocol::codec::{Frame, decode};
 use topgun::replica::LwwReplica;
@@ -126,13 +127,17 @@ async fn server_buckets(client: &mut Client, map: &str) -> Vec<(String, u32)> {
     b.payload.buckets.into_iter().collect()
 }
 
+/// The root buckets a client computes, plus the zero-hash deep-sync marker our server adds
+/// (both generations skip it: its hash equals that of a child they lack).
 fn local_buckets(replica: &LwwReplica, combine: Combine) -> Vec<(String, u32)> {
-    replica
+    let mut buckets: BTreeMap<String, u32> = replica
         .merkle()
         .buckets("", combine)
         .into_iter()
         .map(|(digit, hash)| (digit.to_string(), hash))
-        .collect()
+        .collect();
+    buckets.insert(DEEP_SYNC_MARKER.to_owned(), 0);
+    buckets.into_iter().collect()
 }
 
 #[tokio::test]

@@ -5,6 +5,11 @@
 //! `key → item hash`. Both client generations' node hashes are maintained incrementally, so a
 //! server can answer either: [`Combine::Sum`] (2026-01) and [`Combine::Fmix`] (2026-08).
 //!
+//! Below the leaves, the same key hashes continue the trie down to all 8 hex digits (the
+//! *extended trie*); [`DeepRequest`] names nodes there for the deep-sync extension, which only
+//! our walkers use (README "Deep Merkle sync"): a leaf that changed is narrowed down to the
+//! few keys that differ instead of being sent whole.
+//!
 //! The item hashes ([`lww_item_hash`], [`or_entry_hash`]) reproduce the TypeScript strings
 //! exactly, including JavaScript number formatting and a `JSON.stringify` replacer quirk.
 
@@ -20,6 +25,17 @@ use crate::record::OrMapRecord;
 
 /// Depth of the trie: leaves sit at this level and their paths have this many hex chars.
 pub const DEPTH: usize = 3;
+
+/// Hex digits of a whole key hash: the depth of the extended trie's deepest nodes.
+pub const MAX_PREFIX: usize = 8;
+
+/// The bucket key a server adds, with hash 0, to its root `SYNC_RESP_BUCKETS` to say it
+/// answers [`DeepRequest`] paths. Every walker ignores it: TypeScript clients only request
+/// buckets whose hash differs from their own (absent = 0), ours only hex-digit buckets.
+pub const DEEP_SYNC_MARKER: &str = "+";
+
+/// Node prefixes one [`DeepRequest`] may name.
+pub const MAX_DEEP_PREFIXES: usize = 64;
 
 const HEX_DIGITS: [char; 16] = [
     '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
@@ -69,24 +85,40 @@ impl NodeHash {
     }
 }
 
+/// A key in a leaf: its item hash, and its key hash so nodes below the leaf (the extended
+/// trie) can be formed without rehashing the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    key_hash: u32,
+    item: u32,
+}
+
 /// A trie node. Interior nodes only use `children`, leaves (depth [`DEPTH`]) only `entries`.
 #[derive(Debug, Clone, Default)]
 struct Node {
     hash: NodeHash,
     children: BTreeMap<char, Node>,
-    entries: BTreeMap<String, u32>,
+    entries: BTreeMap<String, Entry>,
 }
 
 impl Node {
     /// Sets (`Some`) or removes (`None`) `key` in the leaf at the end of `route`, fixing every
     /// hash on the way back up. Returns the previous item hash. Removal never creates nodes.
-    fn set(&mut self, route: &[char], key: &str, new: Option<u32>) -> Option<u32> {
+    fn set(&mut self, route: &[char], key: &str, new: Option<Entry>) -> Option<u32> {
         let Some((&digit, rest)) = route.split_first() else {
             let old = match new {
-                Some(hash) => self.entries.insert(key.to_owned(), hash),
+                Some(entry) => match self.entries.get_mut(key) {
+                    Some(slot) => Some(std::mem::replace(slot, entry)),
+                    None => {
+                        self.entries.insert(key.to_owned(), entry);
+                        None
+                    }
+                },
                 None => self.entries.remove(key),
-            };
-            self.hash.replace_item(old.unwrap_or(0), new.unwrap_or(0));
+            }
+            .map(|entry| entry.item);
+            self.hash
+                .replace_item(old.unwrap_or(0), new.map_or(0, |entry| entry.item));
             return old;
         };
         let child = if new.is_some() {
@@ -108,6 +140,10 @@ impl Node {
             child.collect_keys(keys);
         }
     }
+
+    fn count_keys(&self) -> usize {
+        self.entries.len() + self.children.values().map(Node::count_keys).sum::<usize>()
+    }
 }
 
 /// The Merkle tree of one map. Emptied nodes are kept (hash 0) and still reported by
@@ -126,7 +162,12 @@ impl MerkleTree {
 
     /// Inserts or replaces the item hash of `key`.
     pub fn update(&mut self, key: &str, item_hash: u32) {
-        if self.root.set(&route(key), key, Some(item_hash)).is_none() {
+        let key_hash = fnv1a_utf16(key);
+        let entry = Entry {
+            key_hash,
+            item: item_hash,
+        };
+        if self.root.set(&route(key_hash), key, Some(entry)).is_none() {
             self.len += 1;
         }
     }
@@ -134,7 +175,7 @@ impl MerkleTree {
     /// Removes `key`; a no-op for an absent key. For an OR map, call this when a key's live
     /// record set becomes empty instead of hashing the empty set.
     pub fn remove(&mut self, key: &str) {
-        if self.root.set(&route(key), key, None).is_some() {
+        if self.root.set(&route(fnv1a_utf16(key)), key, None).is_some() {
             self.len -= 1;
         }
     }
@@ -176,6 +217,76 @@ impl MerkleTree {
         keys
     }
 
+    /// Hashes of the non-empty children of the extended-trie node `prefix` (0 to
+    /// [`MAX_PREFIX`] lowercase hex digits), keyed by the child's whole path. Down to the leaves
+    /// a node's hash is its [`MerkleTree::buckets`] hash; below them it is the leaf hash of
+    /// the items under it, so a leaf's children are its items split by the next hex digit.
+    /// Empty for a malformed, missing or full-depth prefix.
+    pub fn prefix_buckets(&self, prefix: &str, combine: Combine) -> BTreeMap<String, u32> {
+        let Some(parsed) = Prefix::parse(prefix) else {
+            return BTreeMap::new();
+        };
+        let child_path = |digit: char| {
+            let mut path = String::with_capacity(prefix.len() + 1);
+            path.push_str(prefix);
+            path.push(digit);
+            path
+        };
+        if parsed.len < DEPTH {
+            return self
+                .buckets(prefix, combine)
+                .into_iter()
+                .filter(|&(_, hash)| hash != 0)
+                .map(|(digit, hash)| (child_path(digit), hash))
+                .collect();
+        }
+        let mut children = [NodeHash::default(); 16];
+        for entry in self.entries_under(parsed) {
+            if let Some(digit) = parsed.next_digit(entry.key_hash) {
+                children[digit].replace_item(0, entry.item);
+            }
+        }
+        children
+            .iter()
+            .zip(HEX_DIGITS)
+            .map(|(hash, digit)| (digit, hash.get(combine)))
+            .filter(|&(_, hash)| hash != 0)
+            .map(|(digit, hash)| (child_path(digit), hash))
+            .collect()
+    }
+
+    /// Every key under the extended-trie node `prefix` (see [`MerkleTree::prefix_buckets`]);
+    /// empty for a malformed or missing prefix.
+    pub fn prefix_keys(&self, prefix: &str) -> Vec<&str> {
+        let Some(parsed) = Prefix::parse(prefix) else {
+            return Vec::new();
+        };
+        if parsed.len <= DEPTH {
+            return self.keys_under(prefix);
+        }
+        self.leaf_at(parsed)
+            .map(|leaf| {
+                leaf.entries
+                    .iter()
+                    .filter(|(_, entry)| parsed.contains(entry.key_hash))
+                    .map(|(key, _)| key.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many keys are under the extended-trie node `prefix`: a walker fetches a small node
+    /// whole and asks for the children of a large one.
+    pub fn prefix_len(&self, prefix: &str) -> usize {
+        let Some(parsed) = Prefix::parse(prefix) else {
+            return 0;
+        };
+        if parsed.len <= DEPTH {
+            return self.node_at(prefix).map_or(0, Node::count_keys);
+        }
+        self.entries_under(parsed).count()
+    }
+
     /// Number of keys in the tree.
     pub fn len(&self) -> usize {
         self.len
@@ -193,15 +304,157 @@ impl MerkleTree {
         path.chars()
             .try_fold(&self.root, |node, digit| node.children.get(&digit))
     }
+
+    /// The leaf holding the keys of a prefix at least [`DEPTH`] digits long.
+    fn leaf_at(&self, prefix: Prefix) -> Option<&Node> {
+        let route = route(prefix.bits << (4 * (MAX_PREFIX - prefix.len)));
+        self.node_at(&route.iter().collect::<String>())
+    }
+
+    /// The entries of the keys under a prefix at least [`DEPTH`] digits long.
+    fn entries_under(&self, prefix: Prefix) -> impl Iterator<Item = &Entry> {
+        self.leaf_at(prefix)
+            .into_iter()
+            .flat_map(|leaf| leaf.entries.values())
+            .filter(move |entry| prefix.contains(entry.key_hash))
+    }
+}
+
+/// Local key count up to which a deep-sync walker fetches a differing node below the leaves
+/// whole instead of expanding it: about the point where its records cost less than the 16
+/// child hashes and the extra round an expansion needs.
+pub const FETCH_MAX_KEYS: usize = 2;
+
+/// How a deep-sync walker descends into a node whose hash differs from the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Descent {
+    /// A standard request: a leaf we hold nothing in is fetched whole, as without the
+    /// extension (nothing to narrow down, and a leaf is the cheapest way to get all of it).
+    Standard,
+    /// Batched into a [`DeepRequest::Expand`].
+    Expand,
+    /// Batched into a [`DeepRequest::Fetch`].
+    Fetch,
+}
+
+impl MerkleTree {
+    /// How a deep-sync walker descends into the differing node `path` of this (local) tree.
+    pub fn descent(&self, path: &str) -> Descent {
+        let depth = path.len();
+        if depth < DEPTH {
+            Descent::Expand
+        } else if depth == DEPTH {
+            if self.prefix_len(path) == 0 {
+                Descent::Standard
+            } else {
+                Descent::Expand
+            }
+        } else if depth >= MAX_PREFIX || self.prefix_len(path) <= FETCH_MAX_KEYS {
+            Descent::Fetch
+        } else {
+            Descent::Expand
+        }
+    }
+}
+
+/// A node of the extended trie: the first `len` hex digits (`bits`) of the key hashes under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prefix {
+    bits: u32,
+    len: usize,
+}
+
+impl Prefix {
+    /// Parses up to [`MAX_PREFIX`] lowercase hex digits.
+    fn parse(path: &str) -> Option<Self> {
+        if path.len() > MAX_PREFIX {
+            return None;
+        }
+        let bits = path.chars().try_fold(0u32, |bits, c| {
+            let digit = HEX_DIGITS.iter().position(|&d| d == c)?;
+            Some((bits << 4) | u32::try_from(digit).ok()?)
+        })?;
+        Some(Self {
+            bits,
+            len: path.len(),
+        })
+    }
+
+    fn contains(self, key_hash: u32) -> bool {
+        self.len == 0 || key_hash >> (4 * (MAX_PREFIX - self.len)) == self.bits
+    }
+
+    /// The hex digit after this prefix in `key_hash` (`None` at full depth).
+    fn next_digit(self, key_hash: u32) -> Option<usize> {
+        let shift = 4 * MAX_PREFIX.checked_sub(self.len + 1)?;
+        usize::try_from((key_hash >> shift) & 0xf).ok()
+    }
+}
+
+/// A request of the deep-sync extension, sent as the `path` of a `MERKLE_REQ_BUCKET`: `+`
+/// or `=` and then 1 to [`MAX_DEEP_PREFIXES`] comma-separated extended-trie prefixes of up to
+/// [`MAX_PREFIX`] hex digits (e.g. `"+f55,0a3"`; at least 1 digit to expand, more than
+/// [`DEPTH`] to fetch). No standard path starts that way, so a
+/// server that knows the form answers it and no TypeScript client ever sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeepRequest {
+    /// `+…`: answered with one `SYNC_RESP_BUCKETS` (same path) holding every named node's
+    /// [`MerkleTree::prefix_buckets`], keyed by whole child paths.
+    Expand(Vec<String>),
+    /// `=…`: answered with one `SYNC_RESP_LEAF` (same path) holding the records of every key
+    /// under the named nodes.
+    Fetch(Vec<String>),
+}
+
+impl DeepRequest {
+    /// Reads a deep request path; `None` for standard paths and malformed ones.
+    pub fn parse(path: &str) -> Option<Self> {
+        let mut chars = path.chars();
+        let kind = chars.next()?;
+        let prefixes: Vec<String> = chars.as_str().split(',').map(str::to_owned).collect();
+        // A fetch names nodes below the leaves only, so one answer stays a few leaves' worth.
+        let shortest = match kind {
+            '+' => 1,
+            '=' => DEPTH + 1,
+            _ => return None,
+        };
+        let well_formed = (1..=MAX_DEEP_PREFIXES).contains(&prefixes.len())
+            && prefixes
+                .iter()
+                .all(|p| p.len() >= shortest && Prefix::parse(p).is_some());
+        if !well_formed {
+            return None;
+        }
+        Some(if kind == '+' {
+            Self::Expand(prefixes)
+        } else {
+            Self::Fetch(prefixes)
+        })
+    }
+
+    /// The named prefixes.
+    pub fn prefixes(&self) -> &[String] {
+        match self {
+            Self::Expand(prefixes) | Self::Fetch(prefixes) => prefixes,
+        }
+    }
+
+    /// The wire path of this request.
+    pub fn path(&self) -> String {
+        let kind = match self {
+            Self::Expand(_) => '+',
+            Self::Fetch(_) => '=',
+        };
+        format!("{kind}{}", self.prefixes().join(","))
+    }
 }
 
 /// The leaf path of `key`: the first [`DEPTH`] hex chars of its hash (e.g. `"f55"`).
 pub fn leaf_path(key: &str) -> String {
-    route(key).iter().collect()
+    route(fnv1a_utf16(key)).iter().collect()
 }
 
-fn route(key: &str) -> [char; DEPTH] {
-    let hash = fnv1a_utf16(key);
+fn route(hash: u32) -> [char; DEPTH] {
     std::array::from_fn(|level| {
         let shift = 28 - 4 * level;
         HEX_DIGITS[((hash >> shift) & 0xf) as usize]
@@ -630,6 +883,171 @@ mod tests {
         assert_eq!(js_value_string(&json!(u64::MAX)), "18446744073709552000");
         assert_eq!(js_value_string(&json!(i64::MIN)), "-9223372036854776000");
         assert_eq!(js_value_string(&json!([0.5, 1e21, 2])), "[0.5,1e+21,2]");
+    }
+
+    fn hex8(key: &str) -> String {
+        format!("{:08x}", fnv1a_utf16(key))
+    }
+
+    /// 200 keys, all in the leaf of `"anchor"`, with arbitrary item hashes.
+    fn busy_leaf() -> (MerkleTree, Vec<(String, u32)>) {
+        let path = leaf_path("anchor");
+        let items: Vec<(String, u32)> = (0u32..)
+            .map(|i| (format!("k{i}"), i.wrapping_mul(2_654_435_761)))
+            .filter(|(k, _)| leaf_path(k) == path)
+            .take(200)
+            .collect();
+        (build(&items), items)
+    }
+
+    #[test]
+    fn a_leaf_splits_into_its_items_by_the_next_hex_digit() {
+        let (tree, items) = busy_leaf();
+        let leaf = leaf_path("anchor");
+        for combine in BOTH {
+            let children = tree.prefix_buckets(&leaf, combine);
+            let mut expected: BTreeMap<String, u32> = BTreeMap::new();
+            for (key, item) in &items {
+                let lifted = match combine {
+                    Combine::Sum => *item,
+                    Combine::Fmix => fmix32(*item),
+                };
+                let slot = expected.entry(hex8(key)[..4].to_owned()).or_default();
+                *slot = slot.wrapping_add(lifted);
+            }
+            assert_eq!(children, expected);
+            // The children add up to the leaf's own hash, as the leaf's items do.
+            let total = children.values().fold(0u32, |a, h| a.wrapping_add(*h));
+            let parent = &leaf[..2];
+            assert_eq!(
+                tree.prefix_buckets(parent, combine).get(&leaf).copied(),
+                Some(total)
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_keys_and_len_follow_the_key_hash() {
+        let (tree, items) = busy_leaf();
+        let probe = &items[7].0;
+        for depth in 0..=MAX_PREFIX {
+            let prefix = &hex8(probe)[..depth];
+            let mut expected: Vec<&str> = items
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| hex8(k).starts_with(prefix))
+                .collect();
+            expected.sort_unstable();
+            let mut keys = tree.prefix_keys(prefix);
+            keys.sort_unstable();
+            assert_eq!(keys, expected, "{prefix:?}");
+            assert_eq!(tree.prefix_len(prefix), expected.len(), "{prefix:?}");
+        }
+        let full = hex8(probe);
+        assert!(
+            tree.prefix_buckets(&full, Combine::Fmix).is_empty(),
+            "full depth"
+        );
+        for bad in ["F", "g", "123456789", "0x"] {
+            assert!(tree.prefix_keys(bad).is_empty(), "{bad:?}");
+            assert!(tree.prefix_buckets(bad, Combine::Sum).is_empty(), "{bad:?}");
+            assert_eq!(tree.prefix_len(bad), 0, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn above_the_leaves_prefix_buckets_are_the_standard_ones() {
+        let tree = two_key_tree();
+        let f = tree.buckets("", Combine::Fmix)[&'f'];
+        assert_eq!(
+            tree.prefix_buckets("", Combine::Fmix),
+            BTreeMap::from([("f".to_owned(), f)])
+        );
+        assert_eq!(
+            tree.prefix_buckets("f5", Combine::Fmix),
+            BTreeMap::from([("f55".to_owned(), 4_119_326_984)])
+        );
+        assert_eq!(
+            tree.prefix_buckets("f55", Combine::Fmix),
+            BTreeMap::from([("f553".to_owned(), 4_119_326_984)]),
+            "user-1 hashes to f5537974"
+        );
+    }
+
+    #[test]
+    fn deep_requests_parse_and_print() {
+        let expand = DeepRequest::Expand(vec!["f".into(), "f55".into(), "0123abcd".into()]);
+        assert_eq!(expand.path(), "+f,f55,0123abcd");
+        assert_eq!(DeepRequest::parse(&expand.path()), Some(expand));
+        let fetch = DeepRequest::Fetch(vec!["f55a".into()]);
+        assert_eq!(DeepRequest::parse("=f55a"), Some(fetch));
+        let too_many = format!("+{}", vec!["a"; MAX_DEEP_PREFIXES + 1].join(","));
+        let most = format!("+{}", vec!["a"; MAX_DEEP_PREFIXES].join(","));
+        assert!(DeepRequest::parse(&most).is_some());
+        for bad in [
+            "",
+            "f55",
+            "+",
+            "=",
+            "=f55",
+            "+f55,",
+            "+,f",
+            "+123456789",
+            "+F",
+            "*f55",
+            &too_many,
+        ] {
+            assert_eq!(DeepRequest::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_deep_path_grammar_matches_the_wire_schema() {
+        let pattern = regex::Regex::new(crate::protocol::common::MERKLE_PATH_PATTERN).unwrap();
+        let too_many = format!("={}", vec!["abcd"; MAX_DEEP_PREFIXES + 1].join(","));
+        for path in [
+            "",
+            "f",
+            "f55",
+            "f55a",
+            "+f",
+            "+f55,0a3c",
+            "=f55a",
+            "=f55",
+            "+1234567890",
+            "-a",
+            &too_many,
+        ] {
+            let standard = path.len() <= DEPTH && Prefix::parse(path).is_some();
+            assert_eq!(
+                pattern.is_match(path),
+                standard || DeepRequest::parse(path).is_some(),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn descent_expands_busy_nodes_and_fetches_small_ones() {
+        let (tree, items) = busy_leaf();
+        let leaf = leaf_path("anchor");
+        assert_eq!(tree.descent(&leaf[..2]), Descent::Expand);
+        assert_eq!(tree.descent(&leaf), Descent::Expand);
+        assert_eq!(
+            tree.descent("000"),
+            Descent::Standard,
+            "a leaf we hold nothing in"
+        );
+        let probe = hex8(&items[0].0);
+        assert_eq!(tree.descent(&probe), Descent::Fetch, "full depth");
+        let busy = &probe[..4];
+        assert!(tree.prefix_len(busy) > FETCH_MAX_KEYS);
+        assert_eq!(tree.descent(busy), Descent::Expand);
+        let quiet = (0..16)
+            .map(|d| format!("{}{}", &probe[..5], HEX_DIGITS[d]))
+            .find(|p| tree.prefix_len(p) <= FETCH_MAX_KEYS)
+            .unwrap();
+        assert_eq!(tree.descent(&quiet), Descent::Fetch);
     }
 
     /// From-scratch reference: groups items by trie path and combines level by level.

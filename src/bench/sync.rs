@@ -6,7 +6,9 @@
 //! The walk is the TypeScript client's (PROTOCOL.md §3.4): `SYNC_INIT`, then
 //! `MERKLE_REQ_BUCKET` for every remote bucket whose hash differs from the local one, merging
 //! each `SYNC_RESP_LEAF`; requests are pipelined (a bounded number in flight), as the client
-//! sends one per differing bucket without waiting.
+//! sends one per differing bucket without waiting. When the server's root buckets advertise
+//! the deep-sync extension ([`DeepRequest`], README "Deep Merkle sync"), differing nodes are
+//! instead expanded and fetched in batches below the leaves, as the SDK's walker does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::merkle::{Combine, MerkleTree};
+use crate::merkle::{
+    Combine, DEEP_SYNC_MARKER, DeepRequest, Descent, MAX_DEEP_PREFIXES, MerkleTree,
+};
 use crate::protocol::{BucketRequest, Buckets, LeafRecord, MerkleReqBucket, Message, SyncInit};
 use crate::replica::LwwReplica;
 
@@ -51,13 +55,25 @@ pub struct WalkStats {
 }
 
 /// Child paths under `path` whose server hash differs from the local one (a zero server
-/// hash means only we hold data there: nothing to fetch).
+/// hash means only we hold data there: nothing to fetch). `path` is a standard path or a
+/// [`DeepRequest::Expand`], whose answer is keyed by whole child paths.
 fn differing_children(
     local: &MerkleTree,
     path: &str,
     server: &Buckets,
     combine: Combine,
 ) -> Vec<String> {
+    if let Some(DeepRequest::Expand(prefixes)) = DeepRequest::parse(path) {
+        let mine: Buckets = prefixes
+            .iter()
+            .flat_map(|prefix| local.prefix_buckets(prefix, combine))
+            .collect();
+        return server
+            .iter()
+            .filter(|(child, hash)| **hash != 0 && mine.get(*child) != Some(*hash))
+            .map(|(child, _)| child.clone())
+            .collect();
+    }
     let mine = local.buckets(path, combine);
     server
         .iter()
@@ -67,10 +83,57 @@ fn differing_children(
                 .next()
                 .and_then(|d| mine.get(&d).copied())
                 .unwrap_or(0);
-            **hash != 0 && **hash != local_hash
+            digit.len() == 1 && **hash != 0 && **hash != local_hash
         })
         .map(|(digit, _)| format!("{path}{digit}"))
         .collect()
+}
+
+/// The bucket requests a walk still has to send.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Whether the server answers [`DeepRequest`]s (seen in its root buckets).
+    deep: bool,
+    standard: VecDeque<String>,
+    expand: Vec<String>,
+    fetch: Vec<String>,
+}
+
+impl Pending {
+    /// Queues a differing node the way the server's extension support and `local` call for.
+    fn add(&mut self, local: &MerkleTree, path: String) {
+        let descent = if self.deep {
+            local.descent(&path)
+        } else {
+            Descent::Standard
+        };
+        match descent {
+            Descent::Standard => self.standard.push_back(path),
+            Descent::Expand => self.expand.push(path),
+            Descent::Fetch => self.fetch.push(path),
+        }
+    }
+
+    /// The next path to request: standard ones first, then full deep batches, and partial
+    /// batches only when `drain` (no answer outstanding could still add to them).
+    fn next(&mut self, drain: bool) -> Option<String> {
+        if let Some(path) = self.standard.pop_front() {
+            return Some(path);
+        }
+        for (prefixes, expand) in [(&mut self.expand, true), (&mut self.fetch, false)] {
+            if prefixes.len() >= MAX_DEEP_PREFIXES || (drain && !prefixes.is_empty()) {
+                let rest = prefixes.split_off(prefixes.len().min(MAX_DEEP_PREFIXES));
+                let batch = std::mem::replace(prefixes, rest);
+                let request = if expand {
+                    DeepRequest::Expand(batch)
+                } else {
+                    DeepRequest::Fetch(batch)
+                };
+                return Some(request.path());
+            }
+        }
+        None
+    }
 }
 
 /// The combine function under which the local tree has the server's root: the server picks
@@ -120,14 +183,16 @@ async fn walk(
         }
     };
     let mut stats = WalkStats::default();
-    let mut queue = VecDeque::new();
+    let mut pending = Pending::default();
     if server_root != local.merkle().root(*combine) {
-        queue.push_back(String::new());
+        pending.standard.push_back(String::new());
     }
     let mut outstanding = 0usize;
     loop {
         while outstanding < WALK_WINDOW {
-            let Some(path) = queue.pop_front() else { break };
+            let Some(path) = pending.next(outstanding == 0) else {
+                break;
+            };
             conn.send(&Message::MerkleReqBucket(MerkleReqBucket {
                 payload: BucketRequest {
                     map_name: map.to_owned(),
@@ -144,12 +209,15 @@ async fn walk(
         match answer(conn).await? {
             Message::SyncRespBuckets(b) if b.payload.map_name == map => {
                 outstanding -= 1;
-                queue.extend(differing_children(
-                    local.merkle(),
-                    &b.payload.path,
-                    &b.payload.buckets,
-                    *combine,
-                ));
+                let path = &b.payload.path;
+                if path.is_empty() && b.payload.buckets.contains_key(DEEP_SYNC_MARKER) {
+                    pending.deep = true;
+                }
+                let children =
+                    differing_children(local.merkle(), path, &b.payload.buckets, *combine);
+                for child in children {
+                    pending.add(local.merkle(), child);
+                }
             }
             Message::SyncRespLeaf(leaf) if leaf.payload.map_name == map => {
                 outstanding -= 1;
@@ -416,6 +484,63 @@ mod tests {
         .collect();
         let wanted = differing_children(local.merkle(), "", &server, Combine::Fmix);
         assert_eq!(wanted, vec![other.to_string()]);
+    }
+
+    #[test]
+    fn expand_answers_are_compared_by_whole_child_path() {
+        let mut local = LwwReplica::default();
+        for i in 0..50 {
+            local.merge(&format!("k{i}"), record(1));
+        }
+        let prefix = crate::merkle::leaf_path("k0");
+        let mine = local.merkle().prefix_buckets(&prefix, Combine::Fmix);
+        let (same, &hash) = mine.iter().next().unwrap();
+        let mut server: Buckets = [(same.clone(), hash)].into_iter().collect();
+        let changed = format!("{prefix}x");
+        server.insert(changed.clone(), 0);
+        let new_child = (0..16)
+            .map(|d| format!("{prefix}{d:x}"))
+            .find(|c| !mine.contains_key(c))
+            .unwrap_or_else(|| same.clone());
+        server.insert(new_child.clone(), hash.wrapping_add(1));
+        let path = DeepRequest::Expand(vec![prefix]).path();
+        let wanted = differing_children(local.merkle(), &path, &server, Combine::Fmix);
+        assert_eq!(
+            wanted,
+            vec![new_child],
+            "zero hashes and equal ones are skipped"
+        );
+    }
+
+    #[test]
+    fn deep_batches_fill_up_unless_drained() {
+        let mut pending = Pending {
+            deep: true,
+            ..Pending::default()
+        };
+        let local = MerkleTree::new();
+        pending.add(&local, "0a".to_owned());
+        pending.add(&local, "0a1".to_owned());
+        assert_eq!(pending.next(false), Some("0a1".to_owned()), "an empty leaf");
+        assert_eq!(pending.next(false), None, "a partial batch waits");
+        assert_eq!(pending.next(true), Some("+0a".to_owned()));
+        for i in 0..MAX_DEEP_PREFIXES + 1 {
+            pending.add(&local, format!("{:05x}", i));
+        }
+        let full = pending.next(false).unwrap();
+        assert!(full.starts_with('=') && full.matches(',').count() == MAX_DEEP_PREFIXES - 1);
+        assert_eq!(pending.next(false), None);
+        assert_eq!(
+            pending.next(true),
+            Some(format!("={:05x}", MAX_DEEP_PREFIXES))
+        );
+        let mut standard = Pending::default();
+        standard.add(&local, "0a".to_owned());
+        assert_eq!(
+            standard.next(false),
+            Some("0a".to_owned()),
+            "no marker, no batching"
+        );
     }
 
     #[test]

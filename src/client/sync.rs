@@ -11,15 +11,26 @@
 //! the answer carries the server's tombstones and a record the server already removed must
 //! be dropped here rather than pushed back.
 //!
-//! Termination: every bucket path is requested at most once and only well-formed paths (at
-//! most [`DEPTH`] lowercase hex digits) are requested, so one walk sends at most
-//! 1 + 16 + 256 + 4096 bucket requests however the server answers; an empty answer simply
-//! ends that branch.
+//! Deep sync: when the server's root buckets carry [`DEEP_SYNC_MARKER`], an LWW walk narrows
+//! a differing leaf down below the leaf level instead of downloading it whole: differing
+//! nodes are expanded ([`DeepRequest::Expand`]) until they hold at most [`FETCH_MAX_KEYS`]
+//! local keys, then fetched ([`DeepRequest::Fetch`]), both in batches of up to
+//! [`MAX_DEEP_PREFIXES`] nodes. Without the marker (a TypeScript-era server) the walk is the
+//! standard one. OR walks always are.
+//!
+//! Termination: every node is requested at most once and only well-formed paths are
+//! requested, so one walk sends at most 1 + 16 + 256 + 4096 standard bucket requests however
+//! the server answers; an empty answer simply ends that branch. Deep requests are bounded by
+//! our own data too: only nodes holding more than [`FETCH_MAX_KEYS`] of our keys (or above
+//! the leaves) are expanded, and each expansion yields at most 16 nodes to fetch.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::hlc::Timestamp;
-use crate::merkle::{Combine, DEPTH, MerkleTree};
+use crate::merkle::{
+    Combine, DEEP_SYNC_MARKER, DEPTH, DeepRequest, Descent, MAX_DEEP_PREFIXES, MAX_PREFIX,
+    MerkleTree,
+};
 use crate::protocol::common::MAX_LIST_ITEMS;
 use crate::protocol::{
     BucketRequest, Buckets, ClientOp, LeafRecord, MerkleReqBucket, Message, OpBatch,
@@ -148,8 +159,14 @@ pub struct MapSync {
     queued: VecDeque<Request>,
     buckets_in_flight: BTreeSet<String>,
     diffs_in_flight: usize,
-    /// Every bucket path ever queued: none is requested twice, which bounds the walk.
+    /// Every bucket path or deep node ever queued: none is requested twice, which bounds the
+    /// walk.
     requested: BTreeSet<String>,
+    /// Whether the server answers deep requests (its root buckets said so).
+    deep: bool,
+    /// Nodes waiting to be batched into deep requests.
+    to_expand: Vec<String>,
+    to_fetch: Vec<String>,
 }
 
 impl MapSync {
@@ -193,6 +210,9 @@ impl MapSync {
             buckets_in_flight: BTreeSet::new(),
             diffs_in_flight: 0,
             requested: BTreeSet::new(),
+            deep: false,
+            to_expand: Vec::new(),
+            to_fetch: Vec::new(),
         }
     }
 
@@ -262,6 +282,8 @@ impl MapSync {
             Answer::Reset => {
                 self.phase = Phase::Reset;
                 self.queued.clear();
+                self.to_expand.clear();
+                self.to_fetch.clear();
                 self.buckets_in_flight.clear();
                 self.diffs_in_flight = 0;
                 step.reset = true;
@@ -283,12 +305,28 @@ impl MapSync {
             }
             Answer::Buckets { path, buckets } => {
                 self.take_bucket(message_type, path)?;
-                self.on_buckets(&target, path, buckets, &mut out);
+                if path.is_empty() && self.kind == MapKind::Lww {
+                    self.deep = buckets.contains_key(DEEP_SYNC_MARKER);
+                }
+                match DeepRequest::parse(path) {
+                    Some(DeepRequest::Expand(prefixes)) => {
+                        self.on_expanded(&target, &prefixes, buckets, &mut out);
+                    }
+                    // Buckets for a fetch: the server holds nothing under those nodes.
+                    Some(DeepRequest::Fetch(prefixes)) => {
+                        for prefix in &prefixes {
+                            self.cover(&target, prefix, &mut out);
+                        }
+                    }
+                    None => self.on_buckets(&target, path, buckets, &mut out),
+                }
             }
             Answer::LwwLeaf { path, records } => {
                 self.take_bucket(message_type, path)?;
                 if let Target::Lww(r) = &mut target {
-                    exchange_lww(&self.map, r, path, records, &mut out);
+                    let nodes = DeepRequest::parse(path)
+                        .map_or_else(|| vec![path.to_owned()], |d| d.prefixes().to_vec());
+                    exchange_lww(&self.map, r, &nodes, records, &mut out);
                 }
             }
             Answer::OrLeaf { path, entries } => {
@@ -296,7 +334,7 @@ impl MapSync {
                 if let Target::Or(r) = &mut target {
                     let local: Vec<String> = r
                         .merkle()
-                        .keys_under(path)
+                        .prefix_keys(path)
                         .into_iter()
                         .map(str::to_owned)
                         .collect();
@@ -360,8 +398,63 @@ impl MapSync {
             if their == 0 {
                 self.cover(target, &child, out);
             } else {
-                self.queue_bucket(child);
+                self.descend(target, child);
             }
+        }
+    }
+
+    /// Compares the server's hashes of the children of the expanded `prefixes` (keyed by whole
+    /// child paths) with ours, as [`MapSync::on_buckets`] does for one standard node. Keys
+    /// that are not children of an expanded node are ignored.
+    fn on_expanded(
+        &mut self,
+        target: &Target<'_>,
+        prefixes: &[String],
+        theirs: &Buckets,
+        out: &mut Outbox,
+    ) {
+        let expanded: BTreeSet<&str> = prefixes.iter().map(String::as_str).collect();
+        let theirs: BTreeMap<&str, u32> = theirs
+            .iter()
+            .filter(|(child, _)| is_child_of_any(child, &expanded))
+            .map(|(child, hash)| (child.as_str(), *hash))
+            .collect();
+        let mut ours: BTreeMap<String, u32> = BTreeMap::new();
+        for prefix in prefixes {
+            ours.extend(target.merkle().prefix_buckets(prefix, self.config.combine));
+        }
+        let children: BTreeSet<&str> = ours
+            .keys()
+            .map(String::as_str)
+            .chain(theirs.keys().copied())
+            .collect();
+        for child in children {
+            let mine = ours.get(child).copied().unwrap_or(0);
+            let their = theirs.get(child).copied().unwrap_or(0);
+            if mine == their {
+                continue;
+            }
+            if their == 0 {
+                self.cover(target, child, out);
+            } else {
+                self.descend(target, child.to_owned());
+            }
+        }
+    }
+
+    /// Queues a differing node the server holds data in: a standard request, or a deep one
+    /// when the server takes them (see the module docs).
+    fn descend(&mut self, target: &Target<'_>, path: String) {
+        let descent = if self.deep {
+            target.merkle().descent(&path)
+        } else {
+            Descent::Standard
+        };
+        match descent {
+            Descent::Standard => self.queue_bucket(path),
+            Descent::Expand | Descent::Fetch if !self.requested.insert(path.clone()) => {}
+            Descent::Expand => self.to_expand.push(path),
+            Descent::Fetch => self.to_fetch.push(path),
         }
     }
 
@@ -370,14 +463,14 @@ impl MapSync {
     fn cover(&mut self, target: &Target<'_>, path: &str, out: &mut Outbox) {
         match target {
             Target::Lww(r) => {
-                for key in r.merkle().keys_under(path) {
+                for key in r.merkle().prefix_keys(path) {
                     if let Some(record) = r.map().record(key) {
                         out.ops.push(push_op(&self.map, key, record));
                     }
                 }
             }
             Target::Or(r) => {
-                let keys = r.merkle().keys_under(path);
+                let keys = r.merkle().prefix_keys(path);
                 for chunk in keys.chunks(self.chunk_size()) {
                     let keys = chunk.iter().map(|k| (*k).to_owned()).collect();
                     self.queued.push_back(Request::Diff(keys));
@@ -408,7 +501,7 @@ impl MapSync {
     fn pump(&mut self, send: &mut Vec<Message>) {
         let window = self.config.max_requests_in_flight.max(1);
         while self.buckets_in_flight.len() + self.diffs_in_flight < window {
-            let Some(request) = self.queued.pop_front() else {
+            let Some(request) = self.queued.pop_front().or_else(|| self.deep_batch()) else {
                 break;
             };
             match request {
@@ -432,6 +525,22 @@ impl MapSync {
         }
     }
 
+    /// The next deep request: a full batch at any time, a partial one only once no answer is
+    /// outstanding that could still add to it.
+    fn deep_batch(&mut self) -> Option<Request> {
+        let drain = self.buckets_in_flight.is_empty() && self.diffs_in_flight == 0;
+        let ready =
+            |nodes: &Vec<String>| nodes.len() >= MAX_DEEP_PREFIXES || (drain && !nodes.is_empty());
+        let request = if ready(&self.to_expand) {
+            DeepRequest::Expand(take_batch(&mut self.to_expand))
+        } else if ready(&self.to_fetch) {
+            DeepRequest::Fetch(take_batch(&mut self.to_fetch))
+        } else {
+            return None;
+        };
+        Some(Request::Bucket(request.path()))
+    }
+
     fn bucket_request(&self, path: &str) -> Message {
         let payload = BucketRequest {
             map_name: self.map.clone(),
@@ -444,7 +553,11 @@ impl MapSync {
     }
 
     fn is_idle(&self) -> bool {
-        self.queued.is_empty() && self.buckets_in_flight.is_empty() && self.diffs_in_flight == 0
+        self.queued.is_empty()
+            && self.to_expand.is_empty()
+            && self.to_fetch.is_empty()
+            && self.buckets_in_flight.is_empty()
+            && self.diffs_in_flight == 0
     }
 
     fn chunk_size(&self) -> usize {
@@ -613,12 +726,12 @@ fn chunks<T>(mut items: Vec<T>, size: usize) -> Vec<Vec<T>> {
     out
 }
 
-/// Merges a server leaf into `replica`, then queues a push of every local record under `path`
-/// that the server lacks or holds older.
+/// Merges a server leaf into `replica`, then queues a push of every local record under the
+/// leaf's `nodes` that the server lacks or holds older.
 fn exchange_lww(
     map: &str,
     replica: &mut LwwReplica,
-    path: &str,
+    nodes: &[String],
     records: &[LeafRecord],
     out: &mut Outbox,
 ) {
@@ -632,7 +745,10 @@ fn exchange_lww(
             *newest = &leaf.record.timestamp;
         }
     }
-    for key in replica.merkle().keys_under(path) {
+    let local = nodes
+        .iter()
+        .flat_map(|node| replica.merkle().prefix_keys(node));
+    for key in local {
         let Some(mine) = replica.map().record(key) else {
             continue;
         };
@@ -737,6 +853,24 @@ fn wire_buckets(tree: &MerkleTree, path: &str, combine: Combine) -> Buckets {
         .collect()
 }
 
+/// Up to [`MAX_DEEP_PREFIXES`] nodes off the front of `nodes`.
+fn take_batch(nodes: &mut Vec<String>) -> Vec<String> {
+    let rest = nodes.split_off(nodes.len().min(MAX_DEEP_PREFIXES));
+    std::mem::replace(nodes, rest)
+}
+
+/// Whether `child` is one hex digit longer than one of the `expanded` nodes and starts with
+/// it, within the extended trie's depth.
+fn is_child_of_any(child: &str, expanded: &BTreeSet<&str>) -> bool {
+    let Some(split) = child.len().checked_sub(1) else {
+        return false;
+    };
+    child.len() <= MAX_PREFIX
+        && child.is_char_boundary(split)
+        && hex_digit(&child[split..]).is_some()
+        && expanded.contains(&child[..split])
+}
+
 /// A bucket key as the protocol sends it: one lowercase hex digit.
 fn hex_digit(key: &str) -> Option<char> {
     let mut chars = key.chars();
@@ -749,13 +883,14 @@ fn hex_digit(key: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merkle::leaf_path;
+    use crate::merkle::{FETCH_MAX_KEYS, leaf_path};
     use crate::protocol::{
         BucketsPayload, OrMapDiffResponse, OrMapDiffResponsePayload, OrMapSyncRespBuckets,
         OrMapSyncRespLeaf, OrMapSyncRespLeafPayload, OrMapSyncRespRoot, OrMapSyncRespRootPayload,
         SyncResetRequired, SyncResetRequiredPayload, SyncRespBuckets, SyncRespLeaf,
         SyncRespLeafPayload, SyncRespRoot, SyncRespRootPayload,
     };
+    use crate::server::sync::{LwwAnswer, lww_answer};
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use std::collections::VecDeque;
@@ -767,12 +902,15 @@ mod tests {
         Timestamp::new(SERVER_MILLIS, 0, "server")
     }
 
-    /// Answers like `src/server/sync.rs`: every request gets an answer (unknown paths get
-    /// empty buckets), leaves carry full records and, for OR maps, the whole tombstone set in
-    /// every entry; pushes are merged without a reply.
+    /// Answers like `src/server/sync.rs` (LWW bucket requests through its own
+    /// [`lww_answer`]): every request gets an answer (unknown paths get empty buckets), leaves
+    /// carry full records and, for OR maps, the whole tombstone set in every entry; pushes are
+    /// merged without a reply. Unless `deep`, it plays a TypeScript-era server that does not
+    /// advertise the deep-sync extension.
     struct FakeServer {
         replica: Replica,
         combine: Combine,
+        deep: bool,
     }
 
     impl FakeServer {
@@ -780,6 +918,14 @@ mod tests {
             Self {
                 replica,
                 combine: Combine::Fmix,
+                deep: false,
+            }
+        }
+
+        fn deep(replica: Replica) -> Self {
+            Self {
+                deep: true,
+                ..Self::new(replica)
             }
         }
 
@@ -798,32 +944,40 @@ mod tests {
                 ),
                 (Message::MerkleReqBucket(m), Replica::Lww(r)) => {
                     let BucketRequest { map_name, path } = m.payload.clone();
-                    let leaf: Option<Vec<LeafRecord>> = r.merkle().leaf_keys(&path).map(|keys| {
-                        keys.filter_map(|key| {
-                            r.map().record(key).map(|record| LeafRecord {
-                                key: key.to_owned(),
-                                record: record.clone(),
-                            })
-                        })
-                        .collect()
-                    });
-                    Some(match leaf {
-                        Some(records) => SyncRespLeaf {
+                    assert!(
+                        self.deep || path.len() <= DEPTH,
+                        "deep path {path:?} sent to a server that did not advertise it"
+                    );
+                    Some(match lww_answer(r.merkle(), &path, combine) {
+                        LwwAnswer::Leaf(keys) => SyncRespLeaf {
                             payload: SyncRespLeafPayload {
+                                records: keys
+                                    .into_iter()
+                                    .filter_map(|key| {
+                                        r.map().record(key).map(|record| LeafRecord {
+                                            key: key.to_owned(),
+                                            record: record.clone(),
+                                        })
+                                    })
+                                    .collect(),
                                 map_name,
                                 path,
-                                records,
                             },
                         }
                         .into(),
-                        None => SyncRespBuckets {
-                            payload: BucketsPayload {
-                                buckets: wire_buckets(r.merkle(), &path, combine),
-                                map_name,
-                                path,
-                            },
+                        LwwAnswer::Buckets(mut buckets) => {
+                            if !self.deep {
+                                buckets.remove(DEEP_SYNC_MARKER);
+                            }
+                            SyncRespBuckets {
+                                payload: BucketsPayload {
+                                    buckets,
+                                    map_name,
+                                    path,
+                                },
+                            }
+                            .into()
                         }
-                        .into(),
                     })
                 }
                 (Message::OpBatch(batch), Replica::Lww(r)) => {
@@ -1466,6 +1620,135 @@ mod tests {
 
     const HEX_FOR_TESTS: &str = "0123456789abcdef";
 
+    /// A client and a deep server sharing `count` keys of one leaf, the server then changing
+    /// `changed` of them and adding `added` keys to the same leaf.
+    fn one_busy_leaf(
+        count: usize,
+        changed: usize,
+        added: usize,
+    ) -> (Replica, Replica, Vec<String>) {
+        let keys = same_leaf_keys("anchor", count + added);
+        let items: Vec<(&str, Option<Value>, u64, &str)> = keys[..count]
+            .iter()
+            .map(|k| (k.as_str(), Some(json!(k)), 10, "c"))
+            .collect();
+        let client = lww(&items);
+        let mut server = client.clone();
+        if let Replica::Lww(r) = &mut server {
+            for key in keys[..changed].iter().chain(&keys[count..]) {
+                r.merge(key, lww_record(Some(json!("new")), 20, "s"));
+            }
+        }
+        let mut moved = keys[..changed].to_vec();
+        moved.extend_from_slice(&keys[count..]);
+        moved.sort();
+        (client, server, moved)
+    }
+
+    fn leaf_records_received(answers: &[Message]) -> usize {
+        answers
+            .iter()
+            .map(|m| match m {
+                Message::SyncRespLeaf(l) => l.payload.records.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_deep_walk_fetches_only_the_changed_keys_of_a_busy_leaf() {
+        let (mut client, server, moved) = one_busy_leaf(300, 2, 1);
+        let mut server = FakeServer::deep(server);
+        let mut answers = Vec::new();
+        let run = drive(&mut client, SyncConfig::default(), |m| {
+            let reply = server.answer(m);
+            answers.extend(reply.clone());
+            reply
+        });
+        assert_eq!(run.changed, moved.iter().cloned().collect::<BTreeSet<_>>());
+        assert_same_roots(&client, &server.replica);
+        let records = leaf_records_received(&answers);
+        assert!(
+            (moved.len()..=moved.len() * (FETCH_MAX_KEYS + 1)).contains(&records),
+            "{records} records for {} changes, not the whole leaf of 301",
+            moved.len()
+        );
+        let paths: Vec<String> = run
+            .sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::MerkleReqBucket(r) => Some(r.payload.path.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(paths.iter().any(|p| p.starts_with('+')), "{paths:?}");
+        assert!(paths.iter().any(|p| p.starts_with('=')), "{paths:?}");
+        assert!(
+            !paths.contains(&leaf_path("anchor")),
+            "the leaf is never sent whole"
+        );
+        assert_eq!(run.count("OP_BATCH"), 0, "nothing to push");
+    }
+
+    #[test]
+    fn a_server_without_the_marker_gets_the_standard_walk() {
+        let (mut client, server, moved) = one_busy_leaf(300, 2, 1);
+        // FakeServer::new asserts that no deep path reaches it.
+        let mut server = FakeServer::new(server);
+        let mut answers = Vec::new();
+        let run = drive(&mut client, SyncConfig::default(), |m| {
+            let reply = server.answer(m);
+            answers.extend(reply.clone());
+            reply
+        });
+        assert_eq!(run.changed, moved.into_iter().collect::<BTreeSet<_>>());
+        assert_same_roots(&client, &server.replica);
+        assert_eq!(leaf_records_received(&answers), 301, "the whole leaf");
+    }
+
+    #[test]
+    fn a_deep_walk_pushes_what_only_we_hold_below_a_leaf() {
+        let (server, mut client, moved) = one_busy_leaf(300, 3, 2);
+        let mut server = FakeServer::deep(server);
+        let run = walk(&mut client, &mut server, SyncConfig::default());
+        let mut pushed: Vec<String> = run
+            .sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        pushed.sort();
+        assert_eq!(pushed, moved);
+        assert!(run.changed.is_empty());
+        assert_same_roots(&client, &server.replica);
+    }
+
+    #[test]
+    fn deep_requests_are_batched() {
+        // Many busy leaves, one change in each: the expansions and fetches share requests.
+        let keys: Vec<String> = (0..20_000).map(|i| format!("key-{i}")).collect();
+        let items: Vec<(&str, Option<Value>, u64, &str)> = keys
+            .iter()
+            .map(|k| (k.as_str(), Some(json!(1)), 10, "c"))
+            .collect();
+        let mut client = lww(&items);
+        let mut server = client.clone();
+        if let Replica::Lww(r) = &mut server {
+            for key in keys.iter().step_by(100) {
+                r.merge(key, lww_record(Some(json!(2)), 20, "s"));
+            }
+        }
+        let mut server = FakeServer::deep(server);
+        let run = walk(&mut client, &mut server, SyncConfig::default());
+        assert_eq!(run.changed.len(), 200);
+        assert_same_roots(&client, &server.replica);
+        let requests = run.count("MERKLE_REQ_BUCKET");
+        assert!(requests < 40, "{requests} requests for 200 changes");
+    }
+
     #[test]
     fn a_combine_mismatch_costs_a_full_walk_but_converges() {
         let mut client = lww(&[
@@ -1562,6 +1845,7 @@ mod tests {
             client_only in lww_items(),
             server_only in lww_items(),
             window in 1usize..6,
+            deep in any::<bool>(),
         ) {
             let mut client = LwwReplica::from_records(shared.clone());
             let mut server = LwwReplica::from_records(shared);
@@ -1569,6 +1853,7 @@ mod tests {
             for (k, r) in server_only { server.merge(&k, r); }
             let mut client = Replica::Lww(client);
             let mut server = FakeServer::new(Replica::Lww(server));
+            server.deep = deep;
             let config = SyncConfig { max_requests_in_flight: window, ..SyncConfig::default() };
             walk(&mut client, &mut server, config);
             for combine in [Combine::Sum, Combine::Fmix] {

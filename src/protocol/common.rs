@@ -17,8 +17,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const NO_CONTROL_CHARS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 /// Regex of a topic name (PROTOCOL.md §3.7, JS `\w` is ASCII-only).
 pub const TOPIC_PATTERN: &str = r"^[A-Za-z0-9_\-.:/]+$";
-/// Regex of a Merkle path: up to three lowercase hex characters (PROTOCOL.md §3.4).
-pub const MERKLE_PATH_PATTERN: &str = "^[0-9a-f]{0,3}$";
+/// Regex of a Merkle path: up to three lowercase hex characters (PROTOCOL.md §3.4), or a
+/// deep-sync request (`crate::merkle::DeepRequest`, README "Deep Merkle sync"): `+` or `=`
+/// and 1 to 64 comma-separated hex prefixes of at most 8 digits (more than 3 after `=`).
+pub const MERKLE_PATH_PATTERN: &str =
+    "^([0-9a-f]{0,3}|\\+[0-9a-f]{1,8}(,[0-9a-f]{1,8}){0,63}|=[0-9a-f]{4,8}(,[0-9a-f]{4,8}){0,63})$";
 /// Regex of a journal sequence number (decimal bigint as a string).
 pub const SEQUENCE_PATTERN: &str = "^[0-9]{1,20}$";
 /// Maximum number of ops in one `OP_BATCH`.

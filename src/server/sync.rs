@@ -5,10 +5,10 @@
 //! including tombstones and TTLs, and roots are computed with the combine function this
 //! client uses, so equal data means equal roots and no walk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::merkle::{Combine, MerkleTree};
+use crate::merkle::{Combine, DEEP_SYNC_MARKER, DeepRequest, MerkleTree};
 use crate::protocol::{
     BucketRequest, Buckets, BucketsPayload, LeafRecord, OrMapDiffRequestPayload, OrMapDiffResponse,
     OrMapDiffResponsePayload, OrMapEntry, OrMapPushDiffPayload, OrMapSyncInit,
@@ -16,7 +16,7 @@ use crate::protocol::{
     OrMapSyncRespRootPayload, SyncInit, SyncResetRequired, SyncResetRequiredPayload,
     SyncRespBuckets, SyncRespLeaf, SyncRespLeafPayload, SyncRespRoot, SyncRespRootPayload,
 };
-use crate::replica::{MapKind, OrReplica, Replica};
+use crate::replica::{LwwReplica, MapKind, OrReplica, Replica};
 use crate::security::Action;
 
 use super::Shared;
@@ -62,7 +62,8 @@ pub async fn handle_sync_init(shared: &Arc<Shared>, session: &mut Session, m: Sy
     Flow::Continue
 }
 
-/// `MERKLE_REQ_BUCKET`: a leaf's records, or a node's child hashes.
+/// `MERKLE_REQ_BUCKET`: a leaf's records, or a node's child hashes; the root's answer
+/// advertises the deep-sync extension ([`DeepRequest`]), which is answered here too.
 pub async fn handle_bucket_request(
     shared: &Arc<Shared>,
     session: &mut Session,
@@ -86,31 +87,11 @@ pub async fn handle_bucket_request(
             );
             return Flow::Continue;
         };
-        match replica.merkle().leaf_keys(&req.path) {
-            Some(keys) => {
-                let principal = session.principal();
-                let records = keys
-                    .filter_map(|key| {
-                        replica.map().record(key).map(|record| {
-                            // Field-level security: the LWW item hash covers key and
-                            // timestamp only, so filtered values keep the trees equal; a value
-                            // withheld entirely reads as deleted.
-                            let mut record = record.clone();
-                            record.value = record.value.and_then(|value| {
-                                shared
-                                    .permissions
-                                    .filter_value(principal, &req.map_name, value)
-                            });
-                            LeafRecord {
-                                key: key.to_owned(),
-                                record,
-                            }
-                        })
-                    })
-                    .collect();
-                SyncReply::Leaf(records)
+        match lww_answer(replica.merkle(), &req.path, combine) {
+            LwwAnswer::Leaf(keys) => {
+                SyncReply::Leaf(leaf_records(shared, session, &req.map_name, replica, keys))
             }
-            None => SyncReply::Buckets(bucket_map(replica.merkle(), &req.path, combine)),
+            LwwAnswer::Buckets(buckets) => SyncReply::Buckets(buckets),
         }
     };
     let BucketRequest { map_name, path } = req;
@@ -138,6 +119,73 @@ pub async fn handle_bucket_request(
         ),
     };
     Flow::Continue
+}
+
+/// What a `MERKLE_REQ_BUCKET` for `path` is answered with, before field-level security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LwwAnswer<'t> {
+    /// `SYNC_RESP_LEAF` with the records of these keys.
+    Leaf(BTreeSet<&'t str>),
+    /// `SYNC_RESP_BUCKETS` with these hashes.
+    Buckets(Buckets),
+}
+
+/// The answer to `MERKLE_REQ_BUCKET {path}` over `tree`: a standard leaf or node, or a
+/// [`DeepRequest`]. The root's buckets carry [`DEEP_SYNC_MARKER`] so our walkers know they
+/// may send deep requests.
+pub fn lww_answer<'t>(tree: &'t MerkleTree, path: &str, combine: Combine) -> LwwAnswer<'t> {
+    match DeepRequest::parse(path) {
+        Some(DeepRequest::Expand(prefixes)) => LwwAnswer::Buckets(
+            prefixes
+                .iter()
+                .flat_map(|prefix| tree.prefix_buckets(prefix, combine))
+                .collect(),
+        ),
+        Some(DeepRequest::Fetch(prefixes)) => LwwAnswer::Leaf(
+            prefixes
+                .iter()
+                .flat_map(|prefix| tree.prefix_keys(prefix))
+                .collect(),
+        ),
+        None => match tree.leaf_keys(path) {
+            Some(keys) => LwwAnswer::Leaf(keys.collect()),
+            None => {
+                let mut buckets = bucket_map(tree, path, combine);
+                if path.is_empty() {
+                    buckets.insert(DEEP_SYNC_MARKER.to_owned(), 0);
+                }
+                LwwAnswer::Buckets(buckets)
+            }
+        },
+    }
+}
+
+/// The records of `keys` as a leaf carries them, with field-level security applied.
+fn leaf_records(
+    shared: &Shared,
+    session: &Session,
+    map_name: &str,
+    replica: &LwwReplica,
+    keys: BTreeSet<&str>,
+) -> Vec<LeafRecord> {
+    let principal = session.principal();
+    keys.into_iter()
+        .filter_map(|key| {
+            replica.map().record(key).map(|record| {
+                // Field-level security: the LWW item hash covers key and timestamp only, so
+                // filtered values keep the trees equal; a value withheld entirely reads as
+                // deleted.
+                let mut record = record.clone();
+                record.value = record
+                    .value
+                    .and_then(|value| shared.permissions.filter_value(principal, map_name, value));
+                LeafRecord {
+                    key: key.to_owned(),
+                    record,
+                }
+            })
+        })
+        .collect()
 }
 
 enum SyncReply<T> {

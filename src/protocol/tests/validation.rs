@@ -152,6 +152,29 @@ fn integer_ranges_and_paths_are_checked() {
     assert_eq!(validate("MERKLE_REQ_BUCKET", &bucket("f55")), Ok(()));
     assert!(validate("MERKLE_REQ_BUCKET", &bucket("f55a")).is_err());
     assert!(validate("MERKLE_REQ_BUCKET", &bucket("F")).is_err());
+    // The deep-sync extension (crate::merkle::DeepRequest).
+    for deep in ["+f", "+f55,0a3c,12345678", "=f55a", "=f55a,0123abcd"] {
+        assert_eq!(
+            validate("MERKLE_REQ_BUCKET", &bucket(deep)),
+            Ok(()),
+            "{deep}"
+        );
+    }
+    let too_many = format!("+{}", vec!["f55a"; 65].join(","));
+    for bad in [
+        "+",
+        "=f55",
+        "+f55,",
+        "+123456789",
+        "+F55",
+        "-f55",
+        too_many.as_str(),
+    ] {
+        assert!(
+            validate("MERKLE_REQ_BUCKET", &bucket(bad)).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 #[test]
