@@ -310,9 +310,11 @@ async fn read_loop<S: Stream>(
         let flow = tokio::select! {
             // Evicted, too slow to read its frames, or closed by a handler.
             () = &mut killed => Flow::Closed,
+            // Boxed: a frame's future is as large as the largest handler's, and inline it
+            // would make every idle connection's task that large (REF: ≤ 16 KiB/connection).
             frame = source.next() => match frame {
-                Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Incoming::Binary(bytes)).await,
-                Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Incoming::Text(text)).await,
+                Some(Ok(WsMessage::Binary(bytes))) => Box::pin(handle_frame(shared, session, Incoming::Binary(bytes))).await,
+                Some(Ok(WsMessage::Text(text))) => Box::pin(handle_frame(shared, session, Incoming::Text(text))).await,
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Flow::Closed,
                 Some(Ok(_)) => Flow::Continue, // WebSocket-level ping/pong: tungstenite answers.
             },
