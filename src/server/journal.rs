@@ -151,13 +151,13 @@ struct Numbered {
 
 /// Store metadata key holding the highest durably reserved journal sequence.
 const RESERVED_META_KEY: &str = "journal.reserved";
-/// Sequences reserved per durable reservation (one extra commit per block). Large, because a
-/// reservation waits for a durable commit behind every queued write: at 150k changes/s a
-/// block lasts about 0.4 s, far longer than a commit takes. A crash skips at most two blocks.
-const RESERVE_BLOCK: u64 = 65_536;
-/// When fewer sequences than this remain reserved, the next block is reserved in the
-/// background, so writers normally never wait for a reservation.
-const RESERVE_AHEAD: u64 = RESERVE_BLOCK / 2;
+/// Sequences reserved by the first durable reservation (one extra commit per block).
+const RESERVE_BLOCK_MIN: u64 = 1_024;
+/// Each reservation reserves twice the last block, up to this many sequences. Large, because
+/// a reservation waits for a durable commit behind every queued write: at 150k changes/s a
+/// full block lasts about 0.4 s, far longer than a commit takes. A crash skips at most two
+/// blocks; a quiet server keeps small ones.
+const RESERVE_BLOCK_MAX: u64 = 65_536;
 
 /// The journal: sequence counter, recent-event ring and subscribers.
 pub struct Journal {
@@ -176,6 +176,11 @@ struct Inner {
     /// Sequences up to this one are durably reserved: after a crash numbering resumes above
     /// it, so a sequence a subscriber has seen is never handed out again.
     reserved: u64,
+    /// Size of the next reservation's block.
+    block: u64,
+    /// When fewer sequences than this remain reserved, the next block is reserved in the
+    /// background (half the last block), so writers normally never wait for one.
+    ahead: u64,
     ring: VecDeque<Numbered>,
     subscribers: HashMap<(ConnId, String), Subscriber>,
 }
@@ -196,7 +201,10 @@ impl Journal {
             capacity: limits.journal_capacity.max(1),
             retention: limits.journal_retention,
             loaded: OnceCell::new(),
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                block: RESERVE_BLOCK_MIN,
+                ..Inner::default()
+            })),
             reserving: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -255,21 +263,25 @@ impl Journal {
         let available = inner.reserved.saturating_sub(inner.last_sequence);
         if available < needed {
             Shortfall::Short
-        } else if available - needed < RESERVE_AHEAD {
+        } else if available - needed < inner.ahead {
             Shortfall::Low
         } else {
             Shortfall::None
         }
     }
 
-    /// The reservation that leaves a full block after `needed` more sequences.
+    /// The reservation that leaves a full block after `needed` more sequences; the next
+    /// block will be twice as large (up to [`RESERVE_BLOCK_MAX`]).
     fn next_target(&self, needed: u64) -> u64 {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let block = inner.block;
+        inner.block = block.saturating_mul(2).min(RESERVE_BLOCK_MAX);
+        inner.ahead = block / 2;
         inner
             .last_sequence
             .max(inner.reserved)
             .saturating_add(needed)
-            .saturating_add(RESERVE_BLOCK)
+            .saturating_add(block)
     }
 
     /// Reserves the next block on a spawned task, unless a reservation is already running.
@@ -821,16 +833,40 @@ mod tests {
         assert_eq!(events[2].timestamp, Timestamp::new(3, 0, "client"));
 
         // A new server over the same store continues above everything reserved: the first
-        // append reserved 2 needed + a block.
+        // append reserved 1..=1026 (2 needed + the first block of 1,024).
         let second = server(store.clone(), 100, 0);
         let shared = second.shared();
         append(shared, vec![put("a", "x", 4)]).await;
-        let resumed = 2 + RESERVE_BLOCK + 1;
+        let resumed = 2 + RESERVE_BLOCK_MIN + 1;
         assert_eq!(shared.journal.last_sequence(), resumed);
         assert_eq!(
             read_all(shared, 0, 2_000, None).await,
             (vec![1, 2, 3, resumed], false)
         );
+    }
+
+    #[tokio::test]
+    async fn reservation_blocks_start_small_and_grow_under_load() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, 100, 0);
+        let shared = running.shared();
+        append(shared, vec![put("a", "x", 1)]).await;
+        assert_eq!(shared.journal.lock().reserved, 1 + RESERVE_BLOCK_MIN);
+        let mut reservations = vec![shared.journal.lock().reserved];
+        for round in 0..200u64 {
+            let changes = (0..500).map(|i| put("a", "k", round * 500 + i)).collect();
+            append(shared, changes).await;
+            let reserved = shared.journal.lock().reserved;
+            if reservations.last() != Some(&reserved) {
+                reservations.push(reserved);
+            }
+        }
+        let inner = shared.journal.lock();
+        assert_eq!(inner.last_sequence, 1 + 200 * 500);
+        assert!(inner.reserved >= inner.last_sequence);
+        assert_eq!(inner.block, RESERVE_BLOCK_MAX);
+        // 100k sequences took a handful of reservations, not one per 1,024.
+        assert!(reservations.len() < 12, "{reservations:?}");
     }
 
     #[tokio::test]
