@@ -181,6 +181,9 @@ async fn run_server(args: ServeArgs) -> Result<(), String> {
     };
     let server = Server::new(options, store, Arc::new(SystemClock), Arc::new(OsEntropy))
         .map_err(|e| e.to_string())?;
+    if args.unsafe_skip_validation {
+        server.unsafe_skip_validation_for_benchmarks();
+    }
     let addr = std::net::SocketAddr::new(args.host, args.port);
     let listener = TcpListener::bind(addr)
         .await

@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// TOML file with permissions, full-text search fields and limits (see README).
     #[arg(long, env = "TOPGUN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// FOR BENCHMARKING ONLY: skip the JSON Schema check of inbound messages, to measure what
+    /// validation costs. Never use it in production: malformed messages then reach the
+    /// handlers with only the typed decoding between them. Hidden from `--help`.
+    #[arg(long, hide = true, default_value_t = false)]
+    pub unsafe_skip_validation: bool,
 }
 
 fn parse_flag(s: &str) -> Result<bool, String> {

@@ -149,17 +149,25 @@ struct Numbered {
     entry: JournalEntry,
 }
 
-/// The journal: sequence counter, recent-event ring and subscribers.
 /// Store metadata key holding the highest durably reserved journal sequence.
 const RESERVED_META_KEY: &str = "journal.reserved";
-/// Sequences reserved per durable reservation (one extra commit per block).
-const RESERVE_BLOCK: u64 = 1_024;
+/// Sequences reserved by the first durable reservation (one extra commit per block).
+const RESERVE_BLOCK_MIN: u64 = 1_024;
+/// Each reservation reserves twice the last block, up to this many sequences. Large, because
+/// a reservation waits for a durable commit behind every queued write: at 150k changes/s a
+/// full block lasts about 0.4 s, far longer than a commit takes. A crash skips at most two
+/// blocks; a quiet server keeps small ones.
+const RESERVE_BLOCK_MAX: u64 = 65_536;
 
+/// The journal: sequence counter, recent-event ring and subscribers.
 pub struct Journal {
     capacity: usize,
     retention: u64,
     loaded: OnceCell<()>,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
+    /// Held while a reservation commits: one at a time, so concurrent writers short of
+    /// sequences wait for that one instead of each queueing a durable commit of its own.
+    reserving: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -168,6 +176,11 @@ struct Inner {
     /// Sequences up to this one are durably reserved: after a crash numbering resumes above
     /// it, so a sequence a subscriber has seen is never handed out again.
     reserved: u64,
+    /// Size of the next reservation's block.
+    block: u64,
+    /// When fewer sequences than this remain reserved, the next block is reserved in the
+    /// background (half the last block), so writers normally never wait for one.
+    ahead: u64,
     ring: VecDeque<Numbered>,
     subscribers: HashMap<(ConnId, String), Subscriber>,
 }
@@ -188,7 +201,11 @@ impl Journal {
             capacity: limits.journal_capacity.max(1),
             retention: limits.journal_retention,
             loaded: OnceCell::new(),
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::new(Mutex::new(Inner {
+                block: RESERVE_BLOCK_MIN,
+                ..Inner::default()
+            })),
+            reserving: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -211,19 +228,6 @@ impl Journal {
             .map(|_| ())
     }
 
-    /// Durably reserves sequences up to `target` before any of them is handed out.
-    async fn reserve(&self, store: &dyn Store, target: u64) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::new();
-        batch.push(Mutation::PutMeta {
-            key: RESERVED_META_KEY.to_owned(),
-            value: target.to_be_bytes().to_vec(),
-        });
-        store.commit(batch).await?;
-        let mut inner = self.lock();
-        inner.reserved = inner.reserved.max(target);
-        Ok(())
-    }
-
     /// The highest sequence assigned so far.
     pub fn last_sequence(&self) -> u64 {
         self.lock().last_sequence
@@ -231,23 +235,69 @@ impl Journal {
 
     /// Loads the journal head if needed and makes sure at least `needed` more sequences are
     /// durably reserved, so [`Journal::number`] can run synchronously under a map lock.
+    /// Waits only when the reservation is really short; running low starts the next
+    /// reservation in the background.
     pub async fn prepare(&self, shared: &Shared, needed: u64) -> Result<(), StoreError> {
         self.ensure_loaded(&*shared.store).await?;
         loop {
-            let shortfall = {
-                let inner = self.lock();
-                (inner.last_sequence.saturating_add(needed) > inner.reserved).then(|| {
-                    inner
-                        .last_sequence
-                        .saturating_add(needed)
-                        .saturating_add(RESERVE_BLOCK)
-                })
-            };
-            match shortfall {
-                Some(target) => self.reserve(&*shared.store, target).await?,
-                None => return Ok(()),
+            match self.shortfall(needed) {
+                Shortfall::None => return Ok(()),
+                Shortfall::Low => {
+                    self.reserve_in_background(shared.store.clone());
+                    return Ok(());
+                }
+                Shortfall::Short => {
+                    let _reserving = self.reserving.lock().await;
+                    // Another writer may have reserved while this one waited.
+                    if self.shortfall(needed) == Shortfall::Short {
+                        let target = self.next_target(needed);
+                        reserve(&self.inner, &*shared.store, target).await?;
+                    }
+                }
             }
         }
+    }
+
+    fn shortfall(&self, needed: u64) -> Shortfall {
+        let inner = self.lock();
+        let available = inner.reserved.saturating_sub(inner.last_sequence);
+        if available < needed {
+            Shortfall::Short
+        } else if available - needed < inner.ahead {
+            Shortfall::Low
+        } else {
+            Shortfall::None
+        }
+    }
+
+    /// The reservation that leaves a full block after `needed` more sequences; the next
+    /// block will be twice as large (up to [`RESERVE_BLOCK_MAX`]).
+    fn next_target(&self, needed: u64) -> u64 {
+        let mut inner = self.lock();
+        let block = inner.block;
+        inner.block = block.saturating_mul(2).min(RESERVE_BLOCK_MAX);
+        inner.ahead = block / 2;
+        inner
+            .last_sequence
+            .max(inner.reserved)
+            .saturating_add(needed)
+            .saturating_add(block)
+    }
+
+    /// Reserves the next block on a spawned task, unless a reservation is already running.
+    fn reserve_in_background(&self, store: Arc<dyn Store>) {
+        let Ok(reserving) = self.reserving.clone().try_lock_owned() else {
+            return;
+        };
+        let target = self.next_target(0);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reserve(&inner, &*store, target).await {
+                // Writers that run short try again in the foreground and report it.
+                tracing::warn!(error = %e, "reserving journal sequences ahead failed");
+            }
+            drop(reserving);
+        });
     }
 
     /// Numbers one change now: adds its persistence to `batch`, keeps it in the ring and
@@ -444,6 +494,30 @@ impl Journal {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How far the durable reservation is from covering the next changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shortfall {
+    /// Enough reserved, with room to spare.
+    None,
+    /// Enough for now, but the next block should be reserved soon.
+    Low,
+    /// Not enough: numbering must wait for a reservation.
+    Short,
+}
+
+/// Durably reserves sequences up to `target` before any of them is handed out.
+async fn reserve(inner: &Mutex<Inner>, store: &dyn Store, target: u64) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    batch.push(Mutation::PutMeta {
+        key: RESERVED_META_KEY.to_owned(),
+        value: target.to_be_bytes().to_vec(),
+    });
+    store.commit(batch).await?;
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    inner.reserved = inner.reserved.max(target);
+    Ok(())
 }
 
 /// `entry` as `principal` may see it, or `None` when it may not read the map.
@@ -759,15 +833,40 @@ mod tests {
         assert_eq!(events[2].timestamp, Timestamp::new(3, 0, "client"));
 
         // A new server over the same store continues above everything reserved: the first
-        // append reserved 1..=1026 (2 needed + a block of 1,024).
+        // append reserved 1..=1026 (2 needed + the first block of 1,024).
         let second = server(store.clone(), 100, 0);
         let shared = second.shared();
         append(shared, vec![put("a", "x", 4)]).await;
-        assert_eq!(shared.journal.last_sequence(), 1_027);
+        let resumed = 2 + RESERVE_BLOCK_MIN + 1;
+        assert_eq!(shared.journal.last_sequence(), resumed);
         assert_eq!(
             read_all(shared, 0, 2_000, None).await,
-            (vec![1, 2, 3, 1_027], false)
+            (vec![1, 2, 3, resumed], false)
         );
+    }
+
+    #[tokio::test]
+    async fn reservation_blocks_start_small_and_grow_under_load() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, 100, 0);
+        let shared = running.shared();
+        append(shared, vec![put("a", "x", 1)]).await;
+        assert_eq!(shared.journal.lock().reserved, 1 + RESERVE_BLOCK_MIN);
+        let mut reservations = vec![shared.journal.lock().reserved];
+        for round in 0..200u64 {
+            let changes = (0..500).map(|i| put("a", "k", round * 500 + i)).collect();
+            append(shared, changes).await;
+            let reserved = shared.journal.lock().reserved;
+            if reservations.last() != Some(&reserved) {
+                reservations.push(reserved);
+            }
+        }
+        let inner = shared.journal.lock();
+        assert_eq!(inner.last_sequence, 1 + 200 * 500);
+        assert!(inner.reserved >= inner.last_sequence);
+        assert_eq!(inner.block, RESERVE_BLOCK_MAX);
+        // 100k sequences took a handful of reservations, not one per 1,024.
+        assert!(reservations.len() < 12, "{reservations:?}");
     }
 
     #[tokio::test]

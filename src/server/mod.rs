@@ -135,6 +135,9 @@ pub struct Shared {
     pub bound_addr: std::sync::OnceLock<std::net::SocketAddr>,
     hlc: Mutex<Hlc>,
     shutdown: watch::Sender<bool>,
+    /// Benchmarking only (`serve --unsafe-skip-validation`): inbound messages skip their
+    /// JSON Schema check. Off unless [`Server::unsafe_skip_validation_for_benchmarks`].
+    skip_validation: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -161,6 +164,14 @@ impl Shared {
     /// True once shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Whether inbound messages are checked against their JSON Schema (always, unless a
+    /// benchmark turned it off).
+    pub fn validates_messages(&self) -> bool {
+        !self
+            .skip_validation
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -221,10 +232,21 @@ impl Server {
             bound_addr: std::sync::OnceLock::new(),
             hlc: Mutex::new(hlc),
             shutdown,
+            skip_validation: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(Self {
             shared: Arc::new(shared),
         })
+    }
+
+    /// FOR BENCHMARKING ONLY: stops checking inbound messages against their JSON Schema, so
+    /// a benchmark can measure what validation costs. Typed decoding still rejects what does
+    /// not fit a message type, but the schemas' limits and patterns no longer apply.
+    pub fn unsafe_skip_validation_for_benchmarks(&self) {
+        tracing::warn!("schema validation of inbound messages is OFF (benchmarking only)");
+        self.shared
+            .skip_validation
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The shared state (for tests and embedding).

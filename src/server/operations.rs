@@ -726,7 +726,7 @@ fn visible_event(
     Some(event)
 }
 
-/// Persists (in the background) and fans out changes made outside an `OP_BATCH`.
+/// Queues the persistence of, and fans out, changes made outside an `OP_BATCH`.
 pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes: MapChanges) {
     let journaled = std::mem::take(&mut changes.journal);
     shared
@@ -738,31 +738,27 @@ pub async fn finish_changes(shared: &Arc<Shared>, session: &Session, mut changes
     }
 }
 
-/// Hands `mutations` to the store. With `wait`, resolves after the commit is durable and
-/// reports its success; otherwise the commit is queued in order and failures are logged.
+/// Hands `mutations` to the store. With `wait`, resolves after the commit is durable;
+/// otherwise once it is queued behind every earlier commit (so a later durable ack still
+/// covers it, and a store that falls behind slows writers down instead of piling up work).
+/// Reports whether the store took the batch.
 async fn persist(shared: &Arc<Shared>, mutations: WriteBatch, wait: bool) -> bool {
     // A durable ack also needs every earlier queued commit on disk; committing even an empty
     // batch behind them in the store's FIFO queue gives exactly that.
     if mutations.is_empty() && !wait {
         return true;
     }
-    let store = shared.store.clone();
-    let batch = mutations;
-    if wait {
-        match store.commit(batch).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "persisting a batch failed");
-                false
-            }
-        }
+    let committed = if wait {
+        shared.store.commit(mutations).await
     } else {
-        tokio::spawn(async move {
-            if let Err(e) = store.commit(batch).await {
-                tracing::error!(error = %e, "background persist failed");
-            }
-        });
-        true
+        shared.store.commit_queued(mutations).await
+    };
+    match committed {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a batch failed");
+            false
+        }
     }
 }
 

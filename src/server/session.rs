@@ -310,9 +310,11 @@ async fn read_loop<S: Stream>(
         let flow = tokio::select! {
             // Evicted, too slow to read its frames, or closed by a handler.
             () = &mut killed => Flow::Closed,
+            // Boxed: a frame's future is as large as the largest handler's, and inline it
+            // would make every idle connection's task that large (REF: ≤ 16 KiB/connection).
             frame = source.next() => match frame {
-                Some(Ok(WsMessage::Binary(bytes))) => handle_frame(shared, session, Incoming::Binary(bytes)).await,
-                Some(Ok(WsMessage::Text(text))) => handle_frame(shared, session, Incoming::Text(text)).await,
+                Some(Ok(WsMessage::Binary(bytes))) => Box::pin(handle_frame(shared, session, Incoming::Binary(bytes))).await,
+                Some(Ok(WsMessage::Text(text))) => Box::pin(handle_frame(shared, session, Incoming::Text(text))).await,
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Flow::Closed,
                 Some(Ok(_)) => Flow::Continue, // WebSocket-level ping/pong: tungstenite answers.
             },
@@ -407,9 +409,12 @@ async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, incoming: Inc
         max_frame_bytes: shared.limits.max_frame_bytes,
     };
     let heavy = incoming.len() >= shared.limits.pool_frame_bytes;
+    let validate = shared.validates_messages();
     let decoded = match shared
         .workers
-        .run_if(heavy, move || decode_frame(incoming.frame(), &limits))
+        .run_if(heavy, move || {
+            decode_frame(incoming.frame(), &limits, validate)
+        })
         .await
     {
         Ok(decoded) => decoded,
@@ -436,15 +441,20 @@ async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, incoming: Inc
     }
 }
 
-fn decode_frame(frame: Frame<'_>, limits: &codec::Limits) -> Decoded {
+fn decode_frame(frame: Frame<'_>, limits: &codec::Limits, validate: bool) -> Decoded {
     let js_undefined = matches!(frame, Frame::Binary(bytes) if contains_js_undefined(bytes));
     Decoded {
-        message: decode_message(frame, limits),
+        message: decode_message(frame, limits, validate),
         js_undefined,
     }
 }
 
-fn decode_message(frame: Frame<'_>, limits: &codec::Limits) -> Result<Message, Refused> {
+/// Decodes, schema-checks (unless `validate` is off, for benchmarks only) and types a frame.
+fn decode_message(
+    frame: Frame<'_>,
+    limits: &codec::Limits,
+    validate: bool,
+) -> Result<Message, Refused> {
     // decode_value accepts any top-level value; a non-map is reported as such rather than as
     // the missing `type` that would follow from it.
     let value = codec::decode_value(frame, limits)
@@ -461,7 +471,7 @@ fn decode_message(frame: Frame<'_>, limits: &codec::Limits) -> Result<Message, R
         .and_then(|t| t.as_str())
         .map(str::to_owned)
         .ok_or_else(|| Refused::new(None, "/type", "message has no string `type`".to_owned()))?;
-    if let Err(violations) = crate::protocol::validate(&type_name, &value) {
+    if validate && let Err(violations) = crate::protocol::validate(&type_name, &value) {
         return Err(Refused {
             type_name: Some(type_name),
             violations,
@@ -657,7 +667,7 @@ async fn write_loop<S: Stream>(
 
 #[cfg(test)]
 mod tests {
-    use super::contains_js_undefined;
+    use super::*;
 
     #[test]
     fn ext0_counts_where_a_value_starts() {
@@ -713,5 +723,39 @@ mod tests {
         assert!(!contains_js_undefined(&[]));
         assert!(!contains_js_undefined(&[0x92, 0xa5, b'x']));
         assert!(!contains_js_undefined(&[0xdd, 0xff, 0xff, 0xff, 0xff]));
+    }
+
+    /// A topic name the schema's pattern refuses but typed decoding accepts.
+    const BAD_TOPIC_SUB: &str = r#"{"type":"TOPIC_SUB","payload":{"topic":"no spaces allowed"}}"#;
+
+    #[test]
+    fn the_schema_check_refuses_what_typed_decoding_would_accept() {
+        let limits = codec::Limits::default();
+        let refused = match decode_message(Frame::Text(BAD_TOPIC_SUB), &limits, true) {
+            Err(refused) => refused,
+            Ok(message) => panic!("validated decode accepted {message:?}"),
+        };
+        assert_eq!(refused.type_name.as_deref(), Some("TOPIC_SUB"));
+        assert!(
+            refused
+                .violations
+                .iter()
+                .any(|v| v.path == "/payload/topic")
+        );
+    }
+
+    #[test]
+    fn the_benchmark_switch_skips_only_the_schema_check() {
+        let limits = codec::Limits::default();
+        match decode_message(Frame::Text(BAD_TOPIC_SUB), &limits, false) {
+            Ok(Message::TopicSub(sub)) => assert_eq!(sub.payload.topic, "no spaces allowed"),
+            other => panic!(
+                "expected the unvalidated TOPIC_SUB, got {:?}",
+                other.is_ok()
+            ),
+        }
+        // Typed decoding still refuses what fits no message type.
+        let untyped = r#"{"type":"TOPIC_SUB","payload":{}}"#;
+        assert!(decode_message(Frame::Text(untyped), &limits, false).is_err());
     }
 }

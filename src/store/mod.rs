@@ -474,6 +474,14 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically; resolves once it is durable (for durable backends).
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Queues `batch` behind every earlier commit and resolves once it is queued, not once it
+    /// is durable: the caller keeps its place in commit order and feels the backend's
+    /// backpressure without waiting for a flush. A later failure to write it is logged by
+    /// the backend. Backends without a write queue simply commit.
+    fn commit_queued(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.commit(batch)
+    }
+
     /// Finishes every accepted commit, then releases the backend. Later reads and commits fail
     /// with [`StoreError::Closed`]; closing again is a no-op.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -11,6 +11,8 @@
 //! commits it with `Durability::Immediate` (one fsync for the whole group), and only then
 //! answers every caller. An ack therefore always follows the fsync (defect 33), and the fsync
 //! cost is shared by everything that arrived while the previous group was being written.
+//! `commit_queued` resolves as soon as its batch is queued (commit order and backpressure
+//! without the wait for the fsync); the writer logs a failure of such a batch itself.
 //! Each batch's map kinds are validated before any of its mutations is applied, so a rejected
 //! batch leaves no trace while the rest of its group still commits. A storage error while
 //! applying or committing aborts the whole transaction and fails every batch in the group.
@@ -180,6 +182,22 @@ impl RedbStore {
             .ok_or(StoreError::Closed)
     }
 
+    /// Queues `batch` for the writer (waiting for room) and returns where its outcome arrives.
+    async fn enqueue(
+        &self,
+        batch: WriteBatch,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let queue = self.queue()?;
+        let (reply, outcome) = oneshot::channel();
+        queue
+            .send(Job { batch, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // Holding the sender while waiting would keep a closing writer alive for nothing.
+        drop(queue);
+        Ok(outcome)
+    }
+
     /// Runs `read` in a read transaction on the blocking pool.
     fn read<T: Send + 'static>(
         &self,
@@ -317,16 +335,14 @@ impl Store for RedbStore {
 
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let queue = self.queue()?;
-            let (reply, outcome) = oneshot::channel();
-            queue
-                .send(Job { batch, reply })
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            // Holding the sender while waiting would keep a closing writer alive for nothing.
-            drop(queue);
+            let outcome = self.enqueue(batch).await?;
             outcome.await.map_err(|_| StoreError::WriterStopped)?
         })
+    }
+
+    fn commit_queued(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Dropping the outcome tells the writer nobody waits: it logs a failure itself.
+        Box::pin(async move { self.enqueue(batch).await.map(drop) })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -390,17 +406,25 @@ fn run_writer(
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 for (job, outcome) in group.drain(..).zip(outcomes) {
-                    // A caller that stopped waiting no longer needs its answer.
-                    let _ = job.reply.send(outcome);
+                    answer(job, outcome);
                 }
             }
             Err(error) => {
                 tracing::error!(%error, batches = group.len(), "store group commit failed");
                 for job in group.drain(..) {
+                    // Logged once above for the whole group.
                     let _ = job.reply.send(Err(error.clone()));
                 }
             }
         }
+    }
+}
+
+/// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
+/// logged here, so it is never lost silently.
+fn answer(job: Job, outcome: Result<(), StoreError>) {
+    if let Err(Err(error)) = job.reply.send(outcome) {
+        tracing::error!(%error, "a queued store commit failed");
     }
 }
 
@@ -422,6 +446,7 @@ fn write_group(db: &Database, jobs: &[Job]) -> Result<Vec<Result<(), StoreError>
             }
             outcomes.push(outcome);
         }
+        tables.finish()?;
         outcomes
     };
     txn.commit()
@@ -440,6 +465,10 @@ struct WriteTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     journal: Table<'txn, u64, &'static [u8]>,
     journal_head: Table<'txn, &'static str, u64>,
+    /// Maps whose kind this transaction already wrote: one insert per map, not per row.
+    claimed: BTreeSet<String>,
+    /// The highest journal sequence appended in this transaction, written once by `finish`.
+    appended_head: Option<u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -455,7 +484,27 @@ impl<'txn> WriteTables<'txn> {
             meta: txn.open_table(META).map_err(open_error.clone())?,
             journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
             journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
+            claimed: BTreeSet::new(),
+            appended_head: None,
         })
+    }
+
+    /// Writes what was deferred until the end of the transaction (the journal head).
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let Some(appended) = self.appended_head.take() else {
+            return Ok(());
+        };
+        let head = self
+            .journal_head
+            .get(JOURNAL_HEAD_KEY)
+            .map_err(backend("read the journal head"))?
+            .map_or(0, |v| v.value());
+        if appended > head {
+            self.journal_head
+                .insert(JOURNAL_HEAD_KEY, appended)
+                .map_err(backend("write the journal head"))?;
+        }
+        Ok(())
     }
 
     fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
@@ -599,9 +648,13 @@ impl<'txn> WriteTables<'txn> {
 
     /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
     fn claim(&mut self, map: &str, kind: MapKind) -> Result<(), StoreError> {
+        if self.claimed.contains(map) {
+            return Ok(());
+        }
         self.kinds
             .insert(map, kind_code(kind))
             .map_err(backend("write a map kind"))?;
+        self.claimed.insert(map.to_owned());
         Ok(())
     }
 
@@ -623,20 +676,12 @@ impl<'txn> WriteTables<'txn> {
         self.journal
             .insert(sequence, event)
             .map_err(backend("write a journal entry"))?;
-        let head = self
-            .journal_head
-            .get(JOURNAL_HEAD_KEY)
-            .map_err(backend("read the journal head"))?
-            .map_or(0, |v| v.value());
-        if sequence > head {
-            self.journal_head
-                .insert(JOURNAL_HEAD_KEY, sequence)
-                .map_err(backend("write the journal head"))?;
-        }
+        self.appended_head = self.appended_head.max(Some(sequence));
         Ok(())
     }
 
     fn clear_map(&mut self, map: &str) -> Result<(), StoreError> {
+        self.claimed.remove(map);
         self.kinds
             .remove(map)
             .map_err(backend("delete a map kind"))?;
