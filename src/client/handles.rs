@@ -306,6 +306,7 @@ async fn map_subscription<T>(
     let server_feed = engine.register_query(map, window).await?;
     Ok(MapSubscription {
         changes,
+        kind,
         _server_feed: server_feed,
         _values: PhantomData,
     })
@@ -314,6 +315,7 @@ async fn map_subscription<T>(
 /// Changes to a map, typed. For an OR map `T` is the `Vec` of a key's values.
 pub struct MapSubscription<T> {
     changes: broadcast::Receiver<MapChange>,
+    kind: MapKind,
     _server_feed: QueryHandle,
     _values: PhantomData<fn() -> T>,
 }
@@ -324,7 +326,7 @@ impl<T: DeserializeOwned> MapSubscription<T> {
     pub async fn next(&mut self) -> Option<Result<(String, Option<T>), ClientError>> {
         loop {
             match self.changes.recv().await {
-                Ok(change) => return Some(decode_change(change)),
+                Ok(change) => return Some(decode_change(change, self.kind)),
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
                     tracing::warn!(skipped, "map subscriber fell behind; skipped changes");
                 }
@@ -336,20 +338,16 @@ impl<T: DeserializeOwned> MapSubscription<T> {
 
 fn decode_change<T: DeserializeOwned>(
     change: MapChange,
+    kind: MapKind,
 ) -> Result<(String, Option<T>), ClientError> {
-    let value = match change.values.len() {
-        0 => None,
-        // An LWW change carries one value; an OR change is decoded as the array of values.
-        1 if !is_or_shape::<T>() => change.values.into_iter().next(),
-        _ => Some(Value::Array(change.values)),
+    // An LWW change carries at most one value; an OR change is the array of the key's values.
+    let value = match (kind, change.values.is_empty()) {
+        (_, true) => None,
+        (MapKind::Lww, false) => change.values.into_iter().next(),
+        (MapKind::Or, false) => Some(Value::Array(change.values)),
     };
     let typed = value.map(serde_json::from_value).transpose()?;
     Ok((change.key, typed))
-}
-
-/// Whether `T` deserializes from an array (an OR subscription's `Vec<_>`).
-fn is_or_shape<T: DeserializeOwned>() -> bool {
-    serde_json::from_value::<T>(Value::Array(Vec::new())).is_ok()
 }
 
 /// A live query: the current result set and each change.
