@@ -118,6 +118,23 @@ pub fn decode_with(frame: Frame<'_>, limits: &Limits) -> Result<Message, DecodeE
 
 /// Step 1: frame → normalised JSON value (see the module docs).
 pub fn decode_value(frame: Frame<'_>, limits: &Limits) -> Result<Value, DecodeError> {
+    decode_value_noting_undefined(frame, limits).map(|decoded| decoded.value)
+}
+
+/// A normalised frame value, and whether the frame carried JS `undefined`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedValue {
+    pub value: Value,
+    /// True when some value of a msgpack frame was ext-0 in its fixext1 form (`d4 00 00`),
+    /// which only the 2026-01 client sends; always false for JSON.
+    pub js_undefined: bool,
+}
+
+/// Step 1, also noting JS `undefined` in the same pass over the frame.
+pub fn decode_value_noting_undefined(
+    frame: Frame<'_>,
+    limits: &Limits,
+) -> Result<DecodedValue, DecodeError> {
     let size = match frame {
         Frame::Binary(bytes) => bytes.len(),
         Frame::Text(text) => text.len(),
@@ -235,11 +252,14 @@ fn check_depth(depth: usize, limits: &Limits) -> Result<(), Located> {
     Ok(())
 }
 
-fn json_to_value(text: &str, limits: &Limits) -> Result<Value, DecodeError> {
+fn json_to_value(text: &str, limits: &Limits) -> Result<DecodedValue, DecodeError> {
     let mut value: Value =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     normalise_json(&mut value, 1, limits).map_err(|e| e.into_error(limits))?;
-    Ok(value)
+    Ok(DecodedValue {
+        value,
+        js_undefined: false,
+    })
 }
 
 /// Applies the msgpack normalisation rules that JSON can need: integral floats and depth.
