@@ -334,7 +334,7 @@ fn widen_large_integers(input: &[u8]) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// Writes an integer as msgpackr would: 32-bit forms inside `[-2³¹, 2³²)`, else float64.
-fn write_integer(out: &mut Vec<u8>, value: i128) -> Result<(), EncodeError> {
+pub(crate) fn write_integer(out: &mut Vec<u8>, value: i128) -> Result<(), EncodeError> {
     let io = |e: rmp::encode::ValueWriteError| EncodeError::Msgpack(e.to_string());
     if let Ok(u) = u32::try_from(value) {
         rmp::encode::write_uint(out, u64::from(u)).map_err(io)?;
