@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the pure core (HLC, LWW and OR maps, Merkle tree) and of the
-//! ingress path of a 100-op `OP_BATCH` frame shaped like the TypeScript client's: every map
-//! a msgpack map16, `millis` as float64. Figures are printed, never asserted; measurement
+//! ingress path of `OP_BATCH` frames shaped like the TypeScript client's (every map a msgpack
+//! map16, `millis` as float64): 100 small ops, and 10 ops with 100-byte values as
+//! `topgun bench write` sends them. Figures are printed, never asserted; measurement
 //! times are short so that `just bench` stays within a couple of minutes on a small machine.
 
 use std::hint::black_box;
@@ -25,6 +26,9 @@ use topgun::replica::LwwReplica;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH_OPS: usize = 100;
+/// The `topgun bench write` default: 10-op batches of 100-byte values.
+const SMALL_BATCH_OPS: usize = 10;
+const SMALL_BATCH_VALUE_BYTES: usize = 100;
 const KEYS: usize = 1_000;
 /// A current wall-clock time: above 2³², so the encoder writes it as float64.
 const BASE_MILLIS: u64 = 1_795_698_229_131;
@@ -113,16 +117,16 @@ fn bench_merkle(c: &mut Criterion) {
     });
 }
 
-/// A 100-op `OP_BATCH` of LWW puts, as the client sends it.
-fn op_batch() -> Message {
-    let ops = (0..BATCH_OPS)
+/// An `OP_BATCH` of `ops` LWW puts with the values `value(i)`, as the client sends it.
+fn op_batch(ops: usize, value: impl Fn(usize) -> serde_json::Value) -> Message {
+    let ops = (0..ops)
         .map(|i| ClientOp {
             id: Some((i + 1).to_string()),
             map_name: "todos".to_owned(),
             key: format!("todo-{i}"),
             op_type: Some(OpType::Put),
             record: Some(LwwRecord {
-                value: Some(json!({"title": format!("task {i}"), "prio": i % 5, "done": false})),
+                value: Some(value(i)),
                 timestamp: Timestamp::new(BASE_MILLIS + i as u64, 0, "wire-client-b"),
                 ttl_ms: None,
             }),
@@ -165,8 +169,8 @@ fn write_with_map16(out: &mut Vec<u8>, value: &rmpv::Value) -> Result<(), String
     Ok(())
 }
 
-fn client_frame() -> Result<Vec<u8>, String> {
-    let packed = encode_msgpack(&op_batch()).map_err(|e| e.to_string())?;
+fn client_frame(message: &Message) -> Result<Vec<u8>, String> {
+    let packed = encode_msgpack(message).map_err(|e| e.to_string())?;
     let tree = rmpv::decode::read_value(&mut packed.as_slice()).map_err(|e| e.to_string())?;
     let mut frame = Vec::with_capacity(packed.len() + 256);
     write_with_map16(&mut frame, &tree)?;
@@ -174,7 +178,27 @@ fn client_frame() -> Result<Vec<u8>, String> {
 }
 
 fn bench_ingress(c: &mut Criterion) {
-    let frame = match client_frame() {
+    let todos = op_batch(
+        BATCH_OPS,
+        |i| json!({"title": format!("task {i}"), "prio": i % 5, "done": false}),
+    );
+    bench_ingress_of(
+        c,
+        &format!("ingress/op_batch_{BATCH_OPS}"),
+        BATCH_OPS,
+        &todos,
+    );
+    let padded = op_batch(
+        SMALL_BATCH_OPS,
+        |i| json!({"v": format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES)}),
+    );
+    let name = format!("ingress/op_batch_{SMALL_BATCH_OPS}x{SMALL_BATCH_VALUE_BYTES}B");
+    bench_ingress_of(c, &name, SMALL_BATCH_OPS, &padded);
+}
+
+/// The ingress steps, one by one and in full, on `message` encoded as the client would.
+fn bench_ingress_of(c: &mut Criterion, name: &str, ops: usize, message: &Message) {
+    let frame = match client_frame(message) {
         Ok(frame) => frame,
         Err(error) => {
             eprintln!("cannot build the OP_BATCH frame: {error}");
@@ -191,8 +215,8 @@ fn bench_ingress(c: &mut Criterion) {
         return;
     }
 
-    let mut group = c.benchmark_group(format!("ingress/op_batch_{BATCH_OPS}"));
-    group.throughput(Throughput::Elements(BATCH_OPS as u64));
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(ops as u64));
     group.bench_function("decode_value", |b| {
         b.iter(|| black_box(decode_value(Frame::Binary(black_box(&frame)), &limits)))
     });

@@ -2,24 +2,25 @@
 //! `OP_BATCH`es shaped like the TypeScript client's (decimal op ids, `PUT` ops with LWW
 //! records on the writer's own HLC) and matches each `OP_ACK` (`lastId` acks every op ≤ it)
 //! to the batches in flight, recording send → ack latency.
+//!
+//! Batches are written straight to msgpack, byte for byte what `encode_msgpack` makes of the
+//! same `OP_BATCH` (a test holds them equal), without building messages or JSON values per
+//! op: the load generator shares the server's cores, so its CPU per op is kept small.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use crate::clock::{Clock, SystemClock};
-use crate::hlc::Timestamp;
-use crate::protocol::{
-    ClientOp, Message, OpBatch, OpBatchPayload, OpType, WriteConcern, encode_msgpack, parse_op_id,
-};
-use crate::record::LwwRecord;
+use crate::protocol::codec::write_integer;
+use crate::protocol::{Message, WriteConcern, parse_op_id};
 
 use super::conn::Conn;
 use super::measure::{Counters, Latencies, Percentiles, Progress, Window};
@@ -97,19 +98,42 @@ struct Writer {
     sequence: u64,
     counter: u32,
     last_millis: u64,
+    /// The encoded `writeConcern` entry of every batch (empty without one).
+    write_concern: Vec<u8>,
+    /// The encoded `{"v": padding}` of [`ValuePlan::Padding`], the same for every op.
+    padding_value: Vec<u8>,
+    /// Reused for formatting op ids and keys.
+    text: String,
+    /// The size of the last batch, to allocate the next one at once.
+    last_len: usize,
 }
 
 impl Writer {
-    fn new(spec: WriterSpec) -> Self {
+    fn new(spec: WriterSpec) -> Result<Self, BenchError> {
         let rng = ChaCha8Rng::seed_from_u64(spec.seed);
-        Self {
+        let mut write_concern = Vec::new();
+        if let Some(level) = spec.write_concern {
+            write_str(&mut write_concern, "writeConcern")?;
+            rmp_serde::encode::write_named(&mut write_concern, &level).map_err(encode_error)?;
+        }
+        let mut padding_value = Vec::new();
+        if let ValuePlan::Padding(padding) = &spec.value {
+            write_map_len(&mut padding_value, 1)?;
+            write_str(&mut padding_value, "v")?;
+            write_str(&mut padding_value, padding)?;
+        }
+        Ok(Self {
             spec,
             rng,
             next_id: 1,
             sequence: 0,
             counter: 0,
             last_millis: 0,
-        }
+            write_concern,
+            padding_value,
+            text: String::new(),
+            last_len: 0,
+        })
     }
 
     fn has_more(&self) -> bool {
@@ -119,8 +143,9 @@ impl Writer {
         }
     }
 
-    /// The next HLC timestamp: wall-clock millis, the counter breaking ties.
-    fn tick(&mut self) -> Timestamp {
+    /// The next HLC `(millis, counter)` on the writer's node: wall-clock millis, the counter
+    /// breaking ties.
+    fn tick(&mut self) -> (u64, u32) {
         let now = SystemClock.now_millis();
         if now > self.last_millis {
             self.last_millis = now;
@@ -128,7 +153,7 @@ impl Writer {
         } else {
             self.counter = self.counter.wrapping_add(1);
         }
-        Timestamp::new(self.last_millis, self.counter, self.spec.node_id.clone())
+        (self.last_millis, self.counter)
     }
 
     fn next_key(&mut self) -> Option<u64> {
@@ -138,60 +163,110 @@ impl Writer {
         }
     }
 
-    fn value(&mut self) -> Value {
+    /// The next `OP_BATCH` (encoded), the id of its last op and its op count, or `None`
+    /// when done.
+    fn next_batch(&mut self) -> Result<Option<(Vec<u8>, u64, u64)>, BenchError> {
+        let wanted = self.spec.batch.max(1);
+        let mut keys = Vec::with_capacity(wanted);
+        while keys.len() < wanted {
+            let Some(key) = self.next_key() else { break };
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(self.last_len);
+        write_map_len(&mut out, 2)?;
+        write_str(&mut out, "type")?;
+        write_str(&mut out, "OP_BATCH")?;
+        write_str(&mut out, "payload")?;
+        write_map_len(&mut out, if self.write_concern.is_empty() { 1 } else { 2 })?;
+        write_str(&mut out, "ops")?;
+        let count = u32::try_from(keys.len()).map_err(|e| BenchError::Encode(e.to_string()))?;
+        rmp::encode::write_array_len(&mut out, count).map_err(encode_error)?;
+        for key in keys {
+            self.write_op(&mut out, key)?;
+        }
+        out.extend_from_slice(&self.write_concern);
+        self.last_len = out.len();
+        Ok(Some((out, self.next_id - 1, u64::from(count))))
+    }
+
+    /// One `PUT` op as `ClientOp` serializes it: `id`, `mapName`, `key`, `opType`, `record`.
+    fn write_op(&mut self, out: &mut Vec<u8>, key: u64) -> Result<(), BenchError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_map_len(out, 5)?;
+        write_str(out, "id")?;
+        self.text.clear();
+        let _ = write!(self.text, "{id}");
+        write_str(out, &self.text)?;
+        write_str(out, "mapName")?;
+        write_str(out, &self.spec.map)?;
+        write_str(out, "key")?;
+        self.text.clear();
+        let _ = write!(self.text, "{}{key}", self.spec.key_prefix);
+        write_str(out, &self.text)?;
+        write_str(out, "opType")?;
+        write_str(out, "PUT")?;
+        write_str(out, "record")?;
+        write_map_len(out, 2)?;
+        write_str(out, "value")?;
+        self.write_value(out)?;
+        let (millis, counter) = self.tick();
+        write_str(out, "timestamp")?;
+        write_map_len(out, 3)?;
+        write_str(out, "millis")?;
+        write_number(out, millis)?;
+        write_str(out, "counter")?;
+        write_number(out, u64::from(counter))?;
+        write_str(out, "nodeId")?;
+        write_str(out, &self.spec.node_id)
+    }
+
+    /// The next op's value (see [`ValuePlan`]).
+    fn write_value(&mut self, out: &mut Vec<u8>) -> Result<(), BenchError> {
         self.sequence += 1;
         match &self.spec.value {
-            ValuePlan::Padding(padding) => json!({ "v": padding }),
+            ValuePlan::Padding(_) => {
+                out.extend_from_slice(&self.padding_value);
+                Ok(())
+            }
             ValuePlan::Stamped {
                 writer,
                 epoch,
                 padding,
             } => {
                 let sent = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                json!({ "w": writer, "s": self.sequence, "t": sent, "p": padding })
+                write_map_len(out, 4)?;
+                for (name, number) in [("w", *writer), ("s", self.sequence), ("t", sent)] {
+                    write_str(out, name)?;
+                    write_number(out, number)?;
+                }
+                write_str(out, "p")?;
+                write_str(out, padding)
             }
         }
     }
+}
 
-    /// The next `OP_BATCH` (encoded) and the id of its last op, or `None` when done.
-    fn next_batch(&mut self) -> Result<Option<(Vec<u8>, u64, u64)>, BenchError> {
-        let mut ops = Vec::with_capacity(self.spec.batch);
-        while ops.len() < self.spec.batch.max(1) {
-            let Some(key) = self.next_key() else { break };
-            let id = self.next_id;
-            self.next_id += 1;
-            let value = self.value();
-            ops.push(ClientOp {
-                id: Some(id.to_string()),
-                map_name: self.spec.map.clone(),
-                key: format!("{}{key}", self.spec.key_prefix),
-                op_type: Some(OpType::Put),
-                record: Some(LwwRecord {
-                    value: Some(value),
-                    timestamp: self.tick(),
-                    ttl_ms: None,
-                }),
-                or_record: None,
-                or_tag: None,
-                write_concern: None,
-                timeout: None,
-            });
-        }
-        if ops.is_empty() {
-            return Ok(None);
-        }
-        let count = ops.len() as u64;
-        let last_id = self.next_id - 1;
-        let message = Message::OpBatch(OpBatch {
-            payload: OpBatchPayload {
-                ops,
-                write_concern: self.spec.write_concern,
-                timeout: None,
-            },
-        });
-        let bytes = encode_msgpack(&message).map_err(|e| BenchError::Encode(e.to_string()))?;
-        Ok(Some((bytes, last_id, count)))
-    }
+fn encode_error<E: std::fmt::Display>(error: E) -> BenchError {
+    BenchError::Encode(error.to_string())
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) -> Result<(), BenchError> {
+    rmp::encode::write_str(out, text).map_err(encode_error)
+}
+
+fn write_map_len(out: &mut Vec<u8>, len: u32) -> Result<(), BenchError> {
+    rmp::encode::write_map_len(out, len)
+        .map(|_| ())
+        .map_err(encode_error)
+}
+
+/// A number as `encode_msgpack` writes it (float64 from 2³² on, as the JS client expects).
+fn write_number(out: &mut Vec<u8>, number: u64) -> Result<(), BenchError> {
+    write_integer(out, i128::from(number)).map_err(encode_error)
 }
 
 /// Runs one writer on `conn` until the window ends (or its keys run out), then waits for
@@ -204,7 +279,7 @@ pub async fn run_writer(
 ) -> Result<WriterOutcome, BenchError> {
     let pipeline = spec.pipeline.max(1);
     let interval = spec.batch_interval;
-    let mut writer = Writer::new(spec);
+    let mut writer = Writer::new(spec)?;
     let mut outcome = WriterOutcome {
         latencies: Latencies::new()?,
         acked_ops: 0,
@@ -471,7 +546,10 @@ pub fn per_connection_interval(rate: u64, connections: usize, batch: usize) -> O
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::protocol::{OpBatchPayload, OpType, encode_msgpack};
 
     fn spec(keys: KeyPlan, batch: usize) -> WriterSpec {
         WriterSpec {
@@ -488,6 +566,12 @@ mod tests {
         }
     }
 
+    impl Writer {
+        fn new_ok(spec: WriterSpec) -> Self {
+            Writer::new(spec).unwrap()
+        }
+    }
+
     fn decode_batch(bytes: &[u8]) -> OpBatchPayload {
         match crate::protocol::decode(crate::protocol::Frame::Binary(bytes)) {
             Ok(Message::OpBatch(b)) => b.payload,
@@ -497,7 +581,7 @@ mod tests {
 
     #[test]
     fn batches_number_ops_consecutively_and_name_the_last() {
-        let mut w = Writer::new(spec(KeyPlan::Random { space: 10 }, 3));
+        let mut w = Writer::new_ok(spec(KeyPlan::Random { space: 10 }, 3));
         let (bytes, last, count) = w.next_batch().unwrap().unwrap();
         assert_eq!((last, count), (3, 3));
         let payload = decode_batch(&bytes);
@@ -508,16 +592,72 @@ mod tests {
         assert_eq!(last, 6);
     }
 
+    /// The batch re-encoded from its decoded message: the encoder's own bytes.
+    fn reencoded(bytes: &[u8]) -> Vec<u8> {
+        let message = crate::protocol::decode(crate::protocol::Frame::Binary(bytes)).unwrap();
+        encode_msgpack(&message).unwrap()
+    }
+
+    #[test]
+    fn batches_are_byte_for_byte_what_the_encoder_writes() {
+        let levels = [
+            None,
+            Some(WriteConcern::FireAndForget),
+            Some(WriteConcern::Persisted),
+        ];
+        for (index, write_concern) in levels.into_iter().enumerate() {
+            let mut s = spec(KeyPlan::Random { space: 100_000 }, 3 + index * 7);
+            s.write_concern = write_concern;
+            s.node_id = format!("bench-node-{index}");
+            s.key_prefix = "key-".to_owned();
+            s.value = ValuePlan::Padding("p".repeat(40 * index));
+            let mut w = Writer::new_ok(s);
+            for _ in 0..3 {
+                let (bytes, _, _) = w.next_batch().unwrap().unwrap();
+                assert_eq!(reencoded(&bytes), bytes);
+            }
+        }
+        let mut s = spec(KeyPlan::Listed(VecDeque::from([1, 2, 3])), 2);
+        s.value = ValuePlan::Stamped {
+            writer: 70_000,
+            epoch: Instant::now(),
+            padding: "q".repeat(300),
+        };
+        let mut w = Writer::new_ok(s);
+        while let Some((bytes, _, _)) = w.next_batch().unwrap() {
+            assert_eq!(reencoded(&bytes), bytes);
+        }
+    }
+
+    #[test]
+    fn a_batch_carries_the_ops_spelled_out() {
+        let mut s = spec(KeyPlan::Listed(VecDeque::from([42])), 5);
+        s.write_concern = Some(WriteConcern::Applied);
+        let mut w = Writer::new_ok(s);
+        let (bytes, _, _) = w.next_batch().unwrap().unwrap();
+        let payload = decode_batch(&bytes);
+        assert_eq!(payload.write_concern, Some(WriteConcern::Applied));
+        let op = &payload.ops[0];
+        assert_eq!((op.map_name.as_str(), op.key.as_str()), ("m", "k42"));
+        let record = op.record.as_ref().unwrap();
+        assert_eq!(record.value, Some(json!({"v": "xx"})));
+        assert_eq!(record.timestamp.node_id, "bench-1");
+        assert_eq!(
+            (record.timestamp.millis, record.timestamp.counter),
+            (w.last_millis, w.counter)
+        );
+    }
+
     #[test]
     fn timestamps_strictly_increase_within_a_writer() {
-        let mut w = Writer::new(spec(KeyPlan::Random { space: 10 }, 1));
+        let mut w = Writer::new_ok(spec(KeyPlan::Random { space: 10 }, 1));
         let stamps: Vec<_> = (0..100).map(|_| w.tick()).collect();
         assert!(stamps.windows(2).all(|p| p[0] < p[1]));
     }
 
     #[test]
     fn listed_keys_are_written_once_then_the_writer_stops() {
-        let mut w = Writer::new(spec(KeyPlan::Listed(VecDeque::from([4, 7, 9])), 2));
+        let mut w = Writer::new_ok(spec(KeyPlan::Listed(VecDeque::from([4, 7, 9])), 2));
         let (first, _, _) = w.next_batch().unwrap().unwrap();
         let (second, _, count) = w.next_batch().unwrap().unwrap();
         assert_eq!(count, 1);
@@ -540,7 +680,7 @@ mod tests {
             epoch: Instant::now(),
             padding: "p".to_owned(),
         };
-        let mut w = Writer::new(s);
+        let mut w = Writer::new_ok(s);
         let (bytes, _, _) = w.next_batch().unwrap().unwrap();
         let ops = decode_batch(&bytes).ops;
         let value = ops[1].record.as_ref().unwrap().value.clone().unwrap();

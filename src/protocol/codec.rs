@@ -118,6 +118,23 @@ pub fn decode_with(frame: Frame<'_>, limits: &Limits) -> Result<Message, DecodeE
 
 /// Step 1: frame → normalised JSON value (see the module docs).
 pub fn decode_value(frame: Frame<'_>, limits: &Limits) -> Result<Value, DecodeError> {
+    decode_value_noting_undefined(frame, limits).map(|decoded| decoded.value)
+}
+
+/// A normalised frame value, and whether the frame carried JS `undefined`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedValue {
+    pub value: Value,
+    /// True when some value of a msgpack frame was ext-0 in its fixext1 form (`d4 00 00`),
+    /// which only the 2026-01 client sends; always false for JSON.
+    pub js_undefined: bool,
+}
+
+/// Step 1, also noting JS `undefined` in the same pass over the frame.
+pub fn decode_value_noting_undefined(
+    frame: Frame<'_>,
+    limits: &Limits,
+) -> Result<DecodedValue, DecodeError> {
     let size = match frame {
         Frame::Binary(bytes) => bytes.len(),
         Frame::Text(text) => text.len(),
@@ -235,11 +252,14 @@ fn check_depth(depth: usize, limits: &Limits) -> Result<(), Located> {
     Ok(())
 }
 
-fn json_to_value(text: &str, limits: &Limits) -> Result<Value, DecodeError> {
+fn json_to_value(text: &str, limits: &Limits) -> Result<DecodedValue, DecodeError> {
     let mut value: Value =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     normalise_json(&mut value, 1, limits).map_err(|e| e.into_error(limits))?;
-    Ok(value)
+    Ok(DecodedValue {
+        value,
+        js_undefined: false,
+    })
 }
 
 /// Applies the msgpack normalisation rules that JSON can need: integral floats and depth.
@@ -314,7 +334,7 @@ fn widen_large_integers(input: &[u8]) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// Writes an integer as msgpackr would: 32-bit forms inside `[-2³¹, 2³²)`, else float64.
-fn write_integer(out: &mut Vec<u8>, value: i128) -> Result<(), EncodeError> {
+pub(crate) fn write_integer(out: &mut Vec<u8>, value: i128) -> Result<(), EncodeError> {
     let io = |e: rmp::encode::ValueWriteError| EncodeError::Msgpack(e.to_string());
     if let Ok(u) = u32::try_from(value) {
         rmp::encode::write_uint(out, u64::from(u)).map_err(io)?;

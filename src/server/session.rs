@@ -441,31 +441,38 @@ async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, incoming: Inc
     }
 }
 
+/// Decodes a frame, noting JS `undefined` in the decoder's own pass; only a frame the decoder
+/// refuses is walked again to look for it.
 fn decode_frame(frame: Frame<'_>, limits: &codec::Limits, validate: bool) -> Decoded {
-    let js_undefined = matches!(frame, Frame::Binary(bytes) if contains_js_undefined(bytes));
-    Decoded {
-        message: decode_message(frame, limits, validate),
-        js_undefined,
+    match decode_object(frame, limits) {
+        Ok(decoded) => Decoded {
+            message: type_value(decoded.value, validate),
+            js_undefined: decoded.js_undefined,
+        },
+        Err(refused) => Decoded {
+            message: Err(refused),
+            js_undefined: matches!(frame, Frame::Binary(bytes) if contains_js_undefined(bytes)),
+        },
     }
 }
 
-/// Decodes, schema-checks (unless `validate` is off, for benchmarks only) and types a frame.
-fn decode_message(
-    frame: Frame<'_>,
-    limits: &codec::Limits,
-    validate: bool,
-) -> Result<Message, Refused> {
+/// Decodes a frame to a normalised map.
+fn decode_object(frame: Frame<'_>, limits: &codec::Limits) -> Result<codec::DecodedValue, Refused> {
     // decode_value accepts any top-level value; a non-map is reported as such rather than as
     // the missing `type` that would follow from it.
-    let value = codec::decode_value(frame, limits)
-        .and_then(|value| {
-            if value.is_object() {
-                Ok(value)
+    codec::decode_value_noting_undefined(frame, limits)
+        .and_then(|decoded| {
+            if decoded.value.is_object() {
+                Ok(decoded)
             } else {
                 Err(codec::DecodeError::NotAnObject)
             }
         })
-        .map_err(|e| Refused::new(None, "", e.to_string()))?;
+        .map_err(|e| Refused::new(None, "", e.to_string()))
+}
+
+/// Schema-checks (unless `validate` is off, for benchmarks only) and types a decoded message.
+fn type_value(value: serde_json::Value, validate: bool) -> Result<Message, Refused> {
     let type_name = value
         .get("type")
         .and_then(|t| t.as_str())
@@ -667,6 +674,9 @@ async fn write_loop<S: Stream>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use rmpv::Value as Mp;
+
     use super::*;
 
     #[test]
@@ -725,13 +735,107 @@ mod tests {
         assert!(!contains_js_undefined(&[0xdd, 0xff, 0xff, 0xff, 0xff]));
     }
 
+    fn js_undefined_of(bytes: &[u8]) -> bool {
+        decode_frame(Frame::Binary(bytes), &codec::Limits::default(), true).js_undefined
+    }
+
+    #[test]
+    fn the_decoder_notes_js_undefined_in_its_own_pass() {
+        // A valid OP_BATCH whose op carries `orRecord: undefined`, as the 2026-01 client sends.
+        let mut frame = vec![0x82, 0xa4];
+        frame.extend_from_slice(b"type");
+        frame.push(0xa8);
+        frame.extend_from_slice(b"OP_BATCH");
+        frame.push(0xa7);
+        frame.extend_from_slice(b"payload");
+        frame.extend_from_slice(&[0x81, 0xa3, b'o', b'p', b's', 0x91, 0x84]);
+        for (key, value) in [("mapName", "m"), ("key", "k"), ("opType", "REMOVE")] {
+            frame.push(0xa0 | key.len() as u8);
+            frame.extend_from_slice(key.as_bytes());
+            frame.push(0xa0 | value.len() as u8);
+            frame.extend_from_slice(value.as_bytes());
+        }
+        frame.push(0xa8);
+        frame.extend_from_slice(b"orRecord");
+        frame.extend_from_slice(&[0xd4, 0x00, 0x00]);
+        let decoded = decode_frame(Frame::Binary(&frame), &codec::Limits::default(), true);
+        assert!(decoded.js_undefined);
+        assert!(matches!(decoded.message, Ok(Message::OpBatch(_))));
+    }
+
+    #[test]
+    fn only_the_fixext1_form_of_undefined_counts() {
+        // {"a": ext8 of type 0 holding the byte 0}: undefined to the decoder, but not the
+        // form the 2026-01 client writes.
+        let frame = [0x81, 0xa1, b'a', 0xc7, 0x01, 0x00, 0x00];
+        assert!(!contains_js_undefined(&frame));
+        assert!(!js_undefined_of(&frame));
+    }
+
+    #[test]
+    fn a_refused_frame_is_still_searched_for_undefined() {
+        // [undefined, NaN]: the NaN refuses the frame after the decoder passed the undefined.
+        let mut frame = vec![0x92, 0xd4, 0x00, 0x00, 0xcb];
+        frame.extend_from_slice(&f64::NAN.to_be_bytes());
+        assert!(js_undefined_of(&frame));
+        // {1: undefined}: a non-string key stops the decoder before the value.
+        assert!(js_undefined_of(&[0x81, 0x01, 0xd4, 0x00, 0x00]));
+        // [undefined, <truncated>] and trailing bytes after {"a": undefined}.
+        assert!(js_undefined_of(&[0x92, 0xd4, 0x00, 0x00]));
+        assert!(js_undefined_of(&[0x81, 0xa1, b'a', 0xd4, 0x00, 0x00, 0xc0]));
+    }
+
+    fn leaf() -> impl Strategy<Value = Mp> {
+        prop_oneof![
+            Just(Mp::Nil),
+            any::<u64>().prop_map(Mp::from),
+            any::<f64>().prop_map(Mp::F64),
+            "[a-z]{0,3}".prop_map(Mp::from),
+            Just(Mp::Binary(vec![0xd4, 0x00, 0x00])),
+            Just(Mp::Ext(0, vec![0])),
+            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..3))
+                .prop_map(|(t, d)| Mp::Ext(t, d)),
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = Mp> {
+        leaf().prop_recursive(4, 32, 5, |inner| {
+            let key = prop_oneof![
+                8 => "[a-z]{0,3}".prop_map(Mp::from),
+                1 => inner.clone(),
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Mp::Array),
+                proptest::collection::vec((key, inner), 0..5).prop_map(Mp::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn noting_undefined_while_decoding_agrees_with_the_separate_walk(
+            value in tree(),
+            cut in any::<proptest::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+            damage in any::<bool>(),
+        ) {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, &value).unwrap();
+            if damage {
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes.extend_from_slice(&extra);
+            }
+            prop_assert_eq!(js_undefined_of(&bytes), contains_js_undefined(&bytes));
+        }
+    }
+
     /// A topic name the schema's pattern refuses but typed decoding accepts.
     const BAD_TOPIC_SUB: &str = r#"{"type":"TOPIC_SUB","payload":{"topic":"no spaces allowed"}}"#;
 
     #[test]
     fn the_schema_check_refuses_what_typed_decoding_would_accept() {
         let limits = codec::Limits::default();
-        let refused = match decode_message(Frame::Text(BAD_TOPIC_SUB), &limits, true) {
+        let refused = match decode_frame(Frame::Text(BAD_TOPIC_SUB), &limits, true).message {
             Err(refused) => refused,
             Ok(message) => panic!("validated decode accepted {message:?}"),
         };
@@ -747,7 +851,7 @@ mod tests {
     #[test]
     fn the_benchmark_switch_skips_only_the_schema_check() {
         let limits = codec::Limits::default();
-        match decode_message(Frame::Text(BAD_TOPIC_SUB), &limits, false) {
+        match decode_frame(Frame::Text(BAD_TOPIC_SUB), &limits, false).message {
             Ok(Message::TopicSub(sub)) => assert_eq!(sub.payload.topic, "no spaces allowed"),
             other => panic!(
                 "expected the unvalidated TOPIC_SUB, got {:?}",
@@ -756,6 +860,10 @@ mod tests {
         }
         // Typed decoding still refuses what fits no message type.
         let untyped = r#"{"type":"TOPIC_SUB","payload":{}}"#;
-        assert!(decode_message(Frame::Text(untyped), &limits, false).is_err());
+        assert!(
+            decode_frame(Frame::Text(untyped), &limits, false)
+                .message
+                .is_err()
+        );
     }
 }

@@ -12,15 +12,19 @@
 use rmp::Marker;
 use serde_json::{Map, Value};
 
-use super::{DecodeError, Limits, Located, LocatedKind, normalise_float, token_len};
+use super::{DecodeError, DecodedValue, Limits, Located, LocatedKind, normalise_float, token_len};
 
-/// Decodes one msgpack frame (see the module docs).
-pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+/// Decodes one msgpack frame (see the module docs), noting whether it carried JS `undefined`
+/// in its `d4 00 00` form.
+pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<DecodedValue, DecodeError> {
     let mut reader = Reader::new(bytes, limits.max_depth);
     match reader.value(1) {
         Ok(value) => {
             reader.finish()?;
-            value.ok_or(DecodeError::NotAnObject)
+            Ok(DecodedValue {
+                value: value.ok_or(DecodeError::NotAnObject)?,
+                js_undefined: reader.saw_js_undefined,
+            })
         }
         Err(Failure::Malformed(error)) => Err(error),
         Err(Failure::Located(located)) => {
@@ -65,6 +69,9 @@ struct Reader<'a> {
     input: &'a [u8],
     total: usize,
     max_depth: usize,
+    /// Whether a value was JS `undefined` written as fixext1 (`d4 00 00`), the form only the
+    /// 2026-01 client sends.
+    saw_js_undefined: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -73,6 +80,7 @@ impl<'a> Reader<'a> {
             input,
             total: input.len(),
             max_depth,
+            saw_js_undefined: false,
         }
     }
 
@@ -185,7 +193,9 @@ impl<'a> Reader<'a> {
             | Marker::Ext16
             | Marker::Ext32 => {
                 let len = self.length(marker)?;
-                return self.ext(len);
+                let undefined = self.ext(len)?;
+                self.saw_js_undefined |= marker == Marker::FixExt1;
+                return Ok(undefined);
             }
         };
         Ok(Some(value))
@@ -248,8 +258,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// An ext body of `len` bytes: ext-0 with the single byte 0 is `undefined`, the rest
-    /// are refused.
+    /// An ext body of `len` bytes: ext-0 with the single byte 0 is `undefined` (always
+    /// `None`), the rest are refused.
     fn ext(&mut self, len: usize) -> Result<Option<Value>, Failure> {
         let ext_type = i8::from_be_bytes(self.be()?);
         let data = self.take(len)?;
@@ -293,6 +303,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn read(bytes: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+        read_frame(bytes, limits).map(|decoded| decoded.value)
+    }
 
     fn encode(value: &Mp) -> Vec<u8> {
         let mut out = Vec::new();
@@ -432,7 +446,7 @@ mod tests {
         fn matches_the_previous_decoder(value in tree(), max_depth in 1usize..7) {
             let limits = Limits { max_depth, max_frame_bytes: usize::MAX };
             let bytes = encode(&value);
-            let ours = read_frame(&bytes, &limits);
+            let ours = read(&bytes, &limits);
             let theirs = oracle(&bytes, &limits);
             prop_assert!(same_outcome(&ours, &theirs), "{ours:?} vs {theirs:?}");
         }
@@ -447,7 +461,7 @@ mod tests {
             let mut bytes = encode(&value);
             bytes.truncate(cut.index(bytes.len() + 1));
             bytes.extend_from_slice(&extra);
-            let ours = read_frame(&bytes, &limits);
+            let ours = read(&bytes, &limits);
             let theirs = oracle(&bytes, &limits);
             prop_assert!(same_outcome(&ours, &theirs), "{ours:?} vs {theirs:?}");
         }
@@ -457,11 +471,11 @@ mod tests {
     fn the_full_default_depth_is_usable_and_one_more_level_is_located() {
         let limits = Limits::default();
         let ok = encode(&map(vec![("a", nested_arrays(63))]));
-        assert!(read_frame(&ok, &limits).is_ok());
+        assert!(read(&ok, &limits).is_ok());
         let deep = encode(&map(vec![("a", nested_arrays(64))]));
         let path = format!("/a{}", "/0".repeat(63));
         assert_eq!(
-            read_frame(&deep, &limits),
+            read(&deep, &limits),
             Err(DecodeError::TooDeep { path, max: 64 })
         );
     }
@@ -471,12 +485,12 @@ mod tests {
         let mut bytes = vec![0x91; 1_000_000];
         bytes.push(0x90);
         assert!(matches!(
-            read_frame(&bytes, &Limits::default()),
+            read(&bytes, &Limits::default()),
             Err(DecodeError::TooDeep { .. })
         ));
         bytes.pop();
         assert!(matches!(
-            read_frame(&bytes, &Limits::default()),
+            read(&bytes, &Limits::default()),
             Err(DecodeError::Msgpack(_))
         ));
     }
@@ -487,14 +501,11 @@ mod tests {
         let mut bytes = encode(&map(vec![("a", Mp::F64(f64::NAN)), ("b", "x".into())]));
         bytes.pop();
         assert!(matches!(
-            read_frame(&bytes, &limits),
+            read(&bytes, &limits),
             Err(DecodeError::Msgpack(_))
         ));
         bytes.extend_from_slice(b"x\xc0");
-        assert_eq!(
-            read_frame(&bytes, &limits),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        assert_eq!(read(&bytes, &limits), Err(DecodeError::TrailingBytes(1)));
     }
 
     #[test]
@@ -505,7 +516,7 @@ mod tests {
             &[0xdf, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert!(matches!(
-                read_frame(header, &limits),
+                read(header, &limits),
                 Err(DecodeError::Msgpack(_))
             ));
         }
@@ -520,8 +531,36 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] = 0xc1;
         assert_eq!(
-            read_frame(&bytes, &Limits::default()),
+            read(&bytes, &Limits::default()),
             Ok(json!({"m": 1_795_698_229_131u64, "r": null}))
+        );
+    }
+
+    #[test]
+    fn js_undefined_is_noted_only_in_its_fixext1_form() {
+        let limits = Limits::default();
+        let noted = |bytes: &[u8]| read_frame(bytes, &limits).map(|d| d.js_undefined);
+        // {"a": undefined, "b": [undefined]}: both read as absent or null, and noted.
+        let both = [
+            0x82, 0xa1, b'a', 0xd4, 0x00, 0x00, 0xa1, b'b', 0x91, 0xd4, 0x00, 0x00,
+        ];
+        assert_eq!(read(&both, &limits), Ok(json!({"b": [null]})));
+        assert_eq!(noted(&both), Ok(true));
+        // The same undefined as ext8 is read alike but is not the 2026-01 client's form.
+        assert_eq!(
+            noted(&[0x81, 0xa1, b'a', 0xc7, 0x01, 0x00, 0x00]),
+            Ok(false)
+        );
+        // The three bytes as string content are data.
+        assert_eq!(
+            noted(&[0x81, 0xa1, b's', 0xa3, 0xd4, 0x00, 0x00]),
+            Err(DecodeError::InvalidUtf8 {
+                path: "/s".to_owned()
+            })
+        );
+        assert_eq!(
+            noted(&[0x81, 0xa1, b'b', 0xc4, 0x03, 0xd4, 0x00, 0x00]),
+            Ok(false)
         );
     }
 }
