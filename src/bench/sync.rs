@@ -122,8 +122,9 @@ impl Pending {
         }
         for (prefixes, expand) in [(&mut self.expand, true), (&mut self.fetch, false)] {
             if prefixes.len() >= MAX_DEEP_PREFIXES || (drain && !prefixes.is_empty()) {
-                let rest = prefixes.split_off(prefixes.len().min(MAX_DEEP_PREFIXES));
-                let batch = std::mem::replace(prefixes, rest);
+                let batch: Vec<String> = prefixes
+                    .drain(..prefixes.len().min(MAX_DEEP_PREFIXES))
+                    .collect();
                 let request = if expand {
                     DeepRequest::Expand(batch)
                 } else {

@@ -714,16 +714,20 @@ impl Outbox {
     }
 }
 
-fn chunks<T>(mut items: Vec<T>, size: usize) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    while items.len() > size {
-        let rest = items.split_off(size);
-        out.push(std::mem::replace(&mut items, rest));
+/// `items` in order, `size` (at least 1) per chunk. Each chunk is its own right-sized
+/// allocation: splitting the tail off instead left every chunk holding the capacity of all
+/// that followed it — quadratic memory, 4 GB for a 100k-record push.
+fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let size = size.max(1);
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(size).collect();
+        if chunk.is_empty() {
+            return out;
+        }
+        out.push(chunk);
     }
-    if !items.is_empty() {
-        out.push(items);
-    }
-    out
 }
 
 /// Merges a server leaf into `replica`, then queues a push of every local record under the
@@ -855,8 +859,7 @@ fn wire_buckets(tree: &MerkleTree, path: &str, combine: Combine) -> Buckets {
 
 /// Up to [`MAX_DEEP_PREFIXES`] nodes off the front of `nodes`.
 fn take_batch(nodes: &mut Vec<String>) -> Vec<String> {
-    let rest = nodes.split_off(nodes.len().min(MAX_DEEP_PREFIXES));
-    std::mem::replace(nodes, rest)
+    nodes.drain(..nodes.len().min(MAX_DEEP_PREFIXES)).collect()
 }
 
 /// Whether `child` is one hex digit longer than one of the `expanded` nodes and starts with
@@ -894,6 +897,19 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use std::collections::VecDeque;
+
+    #[test]
+    fn chunks_keep_order_and_hold_only_their_own_items() {
+        let items: Vec<u32> = (0..10_007).collect();
+        let out = chunks(items.clone(), 100);
+        assert_eq!(out.len(), 101);
+        assert!(out.iter().all(|chunk| chunk.len() <= 100));
+        // The memory bound: no chunk keeps the capacity of the items after it.
+        assert!(out.iter().all(|chunk| chunk.capacity() <= 100));
+        assert_eq!(out.concat(), items);
+        assert!(chunks(Vec::<u32>::new(), 10).is_empty());
+        assert_eq!(chunks(vec![1, 2, 3], 0), vec![vec![1], vec![2], vec![3]]);
+    }
 
     const MAP: &str = "notes";
     const SERVER_MILLIS: u64 = 9_000;
