@@ -1,4 +1,5 @@
-//! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`.
+//! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`, with a
+//! write-ahead log, `<dir>/topgun.wal`, in front of it.
 //!
 //! Layout: one table per kind of data (the journal is keyed by sequence), never one per map,
 //! so map names need no grammar
@@ -6,44 +7,62 @@
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
 //! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
 //!
-//! Writes: every `commit` queues its batch on a bounded channel (backpressure) to ONE writer
-//! thread. The writer drains whatever is queued, applies all of it in one write transaction,
-//! commits it with `Durability::Immediate` (one fsync for the whole group), and only then
-//! answers every caller. An ack therefore always follows the fsync (defect 33), and the fsync
-//! cost is shared by everything that arrived while the previous group was being written.
-//! `commit_queued` resolves as soon as its batch is queued (commit order and backpressure
-//! without the wait for the fsync); the writer logs a failure of such a batch itself.
-//! Each batch's map kinds are validated before any of its mutations is applied, so a rejected
-//! batch leaves no trace while the rest of its group still commits. A storage error while
-//! applying or committing aborts the whole transaction and fails every batch in the group.
+//! Writes (write-behind): every `commit` queues its batch on a bounded channel (backpressure)
+//! to ONE writer thread. The writer drains whatever is queued and, per batch, checks its map
+//! kinds, merges it into an in-memory overlay ([`overlay`]) and frames it as one log record
+//! ([`wal`]); then it appends the group's records and makes them durable with ONE `fdatasync`
+//! of the log, and only then answers every caller. An ack therefore always follows the fsync
+//! (defect 33), and the fsync is shared by everything that arrived meanwhile. A rejected batch
+//! leaves no trace while the rest of its group still commits. `commit_queued` resolves as soon
+//! as its batch is queued; the writer logs a failure of such a batch itself.
 //!
-//! Reads run in read transactions on `tokio::task::spawn_blocking`. `close()` (or `Drop`)
-//! stops accepting work, lets the writer finish everything already queued, joins it, and
-//! releases the file. What a crash can lose: only batches whose `commit` has not resolved.
+//! Checkpoints: every [`RedbOptions::checkpoint_interval`], or sooner when the overlay holds
+//! more than [`RedbOptions::max_overlay_rows`] rows or the log exceeds
+//! [`RedbOptions::max_log_bytes`], the writer writes the overlay's changed rows into redb in ONE
+//! durable transaction, together with the highest log sequence they cover, then empties the
+//! log. A hot key is written to redb once per checkpoint instead of once per commit.
+//!
+//! Recovery: opening loads redb, replays the log records whose sequence is above the
+//! checkpointed one (stopping at the first torn or corrupt record, where the log is
+//! truncated), and checkpoints. A failed log append or checkpoint leaves the log's tail or the
+//! overlay in doubt, so the writer then fails every later batch and read; reopening the store
+//! recovers everything whose commit resolved.
+//!
+//! Reads go through the writer's queue as a checkpoint request, so they see every batch queued
+//! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`.
+//! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
+//! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
+//! whose `commit` has not resolved.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod overlay;
+mod wal;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::record::{LwwRecord, OrMapRecord};
 use ::redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode, encode, kind_code, kind_from_code};
+use self::overlay::{Base, Overlay};
+use self::wal::{LogRecord, Wal};
+use super::codec::{decode, decode_mutations, encode_mutations, kind_from_code};
 use super::{
-    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
-    WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Store, StoreError, WriteBatch,
 };
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The database file inside the store directory.
 const FILE_NAME: &str = "topgun.redb";
-/// The layout and encoding version this build writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The layout and encoding version this build writes and reads. Version 2 added the
+/// write-ahead log and the checkpoint row; a version 1 store (no log) opens and is upgraded.
+const FORMAT_VERSION: u32 = 2;
+const UPGRADABLE_FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &str = "version";
 
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("store_format");
@@ -58,14 +77,26 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// One row, [`JOURNAL_HEAD_KEY`] → the highest sequence ever appended.
 const JOURNAL_HEAD: TableDefinition<&str, u64> = TableDefinition::new("journal_head");
 const JOURNAL_HEAD_KEY: &str = "last";
+/// One row, [`CHECKPOINT_KEY`] → the highest log sequence redb already contains.
+const CHECKPOINT: TableDefinition<&str, u64> = TableDefinition::new("log_checkpoint");
+const CHECKPOINT_KEY: &str = "sequence";
 
 /// Tuning for [`RedbStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedbOptions {
     /// Batches that may wait for the writer before `commit` callers are made to wait.
     pub queue_capacity: usize,
-    /// Most batches applied in one write transaction.
+    /// Most batches made durable by one log flush.
     pub max_group_batches: usize,
+    /// Longest time committed changes stay only in the log and the overlay before a
+    /// checkpoint copies them into redb.
+    pub checkpoint_interval: Duration,
+    /// Rows the in-memory overlay may hold (changed rows plus rows cached from redb) before a
+    /// checkpoint is forced and the cache dropped: the overlay's memory bound.
+    pub max_overlay_rows: usize,
+    /// Log size that forces a checkpoint: bounds the log file, the replay time after a crash,
+    /// and the bytes of changes held only in the overlay.
+    pub max_log_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -73,17 +104,22 @@ impl Default for RedbOptions {
         Self {
             queue_capacity: 1024,
             max_group_batches: 256,
+            checkpoint_interval: Duration::from_secs(1),
+            max_overlay_rows: 100_000,
+            max_log_bytes: 64 << 20,
         }
     }
 }
 
-/// How well group commit is doing: batches acknowledged vs. write transactions committed.
+/// How well group commit is doing: batches acknowledged vs. log flushes and checkpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Batches written by committed transactions.
+    /// Batches made durable by log flushes.
     pub batches: u64,
-    /// Write transactions committed (one fsync each).
-    pub transactions: u64,
+    /// Log flushes (one `fdatasync` each).
+    pub flushes: u64,
+    /// Checkpoints committed to redb (one durable transaction each).
+    pub checkpoints: u64,
 }
 
 /// The durable store. See the module documentation for the write path.
@@ -102,17 +138,22 @@ struct Open {
     writer: JoinHandle<()>,
 }
 
-/// One queued batch and where to send its outcome.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Work for the writer thread, in queue order.
 #[derive(Debug)]
-struct Job {
-    batch: WriteBatch,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+enum Job {
+    /// Commit a batch; reply once it is durable.
+    Write { batch: WriteBatch, reply: Reply },
+    /// Checkpoint everything queued before; reply once redb holds it (a read follows).
+    Checkpoint { reply: Reply },
 }
 
 #[derive(Debug, Default)]
 struct StatCounters {
     batches: AtomicU64,
-    transactions: AtomicU64,
+    flushes: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 impl RedbStore {
@@ -122,26 +163,38 @@ impl RedbStore {
         Self::open_with(dir, RedbOptions::default())
     }
 
-    /// Opens (creating if needed) the store in directory `dir`.
-    /// Blocks on file I/O: call it at startup or from a blocking task.
+    /// Opens (creating if needed) the store in directory `dir`, replaying the write-ahead log
+    /// left by a crash. Blocks on file I/O: call it at startup or from a blocking task.
     pub fn open_with(dir: impl AsRef<Path>, options: RedbOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_error("create store directory", dir, e))?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(backend(format!("open {}", path.display())))?;
-        initialise(&db)?;
+        let checkpointed = initialise(&db)?;
         let db = Arc::new(db);
-        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let (wal, records) = Wal::open(dir)?;
         let stats = Arc::new(StatCounters::default());
-        let writer = {
-            let db = Arc::clone(&db);
-            let stats = Arc::clone(&stats);
-            let max_group = options.max_group_batches.max(1);
-            std::thread::Builder::new()
-                .name("topgun-store-writer".into())
-                .spawn(move || run_writer(&db, jobs, max_group, &stats))
-                .map_err(|e| io_error("start the writer thread for", &path, e))?
+        let mut writer = Writer {
+            db: Arc::clone(&db),
+            wal,
+            overlay: Overlay::default(),
+            options,
+            next_sequence: checkpointed + 1,
+            last_checkpoint: Instant::now(),
+            stats: Arc::clone(&stats),
+            failed: None,
         };
+        writer.replay(records, checkpointed)?;
+        writer.checkpoint()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| io_error("start the writer runtime for", &path, e))?;
+        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let writer = std::thread::Builder::new()
+            .name("topgun-store-writer".into())
+            .spawn(move || runtime.block_on(writer.run(jobs)))
+            .map_err(|e| io_error("start the writer thread for", &path, e))?;
         Ok(Self {
             path,
             open: Mutex::new(Some(Open { db, queue, writer })),
@@ -158,7 +211,8 @@ impl RedbStore {
     pub fn stats(&self) -> GroupCommitStats {
         GroupCommitStats {
             batches: self.stats.batches.load(Ordering::Relaxed),
-            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            flushes: self.stats.flushes.load(Ordering::Relaxed),
+            checkpoints: self.stats.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -182,15 +236,15 @@ impl RedbStore {
             .ok_or(StoreError::Closed)
     }
 
-    /// Queues `batch` for the writer (waiting for room) and returns where its outcome arrives.
+    /// Queues `job` for the writer (waiting for room) and returns where its outcome arrives.
     async fn enqueue(
         &self,
-        batch: WriteBatch,
+        job: impl FnOnce(Reply) -> Job,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let queue = self.queue()?;
         let (reply, outcome) = oneshot::channel();
         queue
-            .send(Job { batch, reply })
+            .send(job(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         // Holding the sender while waiting would keep a closing writer alive for nothing.
@@ -198,12 +252,17 @@ impl RedbStore {
         Ok(outcome)
     }
 
-    /// Runs `read` in a read transaction on the blocking pool.
+    /// Has the writer checkpoint everything queued so far, then runs `read` in a read
+    /// transaction on the blocking pool.
     fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         Box::pin(async move {
+            let checkpointed = self.enqueue(|reply| Job::Checkpoint { reply }).await?;
+            checkpointed
+                .await
+                .map_err(|_| StoreError::WriterStopped)??;
             let db = self.database()?;
             tokio::task::spawn_blocking(move || {
                 let txn = db
@@ -218,8 +277,8 @@ impl RedbStore {
 }
 
 impl Open {
-    /// Stops accepting batches, waits for the writer to finish the queued ones, and releases
-    /// the file (once no read is still running).
+    /// Stops accepting batches, waits for the writer to finish the queued ones and
+    /// checkpoint, and releases the file (once no read is still running).
     fn shut_down(self) -> Result<(), StoreError> {
         let Self { db, queue, writer } = self;
         drop(queue);
@@ -335,14 +394,18 @@ impl Store for RedbStore {
 
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let outcome = self.enqueue(batch).await?;
+            let outcome = self.enqueue(|reply| Job::Write { batch, reply }).await?;
             outcome.await.map_err(|_| StoreError::WriterStopped)?
         })
     }
 
     fn commit_queued(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         // Dropping the outcome tells the writer nobody waits: it logs a failure itself.
-        Box::pin(async move { self.enqueue(batch).await.map(drop) })
+        Box::pin(async move {
+            self.enqueue(|reply| Job::Write { batch, reply })
+                .await
+                .map(drop)
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -357,12 +420,13 @@ impl Store for RedbStore {
     }
 }
 
-/// Creates every table and checks (or stamps) the format version.
-fn initialise(db: &Database) -> Result<(), StoreError> {
+/// Creates every table, checks (or stamps) the format version, and returns the highest log
+/// sequence the database already contains.
+fn initialise(db: &Database) -> Result<u64, StoreError> {
     let txn = db
         .begin_write()
         .map_err(backend("begin the initial transaction"))?;
-    {
+    let checkpointed = {
         let mut format = txn
             .open_table(FORMAT)
             .map_err(backend("open the format table"))?;
@@ -371,7 +435,7 @@ fn initialise(db: &Database) -> Result<(), StoreError> {
             .map_err(backend("read the format version"))?
             .map(|v| v.value());
         match found {
-            None => {
+            None | Some(UPGRADABLE_FORMAT_VERSION) => {
                 format
                     .insert(FORMAT_KEY, FORMAT_VERSION)
                     .map_err(backend("write the format version"))?;
@@ -384,77 +448,229 @@ fn initialise(db: &Database) -> Result<(), StoreError> {
                 });
             }
         }
-    }
-    WriteTables::open(&txn)?;
-    txn.commit().map_err(backend("create the tables"))
+        WriteTables::open(&txn)?;
+        txn.open_table(CHECKPOINT)
+            .map_err(backend("open the checkpoint table"))?
+            .get(CHECKPOINT_KEY)
+            .map_err(backend("read the checkpointed log sequence"))?
+            .map_or(0, |v| v.value())
+    };
+    txn.commit().map_err(backend("create the tables"))?;
+    Ok(checkpointed)
 }
 
-/// The writer thread: group commit until every sender is gone and the queue is empty.
-fn run_writer(
-    db: &Database,
-    mut jobs: mpsc::Receiver<Job>,
-    max_group: usize,
-    stats: &StatCounters,
-) {
-    let mut group = Vec::with_capacity(max_group);
-    while jobs.blocking_recv_many(&mut group, max_group) > 0 {
-        let written = write_group(db, &group);
-        match written {
-            Ok(outcomes) => {
-                stats
-                    .batches
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                stats.transactions.fetch_add(1, Ordering::Relaxed);
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    answer(job, outcome);
-                }
+/// The writer thread's state: the log, the overlay, and what it takes to checkpoint them.
+struct Writer {
+    db: Arc<Database>,
+    wal: Wal,
+    overlay: Overlay,
+    options: RedbOptions,
+    /// The log sequence the next accepted batch gets; never reused, so replay can tell
+    /// checkpointed records from newer ones.
+    next_sequence: u64,
+    last_checkpoint: Instant,
+    stats: Arc<StatCounters>,
+    /// Why the writer stopped accepting work: a log append or checkpoint failed.
+    failed: Option<StoreError>,
+}
+
+/// Where one group's accepted batches wait for the log flush.
+#[derive(Default)]
+struct Group {
+    framed: Vec<u8>,
+    replies: Vec<Reply>,
+    /// Base rows are read from one snapshot per group; a checkpoint invalidates it.
+    base: Option<Base>,
+}
+
+impl Writer {
+    /// Group commit until every sender is gone and the queue is empty; then checkpoint.
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let max_group = self.options.max_group_batches.max(1);
+        let mut received = Vec::with_capacity(max_group);
+        loop {
+            let count = if self.overlay.is_dirty() {
+                let due = self
+                    .options
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed());
+                tokio::time::timeout(due, jobs.recv_many(&mut received, max_group)).await
+            } else {
+                Ok(jobs.recv_many(&mut received, max_group).await)
+            };
+            match count {
+                Ok(0) => break,
+                Ok(_) => self.process(&mut received),
+                Err(_elapsed) => {}
             }
-            Err(error) => {
-                tracing::error!(%error, batches = group.len(), "store group commit failed");
-                for job in group.drain(..) {
-                    // Logged once above for the whole group.
-                    let _ = job.reply.send(Err(error.clone()));
+            if self.checkpoint_due() {
+                // A failure is kept in `failed` and reported to every later caller.
+                let _ = self.checkpoint();
+            }
+        }
+        if self.failed.is_none() {
+            // Reported through `failed`'s log line; nothing is left to answer.
+            let _ = self.checkpoint();
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.failed.is_none()
+            && self.overlay.is_dirty()
+            && (self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
+                || self.overlay.rows() > self.options.max_overlay_rows
+                || self.wal.len() > self.options.max_log_bytes)
+    }
+
+    /// Handles one drained run of jobs in order.
+    fn process(&mut self, jobs: &mut Vec<Job>) {
+        let mut group = Group::default();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write { batch, reply } => match self.stage(&batch, &mut group) {
+                    Ok(()) => group.replies.push(reply),
+                    Err(error) => answer(reply, Err(error)),
+                },
+                Job::Checkpoint { reply } => {
+                    self.flush(&mut group);
+                    group.base = None;
+                    // The reader reports a failure; the writer logged it once.
+                    let _ = reply.send(self.checkpoint());
                 }
             }
         }
+        self.flush(&mut group);
+    }
+
+    /// Validates `batch`, merges it into the overlay and frames its log record. A batch
+    /// that fails here leaves no trace.
+    fn stage(&mut self, batch: &WriteBatch, group: &mut Group) -> Result<(), StoreError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let base = match &mut group.base {
+            Some(base) => base,
+            empty => empty.insert(Base::open(&self.db)?),
+        };
+        self.overlay.prefetch(batch, base)?;
+        batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
+        wal::frame_record(&mut group.framed, self.next_sequence, |out| {
+            encode_mutations(batch.mutations(), out)
+        })?;
+        self.overlay.apply(batch);
+        self.next_sequence += 1;
+        Ok(())
+    }
+
+    /// Makes the group's records durable with one log flush, then answers their callers.
+    fn flush(&mut self, group: &mut Group) {
+        if group.replies.is_empty() {
+            return;
+        }
+        let outcome = match &self.failed {
+            Some(error) => Err(error.clone()),
+            None => self.wal.append_durably(&group.framed),
+        };
+        group.framed.clear();
+        match outcome {
+            Ok(()) => {
+                self.stats
+                    .batches
+                    .fetch_add(group.replies.len() as u64, Ordering::Relaxed);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                for reply in group.replies.drain(..) {
+                    answer(reply, Ok(()));
+                }
+            }
+            Err(error) => {
+                if self.failed.is_none() {
+                    tracing::error!(%error, batches = group.replies.len(),
+                        "store log flush failed; the store refuses further writes until reopened");
+                    self.failed = Some(error.clone());
+                }
+                for reply in group.replies.drain(..) {
+                    // Logged once above for the whole group.
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Writes the overlay into redb in one durable transaction with the highest log sequence
+    /// it covers, then empties the log. Every staged batch must have been flushed.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if !self.overlay.is_dirty() && self.wal.len() == 0 {
+            return Ok(());
+        }
+        let written = self.write_checkpoint().and_then(|()| self.wal.reset());
+        match written {
+            Ok(()) => {
+                self.overlay.mark_clean(self.options.max_overlay_rows);
+                self.last_checkpoint = Instant::now();
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error,
+                    "store checkpoint failed; the store refuses further writes until reopened");
+                self.failed = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    fn write_checkpoint(&self) -> Result<(), StoreError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(backend("begin a checkpoint transaction"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(backend("request immediate durability"))?;
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            self.overlay.write_to(&mut tables)?;
+            txn.open_table(CHECKPOINT)
+                .map_err(backend("open the checkpoint table"))?
+                .insert(CHECKPOINT_KEY, self.next_sequence - 1)
+                .map_err(backend("write the checkpointed log sequence"))?;
+        }
+        txn.commit().map_err(backend("commit a checkpoint"))
+    }
+
+    /// Re-applies the log records redb does not contain yet, in order.
+    fn replay(&mut self, records: Vec<LogRecord>, checkpointed: u64) -> Result<(), StoreError> {
+        let mut base = None;
+        for record in records.into_iter().filter(|r| r.sequence > checkpointed) {
+            let batch = WriteBatch::from(decode_mutations(
+                format_args!("log sequence {}", record.sequence),
+                &record.payload,
+            )?);
+            let base = match &mut base {
+                Some(base) => base,
+                empty => empty.insert(Base::open(&self.db)?),
+            };
+            self.overlay.prefetch(&batch, base)?;
+            // The batch passed this check when it was logged, against the same state.
+            batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
+            self.overlay.apply(&batch);
+            self.next_sequence = record.sequence + 1;
+        }
+        Ok(())
     }
 }
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
 /// logged here, so it is never lost silently.
-fn answer(job: Job, outcome: Result<(), StoreError>) {
-    if let Err(Err(error)) = job.reply.send(outcome) {
+fn answer(reply: Reply, outcome: Result<(), StoreError>) {
+    if let Err(Err(error)) = reply.send(outcome) {
         tracing::error!(%error, "a queued store commit failed");
     }
 }
 
-/// Applies a group of batches in one durable transaction. The outer error fails the whole
-/// group; the inner results are per-batch rejections (kind conflicts).
-fn write_group(db: &Database, jobs: &[Job]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut txn = db
-        .begin_write()
-        .map_err(backend("begin a write transaction"))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(backend("request immediate durability"))?;
-    let outcomes = {
-        let mut tables = WriteTables::open(&txn)?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let outcome = job.batch.check_kinds(|map| tables.kind(map));
-            if outcome.is_ok() {
-                tables.apply_batch(&job.batch)?;
-            }
-            outcomes.push(outcome);
-        }
-        tables.finish()?;
-        outcomes
-    };
-    txn.commit()
-        .map_err(backend("commit a write transaction"))?;
-    Ok(outcomes)
-}
-
-/// Every table, open in one write transaction.
+/// Every table a checkpoint writes, open in one write transaction.
 struct WriteTables<'txn> {
     kinds: Table<'txn, &'static str, u8>,
     lww: Table<'txn, (&'static str, &'static str), &'static [u8]>,
@@ -465,10 +681,6 @@ struct WriteTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     journal: Table<'txn, u64, &'static [u8]>,
     journal_head: Table<'txn, &'static str, u64>,
-    /// Maps whose kind this transaction already wrote: one insert per map, not per row.
-    claimed: BTreeSet<String>,
-    /// The highest journal sequence appended in this transaction, written once by `finish`.
-    appended_head: Option<u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -484,16 +696,11 @@ impl<'txn> WriteTables<'txn> {
             meta: txn.open_table(META).map_err(open_error.clone())?,
             journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
             journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
-            claimed: BTreeSet::new(),
-            appended_head: None,
         })
     }
 
-    /// Writes what was deferred until the end of the transaction (the journal head).
-    fn finish(&mut self) -> Result<(), StoreError> {
-        let Some(appended) = self.appended_head.take() else {
-            return Ok(());
-        };
+    /// Raises the stored journal head to `appended` (never lowers it).
+    fn raise_journal_head(&mut self, appended: u64) -> Result<(), StoreError> {
         let head = self
             .journal_head
             .get(JOURNAL_HEAD_KEY)
@@ -504,157 +711,6 @@ impl<'txn> WriteTables<'txn> {
                 .insert(JOURNAL_HEAD_KEY, appended)
                 .map_err(backend("write the journal head"))?;
         }
-        Ok(())
-    }
-
-    fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
-        self.kinds
-            .get(map)
-            .map_err(backend("read a map kind"))?
-            .map(|code| kind_from_code(map, code.value()))
-            .transpose()
-    }
-
-    fn stored_lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
-        self.lww
-            .get((map, key))
-            .map_err(backend("read an LWW record"))?
-            .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
-            .transpose()
-    }
-
-    fn stored_or(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
-        Ok(self
-            .or_records
-            .get((map, key))
-            .map_err(backend("read OR records"))?
-            .map(|bytes| decode("OR records", format_args!("{map}/{key}"), bytes.value()))
-            .transpose()?
-            .unwrap_or_default())
-    }
-
-    fn apply_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
-        batch
-            .mutations()
-            .iter()
-            .try_for_each(|mutation| self.apply(mutation))
-    }
-
-    fn apply(&mut self, mutation: &Mutation) -> Result<(), StoreError> {
-        match mutation {
-            Mutation::SetMapKind { map, kind } => self.claim(map, *kind),
-            Mutation::PutLww { map, key, record } => {
-                self.claim(map, MapKind::Lww)?;
-                if super::lww_replaces(self.stored_lww(map, key)?.as_ref(), record) {
-                    let bytes = encode("LWW record", record)?;
-                    self.lww
-                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                        .map_err(backend("write an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::DeleteLww { map, key } => {
-                if self
-                    .stored_lww(map, key)?
-                    .is_some_and(|record| record.is_tombstone())
-                {
-                    self.lww
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("delete an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::ForgetLww {
-                map,
-                key,
-                timestamp,
-            } => {
-                if self
-                    .stored_lww(map, key)?
-                    .is_some_and(|record| record.timestamp == *timestamp)
-                {
-                    self.lww
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("forget an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::PutOrKey { map, key, records } => {
-                if !records.is_empty() {
-                    self.claim(map, MapKind::Or)?;
-                }
-                let stored = self.stored_or(map, key)?;
-                let tombstones = &self.or_tombstones;
-                let merged = super::merge_or_records(stored, records, |tag| {
-                    // A failed lookup keeps the record: losing data is worse than keeping a
-                    // tombstoned record the next load drops anyway.
-                    tombstones
-                        .get((map.as_str(), tag))
-                        .is_ok_and(|found| found.is_some())
-                });
-                if merged.is_empty() {
-                    self.or_records
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("delete an OR key"))?;
-                } else {
-                    let bytes = encode("OR records", &merged)?;
-                    self.or_records
-                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                        .map_err(backend("write OR records"))?;
-                }
-                Ok(())
-            }
-            Mutation::AddOrTombstones { map, tags } => {
-                self.claim(map, MapKind::Or)?;
-                for tag in tags {
-                    self.or_tombstones
-                        .insert((map.as_str(), tag.as_str()), ())
-                        .map_err(backend("write an OR tombstone"))?;
-                }
-                Ok(())
-            }
-            Mutation::RemoveOrTombstones { map, tags } => {
-                for tag in tags {
-                    self.or_tombstones
-                        .remove((map.as_str(), tag.as_str()))
-                        .map_err(backend("delete an OR tombstone"))?;
-                }
-                Ok(())
-            }
-            Mutation::PutCounter { name, state } => {
-                let bytes = encode("counter", state)?;
-                self.counters
-                    .insert(name.as_str(), bytes.as_slice())
-                    .map_err(backend("write a counter"))?;
-                Ok(())
-            }
-            Mutation::PutFencingToken { lock, token } => self.raise_fencing_token(lock, *token),
-            Mutation::PutMeta { key, value } => {
-                self.meta
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(backend("write metadata"))?;
-                Ok(())
-            }
-            Mutation::ClearMap { map } => self.clear_map(map),
-            Mutation::AppendJournal { sequence, event } => self.append_journal(*sequence, event),
-            Mutation::TrimJournal { below } => {
-                self.journal
-                    .retain_in(..*below, |_, _| false)
-                    .map_err(backend("trim the journal"))?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
-    fn claim(&mut self, map: &str, kind: MapKind) -> Result<(), StoreError> {
-        if self.claimed.contains(map) {
-            return Ok(());
-        }
-        self.kinds
-            .insert(map, kind_code(kind))
-            .map_err(backend("write a map kind"))?;
-        self.claimed.insert(map.to_owned());
         Ok(())
     }
 
@@ -672,16 +728,7 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    fn append_journal(&mut self, sequence: u64, event: &[u8]) -> Result<(), StoreError> {
-        self.journal
-            .insert(sequence, event)
-            .map_err(backend("write a journal entry"))?;
-        self.appended_head = self.appended_head.max(Some(sequence));
-        Ok(())
-    }
-
     fn clear_map(&mut self, map: &str) -> Result<(), StoreError> {
-        self.claimed.remove(map);
         self.kinds
             .remove(map)
             .map_err(backend("delete a map kind"))?;
@@ -699,7 +746,6 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 }
-
 /// The exclusive upper bound of `map`'s rows: `(map + "\0", "")` is the smallest tuple key
 /// whose first element sorts after `map` in byte order.
 fn range_end(map: &str) -> String {
@@ -779,7 +825,7 @@ mod tests {
     use super::*;
     use crate::hlc::Timestamp;
     use crate::record::{LwwRecord, OrMapRecord};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Mutation};
     use serde_json::json;
     use std::process::Command;
 
@@ -949,7 +995,7 @@ mod tests {
             RedbStore::open(dir.path()),
             Err(StoreError::UnsupportedFormat {
                 found: 99,
-                supported: 1
+                supported: FORMAT_VERSION
             })
         ));
     }
@@ -961,6 +1007,7 @@ mod tests {
         let options = RedbOptions {
             queue_capacity: 16,
             max_group_batches: 64,
+            ..RedbOptions::default()
         };
         let store = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
         let commits: Vec<_> = (0..COMMITS)
@@ -984,7 +1031,7 @@ mod tests {
         let stats = store.stats();
         assert_eq!(stats.batches, COMMITS);
         assert!(
-            stats.transactions < COMMITS,
+            stats.flushes < COMMITS,
             "no batches were grouped: {stats:?}"
         );
         match store.load_map("m").await.unwrap() {
