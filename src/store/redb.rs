@@ -1088,19 +1088,26 @@ mod tests {
     const CRASH_CHILD_EXIT: i32 = 73;
     const CRASH_COMMITS: u64 = 50;
 
-    /// Covers a process dying right after its acks: the child commits, then calls
-    /// `process::exit` with the store open and its writer thread alive (no `close`, no
-    /// `Drop`). It does not cover power loss, which only the fsync in the commit path guards.
-    #[test]
-    fn acked_commits_survive_an_abrupt_process_exit() {
+    /// Runs `child` on a fresh store directory in a separate process (this test binary,
+    /// running only the test named `test`), which exits with the store `child` returns still
+    /// open and its writer alive (no `close`, no `Drop`), and returns that directory. Covers a
+    /// process dying right after its acks, not power loss, which only the fsyncs guard.
+    fn after_crashing_child(
+        test: &str,
+        child: impl AsyncFnOnce(&Path) -> Arc<RedbStore>,
+    ) -> tempfile::TempDir {
         if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
-            commit_then_exit_abruptly(Path::new(&dir));
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let _open = child(Path::new(&dir)).await;
+                std::process::exit(CRASH_CHILD_EXIT);
+            });
         }
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "store::redb::tests::acked_commits_survive_an_abrupt_process_exit",
+                &format!("store::redb::tests::{test}"),
                 "--test-threads",
                 "1",
             ])
@@ -1109,6 +1116,32 @@ mod tests {
             .status()
             .unwrap();
         assert_eq!(status.code(), Some(CRASH_CHILD_EXIT));
+        dir
+    }
+
+    #[test]
+    fn acked_commits_survive_an_abrupt_process_exit() {
+        let dir = after_crashing_child(
+            "acked_commits_survive_an_abrupt_process_exit",
+            async |dir| {
+                let store = Arc::new(RedbStore::open(dir).unwrap());
+                store.commit(every_kind_of_mutation()).await.unwrap();
+                let commits: Vec<_> = (0..CRASH_COMMITS)
+                    .map(|i| {
+                        let store = Arc::clone(&store);
+                        tokio::spawn(async move {
+                            store
+                                .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
+                                .await
+                        })
+                    })
+                    .collect();
+                for commit in commits {
+                    commit.await.unwrap().unwrap();
+                }
+                store
+            },
+        );
 
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
@@ -1120,25 +1153,398 @@ mod tests {
         runtime.block_on(assert_every_kind_present(&store));
     }
 
-    fn commit_then_exit_abruptly(dir: &Path) {
+    fn never_by_time() -> RedbOptions {
+        RedbOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..RedbOptions::default()
+        }
+    }
+
+    /// Sequence numbers of the logged commits: values of equal length, so equal records.
+    const LOGGED: std::ops::Range<u64> = 10..20;
+
+    /// Commits one single-put batch per `LOGGED` number, in order, with no checkpoint.
+    async fn commit_logged_batches(dir: &Path) -> Arc<RedbStore> {
+        let store = RedbStore::open_with(dir, never_by_time()).unwrap();
+        for i in LOGGED {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i}"), i)]))
+                .await
+                .unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.checkpoints, stats.flushes), (0, 10), "{stats:?}");
+        Arc::new(store)
+    }
+
+    fn lww_keys(store: &RedbStore, map: &str) -> Vec<String> {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let store = Arc::new(RedbStore::open(dir).unwrap());
-            store.commit(every_kind_of_mutation()).await.unwrap();
-            let commits: Vec<_> = (0..CRASH_COMMITS)
-                .map(|i| {
-                    let store = Arc::clone(&store);
-                    tokio::spawn(async move {
-                        store
-                            .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
-                            .await
-                    })
-                })
-                .collect();
-            for commit in commits {
-                commit.await.unwrap().unwrap();
+        match runtime.block_on(store.load_map(map)).unwrap() {
+            Some(MapSnapshot::Lww { records }) => records.into_keys().collect(),
+            None => Vec::new(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn keys(range: std::ops::Range<u64>) -> Vec<String> {
+        range.map(|i| format!("k{i}")).collect()
+    }
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(wal::FILE_NAME)).unwrap().len()
+    }
+
+    #[test]
+    fn acked_commits_are_replayed_from_the_log_when_no_checkpoint_ran() {
+        let dir = after_crashing_child(
+            "acked_commits_are_replayed_from_the_log_when_no_checkpoint_ran",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        // Nothing but the store's creation reached redb: everything is in the log.
+        assert!(wal_len(dir.path()) > 0);
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(LOGGED));
+        assert_eq!(
+            wal_len(dir.path()),
+            0,
+            "recovery checkpoints and empties the log"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_log_record_loses_only_that_record() {
+        let dir = after_crashing_child(
+            "a_torn_last_log_record_loses_only_that_record",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        let log = dir.path().join(wal::FILE_NAME);
+        let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.set_len(wal_len(dir.path()) - 5).unwrap();
+        drop(file);
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(10..19));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime
+            .block_on(store.commit(WriteBatch::from(vec![put("m", "k19", 19)])))
+            .unwrap();
+        drop(store);
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&reopened, "m"), keys(LOGGED));
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_stops_the_replay_there() {
+        let dir = after_crashing_child(
+            "a_corrupt_record_in_the_middle_stops_the_replay_there",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        let log = dir.path().join(wal::FILE_NAME);
+        let mut bytes = std::fs::read(&log).unwrap();
+        let record_len = bytes.len() / 10;
+        assert_eq!(bytes.len() % 10, 0, "equal-sized records");
+        bytes[5 * record_len + 20] ^= 0x40;
+        std::fs::write(&log, &bytes).unwrap();
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(10..15));
+    }
+
+    #[test]
+    fn a_checkpoint_then_more_writes_then_a_crash_keeps_both_halves() {
+        let dir = after_crashing_child(
+            "a_checkpoint_then_more_writes_then_a_crash_keeps_both_halves",
+            async |dir| {
+                let store = RedbStore::open_with(dir, never_by_time()).unwrap();
+                let mut first: Vec<_> = (0..5).map(|i| put("m", &format!("a{i}"), i)).collect();
+                first.extend([
+                    Mutation::AddOrTombstones {
+                        map: "gone".into(),
+                        tags: vec!["t".into()],
+                    },
+                    Mutation::AppendJournal {
+                        sequence: 1,
+                        event: b"one".to_vec(),
+                    },
+                    Mutation::AppendJournal {
+                        sequence: 2,
+                        event: b"two".to_vec(),
+                    },
+                ]);
+                store.commit(WriteBatch::from(first)).await.unwrap();
+                // A read checkpoints everything before it.
+                assert_eq!(store.list_maps().await.unwrap().len(), 2);
+                assert_eq!(store.stats().checkpoints, 1);
+
+                let mut second: Vec<_> = (0..5).map(|i| put("m", &format!("b{i}"), i)).collect();
+                second.extend([
+                    Mutation::ClearMap { map: "gone".into() },
+                    Mutation::TrimJournal { below: 2 },
+                    Mutation::AppendJournal {
+                        sequence: 3,
+                        event: b"three".to_vec(),
+                    },
+                ]);
+                store.commit(WriteBatch::from(second)).await.unwrap();
+                store
+                    .commit(WriteBatch::from(vec![put("m", "a0", 100)]))
+                    .await
+                    .unwrap();
+                assert_eq!(store.stats().checkpoints, 1);
+                Arc::new(store)
+            },
+        );
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let records = match runtime.block_on(store.load_map("m")).unwrap() {
+            Some(MapSnapshot::Lww { records }) => records,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut expected: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
+        expected.extend((0..5).map(|i| format!("b{i}")));
+        assert_eq!(records.keys().cloned().collect::<Vec<_>>(), expected);
+        assert_eq!(records["a0"].value, Some(json!({"n": 100})));
+        assert_eq!(
+            runtime.block_on(store.list_maps()).unwrap(),
+            vec![("m".to_owned(), MapKind::Lww)]
+        );
+        assert_eq!(
+            runtime.block_on(store.read_journal(0, 10)).unwrap(),
+            vec![(2, b"two".to_vec()), (3, b"three".to_vec())]
+        );
+        assert_eq!(runtime.block_on(store.last_journal_sequence()).unwrap(), 3);
+    }
+
+    /// A crash between a checkpoint's commit and the log's truncation leaves records redb
+    /// already holds; replaying them again would be wrong (here: a clear would wipe later
+    /// puts), so replay starts after the checkpointed sequence.
+    #[tokio::test]
+    async fn replay_skips_records_the_checkpoint_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            store
+                .commit(WriteBatch::from(vec![put("m", key, i as u64 + 1)]))
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        assert_eq!(wal_len(dir.path()), 0);
+
+        let mut log = Vec::new();
+        let records = [
+            (2, vec![Mutation::ClearMap { map: "m".into() }]),
+            (3, vec![put("m", "a", 50)]),
+            (4, vec![put("m", "d", 4)]),
+        ];
+        for (sequence, mutations) in records {
+            wal::frame_record(&mut log, sequence, |out| encode_mutations(&mutations, out)).unwrap();
+        }
+        std::fs::write(dir.path().join(wal::FILE_NAME), &log).unwrap();
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        match reopened.load_map("m").await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => {
+                assert_eq!(records.keys().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+                assert_eq!(records["a"].value, Some(json!({"n": 1})));
             }
-            std::process::exit(CRASH_CHILD_EXIT);
-        });
+            other => panic!("unexpected {other:?}"),
+        }
+        // Sequences continue after the replayed ones: a new commit survives another replay.
+        reopened
+            .commit(WriteBatch::from(vec![put("m", "e", 5)]))
+            .await
+            .unwrap();
+        drop(reopened);
+        let again = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys_async(&again, "m").await, ["a", "b", "c", "d", "e"]);
+    }
+
+    async fn lww_keys_async(store: &RedbStore, map: &str) -> Vec<String> {
+        match store.load_map(map).await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => records.into_keys().collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_overlay_bounds_force_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_overlay_rows: 8,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for i in 0..40 {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i:02}"), i)]))
+                .await
+                .unwrap();
+        }
+        // Nine rows exceed the bound: a checkpoint (and a dropped cache) every nine commits.
+        assert_eq!(store.stats().checkpoints, 4);
+        assert_eq!(lww_keys_async(&store, "m").await.len(), 40);
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_log_bytes: 1,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for i in 0..5 {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i}"), i)]))
+                .await
+                .unwrap();
+            // The writer checkpoints before it takes the read's job, so the read adds none.
+            store.get_meta("x").await.unwrap();
+            assert_eq!(
+                store.stats().checkpoints,
+                i + 1,
+                "each flush exceeds the bound"
+            );
+            assert_eq!(wal_len(dir.path()), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_store_checkpoints_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            checkpoint_interval: Duration::from_millis(50),
+            ..RedbOptions::default()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        store
+            .commit(WriteBatch::from(vec![put("m", "k", 1)]))
+            .await
+            .unwrap();
+        assert!(wal_len(dir.path()) > 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.stats().checkpoints == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.stats().checkpoints, 1);
+        assert_eq!(wal_len(dir.path()), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_queued_and_committed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        for i in 0..100 {
+            let mut batch = WriteBatch::new();
+            batch.push(put("m", &format!("k{i:03}"), i));
+            batch.push(Mutation::AppendJournal {
+                sequence: i + 1,
+                event: vec![i as u8],
+            });
+            store.commit_queued(batch).await.unwrap();
+        }
+        assert_eq!(lww_keys_async(&store, "m").await.len(), 100);
+        assert_eq!(store.last_journal_sequence().await.unwrap(), 100);
+
+        store
+            .commit(WriteBatch::from(vec![
+                Mutation::PutMeta {
+                    key: "x".into(),
+                    value: b"1".to_vec(),
+                },
+                Mutation::PutFencingToken {
+                    lock: "l".into(),
+                    token: 3,
+                },
+                Mutation::PutCounter {
+                    name: "c".into(),
+                    state: CounterSnapshot::default(),
+                },
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(store.get_meta("x").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.load_fencing_tokens().await.unwrap()["l"], 3);
+        assert!(store.load_counters().await.unwrap().contains_key("c"));
+        assert_eq!(store.read_journal(99, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn clear_map_then_puts_in_the_same_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        store
+            .commit(WriteBatch::from(vec![
+                put("m", "a", 1),
+                put("m", "b", 1),
+                put("n", "a", 1),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(lww_keys_async(&store, "m").await, ["a", "b"]);
+
+        let or_record = OrMapRecord {
+            value: json!("v"),
+            timestamp: Timestamp::new(9, 0, "node"),
+            tag: "9:0:node".into(),
+            ttl_ms: None,
+        };
+        store
+            .commit(WriteBatch::from(vec![
+                put("m", "c", 2),
+                Mutation::ClearMap { map: "m".into() },
+                put("m", "d", 2),
+            ]))
+            .await
+            .unwrap();
+        store
+            .commit(WriteBatch::from(vec![
+                Mutation::ClearMap { map: "n".into() },
+                Mutation::PutOrKey {
+                    map: "n".into(),
+                    key: "k".into(),
+                    records: vec![or_record.clone()],
+                },
+            ]))
+            .await
+            .unwrap();
+        // An older put than the cleared record still lands: the clear forgot it.
+        store
+            .commit(WriteBatch::from(vec![put("m", "a", 0)]))
+            .await
+            .unwrap();
+
+        let expected_n = MapSnapshot::Or {
+            records: BTreeMap::from([("k".to_owned(), vec![or_record])]),
+            tombstones: BTreeSet::new(),
+        };
+        assert_eq!(lww_keys_async(&store, "m").await, ["a", "d"]);
+        assert_eq!(store.load_map("n").await.unwrap(), Some(expected_n.clone()));
+        drop(store);
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys_async(&reopened, "m").await, ["a", "d"]);
+        assert_eq!(reopened.load_map("n").await.unwrap(), Some(expected_n));
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(dir.path()).unwrap());
+        let path = dir.path().join(FILE_NAME);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FORMAT)
+            .unwrap()
+            .insert(FORMAT_KEY, UPGRADABLE_FORMAT_VERSION)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        drop(RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(FORMAT).unwrap();
+        assert_eq!(format.get(FORMAT_KEY).unwrap().unwrap().value(), 2);
     }
 }
