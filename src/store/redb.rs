@@ -474,6 +474,9 @@ struct Writer {
     failed: Option<StoreError>,
 }
 
+/// The largest log buffer kept for the next group: one huge batch must not pin its memory.
+const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
+
 /// Where one group's accepted batches wait for the log flush.
 #[derive(Default)]
 struct Group {
@@ -488,6 +491,7 @@ impl Writer {
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let max_group = self.options.max_group_batches.max(1);
         let mut received = Vec::with_capacity(max_group);
+        let mut group = Group::default();
         loop {
             let count = if self.overlay.is_dirty() {
                 let due = self
@@ -500,7 +504,7 @@ impl Writer {
             };
             match count {
                 Ok(0) => break,
-                Ok(_) => self.process(&mut received),
+                Ok(_) => self.process(&mut received, &mut group),
                 Err(_elapsed) => {}
             }
             if self.checkpoint_due() {
@@ -522,24 +526,29 @@ impl Writer {
                 || self.wal.len() > self.options.max_log_bytes)
     }
 
-    /// Handles one drained run of jobs in order.
-    fn process(&mut self, jobs: &mut Vec<Job>) {
-        let mut group = Group::default();
+    /// Handles one drained run of jobs in order. `group` is reused so its buffers keep
+    /// their capacity from one run to the next.
+    fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) {
         for job in jobs.drain(..) {
             match job {
-                Job::Write { batch, reply } => match self.stage(&batch, &mut group) {
+                Job::Write { batch, reply } => match self.stage(&batch, group) {
                     Ok(()) => group.replies.push(reply),
                     Err(error) => answer(reply, Err(error)),
                 },
                 Job::Checkpoint { reply } => {
-                    self.flush(&mut group);
+                    self.flush(group);
                     group.base = None;
                     // The reader reports a failure; the writer logged it once.
                     let _ = reply.send(self.checkpoint());
                 }
             }
         }
-        self.flush(&mut group);
+        self.flush(group);
+        // The snapshot must not outlive the next checkpoint, which may follow right away.
+        group.base = None;
+        if group.framed.capacity() > MAX_KEPT_LOG_BUFFER {
+            group.framed = Vec::new();
+        }
     }
 
     /// Validates `batch`, merges it into the overlay and frames its log record. A batch
@@ -605,9 +614,15 @@ impl Writer {
         if !self.overlay.is_dirty() && self.wal.len() == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let written = self.write_checkpoint().and_then(|()| self.wal.reset());
         match written {
             Ok(()) => {
+                tracing::debug!(
+                    rows = self.overlay.rows(),
+                    elapsed_us = started.elapsed().as_micros(),
+                    "store checkpoint"
+                );
                 self.overlay.mark_clean(self.options.max_overlay_rows);
                 self.last_checkpoint = Instant::now();
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
