@@ -17,10 +17,13 @@
 //! as its batch is queued; the writer logs a failure of such a batch itself.
 //!
 //! Checkpoints: every [`RedbOptions::checkpoint_interval`], or sooner when the overlay holds
-//! more than [`RedbOptions::max_overlay_rows`] rows or the log exceeds
-//! [`RedbOptions::max_log_bytes`], the writer writes the overlay's changed rows into redb in ONE
-//! durable transaction, together with the highest log sequence they cover, then empties the
-//! log. A hot key is written to redb once per checkpoint instead of once per commit.
+//! more than [`RedbOptions::max_overlay_rows`] rows or the log segment exceeds
+//! [`RedbOptions::max_log_bytes`], the writer seals the log segment, freezes the overlay and
+//! starts a fresh one, and a checkpoint thread writes the frozen overlay's changed rows into
+//! redb in ONE durable transaction, together with the highest log sequence they cover; then the
+//! sealed segment is deleted. Commits go on meanwhile (reading base rows from the frozen
+//! overlay before redb), so a checkpoint never stalls the acks. A hot key is written to redb
+//! once per checkpoint instead of once per commit. At most one checkpoint runs at a time.
 //!
 //! Recovery: opening loads redb, replays the log records whose sequence is above the
 //! checkpointed one (stopping at the first torn or corrupt record, where the log is
@@ -28,7 +31,8 @@
 //! overlay in doubt, so the writer then fails every later batch and read; reopening the store
 //! recovers everything whose commit resolved.
 //!
-//! Reads go through the writer's queue as a checkpoint request, so they see every batch queued
+//! Reads go through the writer's queue as a checkpoint request (the writer finishes any
+//! background checkpoint, then checkpoints on its own thread), so they see every batch queued
 //! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`.
 //! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
@@ -181,11 +185,12 @@ impl RedbStore {
             options,
             next_sequence: checkpointed + 1,
             last_checkpoint: Instant::now(),
+            background: None,
             stats: Arc::clone(&stats),
             failed: None,
         };
         writer.replay(records, checkpointed)?;
-        writer.checkpoint()?;
+        writer.checkpoint_now()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -469,10 +474,21 @@ struct Writer {
     /// checkpointed records from newer ones.
     next_sequence: u64,
     last_checkpoint: Instant,
+    /// The checkpoint running in the background, if any (at most one).
+    background: Option<Background>,
     stats: Arc<StatCounters>,
     /// Why the writer stopped accepting work: a log append or checkpoint failed.
     failed: Option<StoreError>,
 }
+
+/// A checkpoint on its own thread, writing an overlay the writer no longer changes.
+struct Background {
+    frozen: Arc<Overlay>,
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+/// How often an otherwise idle writer looks whether its background checkpoint finished.
+const BACKGROUND_POLL: Duration = Duration::from_millis(5);
 
 /// The largest log buffer kept for the next group: one huge batch must not pin its memory.
 const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
@@ -482,7 +498,7 @@ const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
 struct Group {
     framed: Vec<u8>,
     replies: Vec<Reply>,
-    /// Base rows are read from one snapshot per group; a checkpoint invalidates it.
+    /// Base rows are read from one snapshot per group; the end of a checkpoint invalidates it.
     base: Option<Base>,
 }
 
@@ -493,37 +509,41 @@ impl Writer {
         let mut received = Vec::with_capacity(max_group);
         let mut group = Group::default();
         loop {
-            let count = if self.overlay.is_dirty() {
-                let due = self
-                    .options
-                    .checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed());
-                tokio::time::timeout(due, jobs.recv_many(&mut received, max_group)).await
+            let wait = if self.failed.is_some() {
+                None
+            } else if self.background.is_some() {
+                Some(BACKGROUND_POLL)
+            } else if self.overlay.is_dirty() {
+                Some(
+                    self.options
+                        .checkpoint_interval
+                        .saturating_sub(self.last_checkpoint.elapsed()),
+                )
             } else {
-                Ok(jobs.recv_many(&mut received, max_group).await)
+                None
+            };
+            let count = match wait {
+                Some(wait) => {
+                    tokio::time::timeout(wait, jobs.recv_many(&mut received, max_group)).await
+                }
+                None => Ok(jobs.recv_many(&mut received, max_group).await),
             };
             match count {
                 Ok(0) => break,
                 Ok(_) => self.process(&mut received, &mut group),
                 Err(_elapsed) => {}
             }
-            if self.checkpoint_due() {
-                // A failure is kept in `failed` and reported to every later caller.
-                let _ = self.checkpoint();
+            if self
+                .background
+                .as_ref()
+                .is_some_and(|background| background.thread.is_finished())
+            {
+                self.finish_background();
             }
+            self.start_background_if_due();
         }
-        if self.failed.is_none() {
-            // Reported through `failed`'s log line; nothing is left to answer.
-            let _ = self.checkpoint();
-        }
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        self.failed.is_none()
-            && self.overlay.is_dirty()
-            && (self.last_checkpoint.elapsed() >= self.options.checkpoint_interval
-                || self.overlay.rows() > self.options.max_overlay_rows
-                || self.wal.len() > self.options.max_log_bytes)
+        // Reported through `failed`'s log line; nothing is left to answer.
+        let _ = self.checkpoint_now();
     }
 
     /// Handles one drained run of jobs in order. `group` is reused so its buffers keep
@@ -539,12 +559,12 @@ impl Writer {
                     self.flush(group);
                     group.base = None;
                     // The reader reports a failure; the writer logged it once.
-                    let _ = reply.send(self.checkpoint());
+                    let _ = reply.send(self.checkpoint_now());
                 }
             }
         }
         self.flush(group);
-        // The snapshot must not outlive the next checkpoint, which may follow right away.
+        // The snapshot must not outlive the background checkpoint, which may end next.
         group.base = None;
         if group.framed.capacity() > MAX_KEPT_LOG_BUFFER {
             group.framed = Vec::new();
@@ -559,7 +579,10 @@ impl Writer {
         }
         let base = match &mut group.base {
             Some(base) => base,
-            empty => empty.insert(Base::open(&self.db)?),
+            empty => {
+                let frozen = self.background.as_ref().map(|b| Arc::clone(&b.frozen));
+                empty.insert(Base::open(&self.db, frozen)?)
+            }
         };
         self.overlay.prefetch(batch, base)?;
         batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
@@ -592,30 +615,99 @@ impl Writer {
                 }
             }
             Err(error) => {
-                if self.failed.is_none() {
-                    tracing::error!(%error, batches = group.replies.len(),
-                        "store log flush failed; the store refuses further writes until reopened");
-                    self.failed = Some(error.clone());
-                }
+                self.fail(&error);
                 for reply in group.replies.drain(..) {
-                    // Logged once above for the whole group.
+                    // Logged once by `fail`.
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
 
-    /// Writes the overlay into redb in one durable transaction with the highest log sequence
-    /// it covers, then empties the log. Every staged batch must have been flushed.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    /// Records the first failure of the log or a checkpoint: from then on the log's tail or
+    /// redb's contents are in doubt, so every later batch and read fails.
+    fn fail(&mut self, error: &StoreError) {
+        if self.failed.is_none() {
+            tracing::error!(%error, "store write failed; the store refuses further work until reopened");
+            self.failed = Some(error.clone());
+        }
+    }
+
+    /// Starts a background checkpoint when one is due: the interval passed or a bound is
+    /// exceeded. With one still running, a bound makes the writer wait for it first (the
+    /// overlay's memory stays bounded by two overlays); the interval simply waits.
+    fn start_background_if_due(&mut self) {
+        let over_bound = self.overlay.rows() > self.options.max_overlay_rows
+            || self.wal.len() > self.options.max_log_bytes;
+        let due = over_bound || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
+        if self.failed.is_some() || !self.overlay.is_dirty() || !due {
+            return;
+        }
+        if self.background.is_some() {
+            if !over_bound {
+                return;
+            }
+            self.finish_background();
+        }
+        if let Err(error) = self.start_background() {
+            self.fail(&error);
+        }
+    }
+
+    /// Seals the log segment, freezes the overlay, and writes it to redb on a new thread.
+    fn start_background(&mut self) -> Result<(), StoreError> {
+        self.wal.rotate()?;
+        let frozen = Arc::new(std::mem::take(&mut self.overlay));
+        let covered = self.next_sequence - 1;
+        let thread = {
+            let db = Arc::clone(&self.db);
+            let frozen = Arc::clone(&frozen);
+            std::thread::Builder::new()
+                .name("topgun-store-checkpoint".into())
+                .spawn(move || write_checkpoint(&db, &frozen, covered))
+                .map_err(|e| io_error("start a checkpoint thread for", self.wal.dir(), e))?
+        };
+        self.background = Some(Background { frozen, thread });
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the background checkpoint, then drops the log segments it covered and keeps
+    /// its rows as clean cache. Only between groups: a group's base snapshot would go stale.
+    fn finish_background(&mut self) {
+        let Some(Background { frozen, thread }) = self.background.take() else {
+            return;
+        };
+        let written = thread
+            .join()
+            .map_err(|_| StoreError::Task("the store checkpoint thread panicked".into()))
+            .and_then(|written| written)
+            .and_then(|()| self.wal.remove_sealed());
+        match written {
+            Ok(()) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                if let Ok(frozen) = Arc::try_unwrap(frozen) {
+                    self.overlay.absorb(frozen, self.options.max_overlay_rows);
+                }
+            }
+            Err(error) => self.fail(&error),
+        }
+    }
+
+    /// Makes redb hold every staged batch before returning (for a read, recovery or close):
+    /// waits for a background checkpoint, then checkpoints the overlay on this thread.
+    fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        self.finish_background();
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        if !self.overlay.is_dirty() && self.wal.len() == 0 {
+        if !self.overlay.is_dirty() && self.wal.len() == 0 && !self.wal.has_sealed() {
             return Ok(());
         }
         let started = Instant::now();
-        let written = self.write_checkpoint().and_then(|()| self.wal.reset());
+        let written = write_checkpoint(&self.db, &self.overlay, self.next_sequence - 1)
+            .and_then(|()| self.wal.remove_sealed())
+            .and_then(|()| self.wal.truncate_current());
         match written {
             Ok(()) => {
                 tracing::debug!(
@@ -629,30 +721,10 @@ impl Writer {
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(%error,
-                    "store checkpoint failed; the store refuses further writes until reopened");
-                self.failed = Some(error.clone());
+                self.fail(&error);
                 Err(error)
             }
         }
-    }
-
-    fn write_checkpoint(&self) -> Result<(), StoreError> {
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(backend("begin a checkpoint transaction"))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(backend("request immediate durability"))?;
-        {
-            let mut tables = WriteTables::open(&txn)?;
-            self.overlay.write_to(&mut tables)?;
-            txn.open_table(CHECKPOINT)
-                .map_err(backend("open the checkpoint table"))?
-                .insert(CHECKPOINT_KEY, self.next_sequence - 1)
-                .map_err(backend("write the checkpointed log sequence"))?;
-        }
-        txn.commit().map_err(backend("commit a checkpoint"))
     }
 
     /// Re-applies the log records redb does not contain yet, in order.
@@ -665,7 +737,7 @@ impl Writer {
             )?);
             let base = match &mut base {
                 Some(base) => base,
-                empty => empty.insert(Base::open(&self.db)?),
+                empty => empty.insert(Base::open(&self.db, None)?),
             };
             self.overlay.prefetch(&batch, base)?;
             // The batch passed this check when it was logged, against the same state.
@@ -675,6 +747,25 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Writes `overlay`'s dirty rows into redb in one durable transaction, with `covered`, the
+/// highest log sequence they include.
+fn write_checkpoint(db: &Database, overlay: &Overlay, covered: u64) -> Result<(), StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(backend("begin a checkpoint transaction"))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(backend("request immediate durability"))?;
+    {
+        let mut tables = WriteTables::open(&txn)?;
+        overlay.write_to(&mut tables)?;
+        txn.open_table(CHECKPOINT)
+            .map_err(backend("open the checkpoint table"))?
+            .insert(CHECKPOINT_KEY, covered)
+            .map_err(backend("write the checkpointed log sequence"))?;
+    }
+    txn.commit().map_err(backend("commit a checkpoint"))
 }
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
@@ -1205,8 +1296,36 @@ mod tests {
         range.map(|i| format!("k{i}")).collect()
     }
 
+    /// The log segments in `dir`, oldest first.
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                name.starts_with(wal::FILE_PREFIX)
+            })
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Bytes in all log segments.
     fn wal_len(dir: &Path) -> u64 {
-        std::fs::metadata(dir.join(wal::FILE_NAME)).unwrap().len()
+        segments(dir)
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum()
+    }
+
+    /// The one segment holding records.
+    fn written_segment(dir: &Path) -> PathBuf {
+        let written: Vec<PathBuf> = segments(dir)
+            .into_iter()
+            .filter(|path| std::fs::metadata(path).unwrap().len() > 0)
+            .collect();
+        assert_eq!(written.len(), 1, "{written:?}");
+        written.into_iter().next().unwrap()
     }
 
     #[test]
@@ -1233,7 +1352,7 @@ mod tests {
             "a_torn_last_log_record_loses_only_that_record",
             async |dir| commit_logged_batches(dir).await,
         );
-        let log = dir.path().join(wal::FILE_NAME);
+        let log = written_segment(dir.path());
         let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
         file.set_len(wal_len(dir.path()) - 5).unwrap();
         drop(file);
@@ -1255,7 +1374,7 @@ mod tests {
             "a_corrupt_record_in_the_middle_stops_the_replay_there",
             async |dir| commit_logged_batches(dir).await,
         );
-        let log = dir.path().join(wal::FILE_NAME);
+        let log = written_segment(dir.path());
         let mut bytes = std::fs::read(&log).unwrap();
         let record_len = bytes.len() / 10;
         assert_eq!(bytes.len() % 10, 0, "equal-sized records");
@@ -1357,7 +1476,8 @@ mod tests {
         for (sequence, mutations) in records {
             wal::frame_record(&mut log, sequence, |out| encode_mutations(&mutations, out)).unwrap();
         }
-        std::fs::write(dir.path().join(wal::FILE_NAME), &log).unwrap();
+        let segment = format!("{}{:016}", wal::FILE_PREFIX, 99);
+        std::fs::write(dir.path().join(segment), &log).unwrap();
 
         let reopened = RedbStore::open(dir.path()).unwrap();
         match reopened.load_map("m").await.unwrap() {
@@ -1398,9 +1518,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // Nine rows exceed the bound: a checkpoint (and a dropped cache) every nine commits.
-        assert_eq!(store.stats().checkpoints, 4);
+        // Nine rows exceed the bound: a checkpoint every nine commits (the background one's
+        // rows are not kept as cache, which would exceed the bound again), then the read's.
         assert_eq!(lww_keys_async(&store, "m").await.len(), 40);
+        assert_eq!(store.stats().checkpoints, 5);
 
         let dir = tempfile::tempdir().unwrap();
         let options = RedbOptions {
@@ -1561,5 +1682,110 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let format = txn.open_table(FORMAT).unwrap();
         assert_eq!(format.get(FORMAT_KEY).unwrap().unwrap().value(), 2);
+    }
+
+    /// Random batches against a store that checkpoints in the background all the time must
+    /// leave exactly what the in-memory reference store holds, before and after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn constant_background_checkpoints_match_the_reference_store() {
+        // A tiny row bound: the overlay starts empty after every checkpoint.
+        let options = RedbOptions {
+            max_overlay_rows: 6,
+            max_log_bytes: 600,
+            ..never_by_time()
+        };
+        check_against_reference(options, 7).await;
+        // A tiny log bound: checkpointed rows come back as the next overlay's cache.
+        let options = RedbOptions {
+            max_log_bytes: 300,
+            ..never_by_time()
+        };
+        check_against_reference(options, 8).await;
+    }
+
+    async fn check_against_reference(options: RedbOptions, seed: u64) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
+        let reference = MemoryStore::new();
+        let maps = ["a", "b", "c"];
+        let mut pending = Vec::new();
+        for i in 0..600u64 {
+            let mut batch = WriteBatch::new();
+            for _ in 0..rng.random_range(1..4) {
+                let map = maps[rng.random_range(0..maps.len())];
+                let key = format!("k{}", rng.random_range(0..6));
+                let millis = rng.random_range(0..50);
+                let tag = format!("{millis}:{i}:n");
+                batch.push(match rng.random_range(0..10) {
+                    0..4 => put(map, &key, millis),
+                    4 => Mutation::DeleteLww {
+                        map: map.into(),
+                        key,
+                    },
+                    5 => Mutation::PutLww {
+                        map: map.into(),
+                        key,
+                        record: LwwRecord {
+                            value: None,
+                            timestamp: Timestamp::new(millis, 0, "node"),
+                            ttl_ms: None,
+                        },
+                    },
+                    6 => Mutation::PutOrKey {
+                        map: map.into(),
+                        key,
+                        records: vec![OrMapRecord {
+                            value: json!(i),
+                            timestamp: Timestamp::new(millis, 0, "node"),
+                            tag,
+                            ttl_ms: None,
+                        }],
+                    },
+                    7 => Mutation::AddOrTombstones {
+                        map: map.into(),
+                        tags: vec![format!("{millis}:{}:n", i.saturating_sub(3))],
+                    },
+                    8 => Mutation::ClearMap { map: map.into() },
+                    _ => Mutation::AppendJournal {
+                        sequence: i,
+                        event: vec![1],
+                    },
+                });
+            }
+            let expected = reference.commit(batch.clone()).await.is_ok();
+            let store = Arc::clone(&store);
+            // Concurrent commits form groups, but their queue order is the commit order.
+            let queued = store.enqueue(|reply| Job::Write { batch, reply }).await;
+            pending.push((i, expected, queued.unwrap()));
+            if pending.len() == 16 {
+                for (i, expected, outcome) in pending.drain(..) {
+                    assert_eq!(outcome.await.unwrap().is_ok(), expected, "batch {i}");
+                }
+            }
+        }
+        for (i, expected, outcome) in pending.drain(..) {
+            assert_eq!(outcome.await.unwrap().is_ok(), expected, "batch {i}");
+        }
+        assert!(store.stats().checkpoints > 20, "{:?}", store.stats());
+
+        async fn assert_matches(store: &RedbStore, reference: &MemoryStore) {
+            for map in ["a", "b", "c"] {
+                assert_eq!(
+                    store.load_map(map).await.unwrap(),
+                    reference.load_map(map).await.unwrap(),
+                    "map {map}"
+                );
+            }
+            assert_eq!(
+                store.read_journal(0, 1000).await.unwrap(),
+                reference.read_journal(0, 1000).await.unwrap()
+            );
+        }
+        assert_matches(&store, &reference).await;
+        store.close().await.unwrap();
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_matches(&reopened, &reference).await;
     }
 }

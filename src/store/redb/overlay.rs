@@ -12,8 +12,14 @@
 //! mutations without any I/O. A `ClearMap` marks the map cleared: the checkpoint wipes its rows
 //! in redb before writing the ones put after the clear, and no row of it is read from redb
 //! again until then.
+//!
+//! A background checkpoint writes a frozen overlay while the writer fills a fresh one; until
+//! it commits, base rows come from the frozen overlay first and redb second ([`Base`]), and
+//! afterwards its rows become the fresh overlay's clean cache ([`Overlay::absorb`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
@@ -86,8 +92,10 @@ impl MapState {
     }
 }
 
-/// Map-scoped redb tables a batch's base rows are read from, in one read transaction.
+/// Where a batch's base rows come from: the overlay a background checkpoint is writing (its
+/// rows are newer than redb's), then map-scoped redb tables in one read transaction.
 pub(super) struct Base {
+    frozen: Option<Arc<Overlay>>,
     kinds: ReadOnlyTable<&'static str, u8>,
     lww: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     or_records: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
@@ -95,14 +103,15 @@ pub(super) struct Base {
 }
 
 impl Base {
-    /// A snapshot of redb as it is now. Must not outlive the next checkpoint, which the
-    /// overlay's clean rows would otherwise contradict.
-    pub(super) fn open(db: &Database) -> Result<Self, StoreError> {
+    /// A snapshot of redb as it is now, behind `frozen` (the overlay being checkpointed, if
+    /// any). Must not outlive the end of a checkpoint, which would leave it stale.
+    pub(super) fn open(db: &Database, frozen: Option<Arc<Overlay>>) -> Result<Self, StoreError> {
         let txn = db
             .begin_read()
             .map_err(backend("begin a read transaction"))?;
         let open_error = backend("open a table for reading");
         Ok(Self {
+            frozen,
             kinds: txn.open_table(KINDS).map_err(open_error.clone())?,
             lww: txn.open_table(LWW).map_err(open_error.clone())?,
             or_records: txn.open_table(OR_RECORDS).map_err(open_error.clone())?,
@@ -110,7 +119,15 @@ impl Base {
         })
     }
 
+    /// What the frozen overlay says about a map: its state, or `None` to ask redb.
+    fn frozen(&self, map: &str) -> Option<&MapState> {
+        self.frozen.as_ref().and_then(|frozen| frozen.maps.get(map))
+    }
+
     fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
+        if let Some(slot) = self.frozen(map).and_then(|state| state.kind.as_ref()) {
+            return Ok(slot.value);
+        }
         self.kinds
             .get(map)
             .map_err(backend("read a map kind"))?
@@ -119,6 +136,14 @@ impl Base {
     }
 
     fn lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.lww.get(key) {
+                return Ok(slot.value.clone());
+            }
+            if state.cleared {
+                return Ok(None);
+            }
+        }
         self.lww
             .get((map, key))
             .map_err(backend("read an LWW record"))?
@@ -127,6 +152,14 @@ impl Base {
     }
 
     fn or_records(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.or_records.get(key) {
+                return Ok(slot.value.clone());
+            }
+            if state.cleared {
+                return Ok(Vec::new());
+            }
+        }
         Ok(self
             .or_records
             .get((map, key))
@@ -137,6 +170,14 @@ impl Base {
     }
 
     fn tombstoned(&self, map: &str, tag: &str) -> Result<bool, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.tombstones.get(tag) {
+                return Ok(slot.value);
+            }
+            if state.cleared {
+                return Ok(false);
+            }
+        }
         Ok(self
             .or_tombstones
             .get((map, tag))
@@ -280,6 +321,35 @@ impl Overlay {
         self.trim_below = 0;
         self.journal_head = 0;
         self.dirty = false;
+    }
+
+    /// Takes the rows of `older` (an overlay a checkpoint just wrote) that this one lacks as
+    /// clean cache, so hot keys need no redb read after a background checkpoint. Skipped if
+    /// it would exceed `keep_rows`.
+    pub(super) fn absorb(&mut self, older: Overlay, keep_rows: usize) {
+        if self.map_rows + older.map_rows > keep_rows {
+            return;
+        }
+        for (map, mut older_state) in older.maps {
+            older_state.mark_clean();
+            match self.maps.entry(map) {
+                Entry::Vacant(vacant) => {
+                    self.map_rows += older_state.rows();
+                    vacant.insert(older_state);
+                }
+                // A clear since then made the older rows stale.
+                Entry::Occupied(occupied) if occupied.get().cleared => {}
+                Entry::Occupied(mut occupied) => {
+                    let state = occupied.get_mut();
+                    if state.kind.is_none() {
+                        state.kind = older_state.kind;
+                    }
+                    self.map_rows += absorb_rows(&mut state.lww, older_state.lww)
+                        + absorb_rows(&mut state.or_records, older_state.or_records)
+                        + absorb_rows(&mut state.tombstones, older_state.tombstones);
+                }
+            }
+        }
     }
 
     fn load_kind(&mut self, map: &str, base: &Base) -> Result<(), StoreError> {
@@ -465,6 +535,18 @@ impl Overlay {
             .count();
         self.map_rows += added;
     }
+}
+
+/// Adds the rows of `older` that `rows` lacks; returns how many.
+fn absorb_rows<T>(rows: &mut HashMap<String, Slot<T>>, older: HashMap<String, Slot<T>>) -> usize {
+    let mut added = 0;
+    for (key, slot) in older {
+        if let Entry::Vacant(vacant) = rows.entry(key) {
+            vacant.insert(slot);
+            added += 1;
+        }
+    }
+    added
 }
 
 /// Writes one map's dirty state: the wipe a `ClearMap` asked for, then its kind and rows.

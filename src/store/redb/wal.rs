@@ -1,23 +1,25 @@
-//! The write-ahead log in front of the redb file: `<dir>/topgun.wal`, an append-only run of
-//! records, each `[payload length: u32 LE][CRC-32C of sequence + payload: u32 LE]
-//! [sequence: u64 LE][payload]`. Sequences strictly increase along the file.
+//! The write-ahead log in front of the redb file: segment files `<dir>/topgun.wal.<index>`,
+//! each an append-only run of records `[payload length: u32 LE][CRC-32C of sequence + payload:
+//! u32 LE][sequence: u64 LE][payload]`. Sequences strictly increase along the log.
 //!
-//! The writer frames a group's records in memory ([`frame_record`]), appends them with one
-//! write and makes them durable with one `fdatasync` ([`Wal::append_durably`]). After a
-//! checkpoint has copied everything the log holds into redb, the log is emptied
-//! ([`Wal::reset`]). On open, the log is read up to the first record that is cut short, fails
-//! its checksum or breaks the sequence order (what a crash mid-append leaves behind), and the
-//! file is truncated there so later appends follow the last intact record.
+//! The writer frames a group's records in memory ([`frame_record`]), appends them to the
+//! current segment with one write and makes them durable with one `fdatasync`
+//! ([`Wal::append_durably`]). A checkpoint seals the current segment and starts a new one
+//! ([`Wal::rotate`]); once redb holds everything the sealed segments hold, they are deleted
+//! ([`Wal::remove_sealed`]). On open, the segments are read in order up to the first record
+//! that is cut short, fails its checksum or breaks the sequence order (what a crash
+//! mid-append leaves behind); every existing segment is sealed and appends go to a new one,
+//! so a damaged tail is never appended to and disappears with the recovery checkpoint.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::io_error;
 use crate::store::StoreError;
 
-/// The log file inside the store directory.
-pub(super) const FILE_NAME: &str = "topgun.wal";
+/// Segment file names: this prefix, then the segment's index as 16 decimal digits.
+pub(super) const FILE_PREFIX: &str = "topgun.wal.";
 /// Length, checksum and sequence precede every payload.
 const HEADER_LEN: usize = 16;
 
@@ -30,51 +32,78 @@ pub(super) struct LogRecord {
     pub(super) payload: Vec<u8>,
 }
 
-/// The open log file.
+/// The log: the segment being appended to, and the sealed ones a checkpoint has yet to cover.
 #[derive(Debug)]
 pub(super) struct Wal {
+    dir: PathBuf,
     file: File,
+    index: u64,
     path: PathBuf,
     len: u64,
+    sealed: Vec<PathBuf>,
 }
 
 impl Wal {
-    /// Opens (creating) the log in `dir` and returns it with every intact record, in order.
-    /// A damaged tail is cut off so the next append follows the last intact record.
+    /// Opens the log in `dir`: returns every intact record of the existing segments, in
+    /// order, with those segments sealed and a new, empty segment to append to.
     pub(super) fn open(dir: &Path) -> Result<(Self, Vec<LogRecord>), StoreError> {
-        let path = dir.join(FILE_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| io_error("open the write-ahead log", &path, e))?;
-        // A freshly created log must not vanish with its directory entry in a crash.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("sync the store directory", dir, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_error("read the write-ahead log", &path, e))?;
-        let (records, intact) = parse(&bytes);
-        let len = intact as u64;
-        if intact < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                kept_bytes = intact,
-                dropped_bytes = bytes.len() - intact,
-                "write-ahead log ends in a torn or corrupt record; truncating it there"
-            );
-            file.set_len(len)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io_error("truncate the write-ahead log", &path, e))?;
+        let mut segments = Vec::new();
+        let listing = std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error("list", dir, e))?;
+            let name = entry.file_name();
+            let index = name
+                .to_str()
+                .and_then(|name| name.strip_prefix(FILE_PREFIX))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(index) = index {
+                segments.push((index, entry.path()));
+            }
         }
-        Ok((Self { file, path, len }, records))
+        segments.sort();
+        let mut records: Vec<LogRecord> = Vec::new();
+        for (_, path) in &segments {
+            let bytes =
+                std::fs::read(path).map_err(|e| io_error("read the write-ahead log", path, e))?;
+            let after = records.last().map_or(0, |last| last.sequence);
+            let (intact, intact_len) = parse(&bytes, after);
+            records.extend(intact);
+            if intact_len < bytes.len() {
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_bytes = intact_len,
+                    dropped_bytes = bytes.len() - intact_len,
+                    "write-ahead log ends in a torn or corrupt record; replaying up to it"
+                );
+                break;
+            }
+        }
+        let next = segments.last().map_or(1, |(index, _)| index + 1);
+        let (file, path) = create_segment(dir, next)?;
+        let wal = Self {
+            dir: dir.to_owned(),
+            file,
+            index: next,
+            path,
+            len: 0,
+            sealed: segments.into_iter().map(|(_, path)| path).collect(),
+        };
+        Ok((wal, records))
     }
 
-    /// Bytes in the log.
+    /// The store directory the segments live in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes in the current segment.
     pub(super) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether sealed segments wait for a checkpoint to cover them.
+    pub(super) fn has_sealed(&self) -> bool {
+        !self.sealed.is_empty()
     }
 
     /// Appends framed records and returns once they are on stable storage.
@@ -87,16 +116,51 @@ impl Wal {
         Ok(())
     }
 
-    /// Empties the log once a checkpoint holds everything in it. Not synced: until the
-    /// truncation is durable, replay skips the old records by their sequence, and the next
-    /// `fdatasync` persists the new length with the new records.
-    pub(super) fn reset(&mut self) -> Result<(), StoreError> {
+    /// Seals the current segment and continues in a new one: what a checkpoint will cover
+    /// is then exactly the sealed segments.
+    pub(super) fn rotate(&mut self) -> Result<(), StoreError> {
+        let (file, path) = create_segment(&self.dir, self.index + 1)?;
+        self.file = file;
+        self.index += 1;
+        self.sealed.push(std::mem::replace(&mut self.path, path));
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Deletes the sealed segments once a checkpoint holds everything in them. Not synced: a
+    /// segment that reappears after a crash is skipped on replay by its sequences.
+    pub(super) fn remove_sealed(&mut self) -> Result<(), StoreError> {
+        for path in self.sealed.drain(..) {
+            std::fs::remove_file(&path)
+                .map_err(|e| io_error("delete a write-ahead log segment", &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Empties the current segment once a checkpoint holds everything in it (unsynced, for
+    /// the same reason as [`Self::remove_sealed`]; the next `fdatasync` persists the length).
+    pub(super) fn truncate_current(&mut self) -> Result<(), StoreError> {
         self.file
             .set_len(0)
             .map_err(|e| io_error("truncate the write-ahead log", &self.path, e))?;
         self.len = 0;
         Ok(())
     }
+}
+
+/// Creates segment `index` and makes its directory entry durable, so records acked in it
+/// cannot vanish with the entry in a crash.
+fn create_segment(dir: &Path, index: u64) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(format!("{FILE_PREFIX}{index:016}"));
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_error("create a write-ahead log segment", &path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync the store directory", dir, e))?;
+    Ok((file, path))
 }
 
 /// Appends one framed record to `out`: a header, then whatever `payload` writes. If `payload`
@@ -130,8 +194,9 @@ pub(super) fn frame_record(
     }
 }
 
-/// The intact records at the start of `bytes`, and how many bytes they span.
-fn parse(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
+/// The intact records at the start of `bytes` (sequences above `after` and increasing), and
+/// how many bytes they span.
+fn parse(bytes: &[u8], after: u64) -> (Vec<LogRecord>, usize) {
     let mut records: Vec<LogRecord> = Vec::new();
     let mut offset = 0;
     while let Some(header) = bytes.get(offset..offset + HEADER_LEN) {
@@ -163,7 +228,7 @@ fn parse(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
         let Some(covered) = bytes.get(offset + 8..end) else {
             break;
         };
-        let in_order = records.last().is_none_or(|last| sequence > last.sequence);
+        let in_order = sequence > records.last().map_or(after, |last| last.sequence);
         if crc32c(covered) != checksum || !in_order {
             break;
         }
@@ -299,7 +364,7 @@ mod tests {
         assert_eq!(&bytes[0..4], &3u32.to_le_bytes());
         assert_eq!(&bytes[8..16], &7u64.to_le_bytes());
         assert_eq!(&bytes[4..8], &crc32c(&bytes[8..]).to_le_bytes());
-        assert_eq!(parse(&bytes), (vec![record(7, b"abc")], bytes.len()));
+        assert_eq!(parse(&bytes, 0), (vec![record(7, b"abc")], bytes.len()));
     }
 
     #[test]
@@ -320,7 +385,7 @@ mod tests {
         let two_records = 2 * HEADER_LEN + 6;
         for cut in two_records..bytes.len() {
             assert_eq!(
-                parse(&bytes[..cut]),
+                parse(&bytes[..cut], 0),
                 (vec![record(1, b"one"), record(2, b"two")], two_records),
                 "cut at {cut}"
             );
@@ -332,32 +397,60 @@ mod tests {
         let mut bytes = framed(&[(1, b"one"), (2, b"two"), (3, b"three")]);
         let second = HEADER_LEN + 3;
         bytes[second + HEADER_LEN] ^= 0x01;
-        assert_eq!(parse(&bytes), (vec![record(1, b"one")], second));
+        assert_eq!(parse(&bytes, 0), (vec![record(1, b"one")], second));
 
         let backwards = framed(&[(5, b"a"), (4, b"b")]);
-        assert_eq!(parse(&backwards), (vec![record(5, b"a")], HEADER_LEN + 1));
+        assert_eq!(
+            parse(&backwards, 0),
+            (vec![record(5, b"a")], HEADER_LEN + 1)
+        );
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
-    fn open_truncates_the_damage_and_appends_after_the_intact_records() {
+    fn open_replays_segments_in_order_up_to_the_damage_and_appends_to_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILE_NAME);
-        let mut bytes = framed(&[(1, b"one"), (2, b"two")]);
-        bytes.extend_from_slice(&[9, 0, 0]);
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(
+            dir.path().join("topgun.wal.0000000000000002"),
+            framed(&[(3, b"three")]),
+        )
+        .unwrap();
+        let mut first = framed(&[(1, b"one"), (2, b"two")]);
+        first.extend_from_slice(&[9, 0, 0]);
+        std::fs::write(dir.path().join("topgun.wal.0000000000000001"), &first).unwrap();
+        std::fs::write(dir.path().join("unrelated"), b"x").unwrap();
 
+        // The torn tail of segment 1 ends the log: segment 2 is not replayed.
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
         assert_eq!(records, vec![record(1, b"one"), record(2, b"two")]);
-        assert_eq!(wal.len(), bytes.len() as u64 - 3);
-        wal.append_durably(&framed(&[(3, b"three")])).unwrap();
+        assert!(wal.has_sealed());
+        assert_eq!(wal.len(), 0);
+        wal.append_durably(&framed(&[(3, b"new")])).unwrap();
+        assert_eq!(wal.len(), HEADER_LEN as u64 + 3);
+        wal.remove_sealed().unwrap();
+        assert_eq!(
+            segments(dir.path()),
+            ["topgun.wal.0000000000000003", "unrelated"]
+        );
+        wal.rotate().unwrap();
+        wal.append_durably(&framed(&[(4, b"four")])).unwrap();
         drop(wal);
 
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[2], record(3, b"three"));
-        wal.reset().unwrap();
-        assert_eq!(wal.len(), 0);
-        drop(wal);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(records, vec![record(3, b"new"), record(4, b"four")]);
+        wal.remove_sealed().unwrap();
+        wal.truncate_current().unwrap();
+        assert_eq!(
+            segments(dir.path()),
+            ["topgun.wal.0000000000000005", "unrelated"]
+        );
     }
 }
