@@ -102,7 +102,7 @@ fn write_mutations(mutations: &[Mutation], out: &mut Vec<u8>) -> Result<(), Stor
                 out.push(tag::PUT_LWW);
                 write_str(out, map)?;
                 write_str(out, key)?;
-                write_bytes(out, &encode("LWW record", record)?)?;
+                write_value(out, "LWW record", record)?;
             }
             Mutation::DeleteLww { map, key } => {
                 out.push(tag::DELETE_LWW);
@@ -125,7 +125,7 @@ fn write_mutations(mutations: &[Mutation], out: &mut Vec<u8>) -> Result<(), Stor
                 out.push(tag::PUT_OR_KEY);
                 write_str(out, map)?;
                 write_str(out, key)?;
-                write_bytes(out, &encode("OR records", records)?)?;
+                write_value(out, "OR records", records)?;
             }
             Mutation::AddOrTombstones { map, tags } => {
                 out.push(tag::ADD_OR_TOMBSTONES);
@@ -140,7 +140,7 @@ fn write_mutations(mutations: &[Mutation], out: &mut Vec<u8>) -> Result<(), Stor
             Mutation::PutCounter { name, state } => {
                 out.push(tag::PUT_COUNTER);
                 write_str(out, name)?;
-                write_bytes(out, &encode("counter", state)?)?;
+                write_value(out, "counter", state)?;
             }
             Mutation::PutFencingToken { lock, token } => {
                 out.push(tag::PUT_FENCING_TOKEN);
@@ -176,6 +176,27 @@ fn write_len(out: &mut Vec<u8>, len: usize) -> Result<(), StoreError> {
         message: format!("a field of {len} bytes or items exceeds the 4 GiB limit"),
     })?;
     out.extend_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Writes a stored value's MessagePack in place behind its length, sparing a temporary buffer.
+fn write_value<T: Serialize>(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    rmp_serde::encode::write_named(out, value).map_err(|e| StoreError::Encode {
+        what,
+        message: e.to_string(),
+    })?;
+    let len = out.len() - start - 4;
+    let len = u32::try_from(len).map_err(|_| StoreError::Encode {
+        what,
+        message: format!("{len} bytes exceed the 4 GiB limit"),
+    })?;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     Ok(())
 }
 

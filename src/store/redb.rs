@@ -551,7 +551,7 @@ impl Writer {
     fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) {
         for job in jobs.drain(..) {
             match job {
-                Job::Write { batch, reply } => match self.stage(&batch, group) {
+                Job::Write { batch, reply } => match self.stage(batch, group) {
                     Ok(()) => group.replies.push(reply),
                     Err(error) => answer(reply, Err(error)),
                 },
@@ -573,7 +573,7 @@ impl Writer {
 
     /// Validates `batch`, merges it into the overlay and frames its log record. A batch
     /// that fails here leaves no trace.
-    fn stage(&mut self, batch: &WriteBatch, group: &mut Group) -> Result<(), StoreError> {
+    fn stage(&mut self, batch: WriteBatch, group: &mut Group) -> Result<(), StoreError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -584,7 +584,7 @@ impl Writer {
                 empty.insert(Base::open(&self.db, frozen)?)
             }
         };
-        self.overlay.prefetch(batch, base)?;
+        self.overlay.prefetch(&batch, base)?;
         batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
         wal::frame_record(&mut group.framed, self.next_sequence, |out| {
             encode_mutations(batch.mutations(), out)
@@ -742,7 +742,7 @@ impl Writer {
             self.overlay.prefetch(&batch, base)?;
             // The batch passed this check when it was logged, against the same state.
             batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
-            self.overlay.apply(&batch);
+            self.overlay.apply(batch);
             self.next_sequence = record.sequence + 1;
         }
         Ok(())

@@ -262,8 +262,8 @@ impl Overlay {
     }
 
     /// Merges a prefetched, kind-checked batch into the overlay.
-    pub(super) fn apply(&mut self, batch: &WriteBatch) {
-        for mutation in batch.mutations() {
+    pub(super) fn apply(&mut self, batch: WriteBatch) {
+        for mutation in Vec::from(batch) {
             self.apply_one(mutation);
         }
         self.dirty = true;
@@ -407,18 +407,18 @@ impl Overlay {
         self.maps.entry(map.to_owned()).or_default()
     }
 
-    fn apply_one(&mut self, mutation: &Mutation) {
+    fn apply_one(&mut self, mutation: Mutation) {
         match mutation {
-            Mutation::SetMapKind { map, kind } => self.claim(map, *kind),
+            Mutation::SetMapKind { map, kind } => self.claim(&map, kind),
             Mutation::PutLww { map, key, record } => {
-                self.claim(map, MapKind::Lww);
-                if crate::store::lww_replaces(self.lww(map, key), record) {
-                    self.set_lww(map, key, Some(record.clone()));
+                self.claim(&map, MapKind::Lww);
+                if crate::store::lww_replaces(self.lww(&map, &key), &record) {
+                    self.set_lww(&map, key, Some(record));
                 }
             }
             Mutation::DeleteLww { map, key } => {
-                if self.lww(map, key).is_some_and(LwwRecord::is_tombstone) {
-                    self.set_lww(map, key, None);
+                if self.lww(&map, &key).is_some_and(LwwRecord::is_tombstone) {
+                    self.set_lww(&map, key, None);
                 }
             }
             Mutation::ForgetLww {
@@ -427,45 +427,45 @@ impl Overlay {
                 timestamp,
             } => {
                 if self
-                    .lww(map, key)
-                    .is_some_and(|record| record.timestamp == *timestamp)
+                    .lww(&map, &key)
+                    .is_some_and(|record| record.timestamp == timestamp)
                 {
-                    self.set_lww(map, key, None);
+                    self.set_lww(&map, key, None);
                 }
             }
             Mutation::PutOrKey { map, key, records } => {
                 if !records.is_empty() {
-                    self.claim(map, MapKind::Or);
+                    self.claim(&map, MapKind::Or);
                 }
-                self.merge_or_key(map, key, records);
+                self.merge_or_key(&map, key, &records);
             }
             Mutation::AddOrTombstones { map, tags } => {
-                self.claim(map, MapKind::Or);
-                self.set_tombstones(map, tags, true);
+                self.claim(&map, MapKind::Or);
+                self.set_tombstones(&map, tags, true);
             }
-            Mutation::RemoveOrTombstones { map, tags } => self.set_tombstones(map, tags, false),
+            Mutation::RemoveOrTombstones { map, tags } => self.set_tombstones(&map, tags, false),
             Mutation::PutCounter { name, state } => {
-                self.counters.insert(name.clone(), state.clone());
+                self.counters.insert(name, state);
             }
             Mutation::PutFencingToken { lock, token } => {
-                let stored = self.fencing.entry(lock.clone()).or_default();
-                *stored = (*stored).max(*token);
+                let stored = self.fencing.entry(lock).or_default();
+                *stored = (*stored).max(token);
             }
             Mutation::PutMeta { key, value } => {
-                self.meta.insert(key.clone(), value.clone());
+                self.meta.insert(key, value);
             }
             Mutation::ClearMap { map } => {
-                if let Some(old) = self.maps.insert(map.clone(), MapState::cleared()) {
+                if let Some(old) = self.maps.insert(map, MapState::cleared()) {
                     self.map_rows -= old.rows();
                 }
             }
             Mutation::AppendJournal { sequence, event } => {
-                self.journal.insert(*sequence, event.clone());
-                self.journal_head = self.journal_head.max(*sequence);
+                self.journal.insert(sequence, event);
+                self.journal_head = self.journal_head.max(sequence);
             }
             Mutation::TrimJournal { below } => {
-                self.journal = self.journal.split_off(below);
-                self.trim_below = self.trim_below.max(*below);
+                self.journal = self.journal.split_off(&below);
+                self.trim_below = self.trim_below.max(below);
             }
         }
     }
@@ -489,22 +489,18 @@ impl Overlay {
             .and_then(|slot| slot.value.as_ref())
     }
 
-    fn set_lww(&mut self, map: &str, key: &str, record: Option<LwwRecord>) {
+    fn set_lww(&mut self, map: &str, key: String, record: Option<LwwRecord>) {
         let state = self.state(map);
-        if state
-            .lww
-            .insert(key.to_owned(), Slot::dirty(record))
-            .is_none()
-        {
+        if state.lww.insert(key, Slot::dirty(record)).is_none() {
             self.map_rows += 1;
         }
     }
 
-    fn merge_or_key(&mut self, map: &str, key: &str, records: &[OrMapRecord]) {
+    fn merge_or_key(&mut self, map: &str, key: String, records: &[OrMapRecord]) {
         let state = self.state(map);
         let stored = state
             .or_records
-            .get(key)
+            .get(&key)
             .map(|slot| slot.value.clone())
             .unwrap_or_default();
         let tombstones = &state.tombstones;
@@ -513,26 +509,19 @@ impl Overlay {
         let merged = crate::store::merge_or_records(stored, records, |tag| {
             tombstones.get(tag).is_some_and(|slot| slot.value)
         });
-        if state
-            .or_records
-            .insert(key.to_owned(), Slot::dirty(merged))
-            .is_none()
-        {
+        if state.or_records.insert(key, Slot::dirty(merged)).is_none() {
             self.map_rows += 1;
         }
     }
 
-    fn set_tombstones(&mut self, map: &str, tags: &[String], present: bool) {
+    fn set_tombstones(&mut self, map: &str, tags: Vec<String>, present: bool) {
         let state = self.state(map);
-        let added = tags
-            .iter()
-            .filter(|tag| {
-                state
-                    .tombstones
-                    .insert((*tag).clone(), Slot::dirty(present))
-                    .is_none()
-            })
-            .count();
+        let mut added = 0;
+        for tag in tags {
+            if state.tombstones.insert(tag, Slot::dirty(present)).is_none() {
+                added += 1;
+            }
+        }
         self.map_rows += added;
     }
 }
