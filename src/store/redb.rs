@@ -96,10 +96,11 @@ pub struct RedbOptions {
     /// checkpoint copies them into redb.
     pub checkpoint_interval: Duration,
     /// Rows the in-memory overlay may hold (changed rows plus rows cached from redb) before a
-    /// checkpoint is forced and the cache dropped: the overlay's memory bound.
+    /// checkpoint is forced and the cache dropped: the overlay's memory bound. While a
+    /// checkpoint runs, its frozen overlay is held as well, so memory holds up to twice this.
     pub max_overlay_rows: usize,
-    /// Log size that forces a checkpoint: bounds the log file, the replay time after a crash,
-    /// and the bytes of changes held only in the overlay.
+    /// Log segment size that forces a checkpoint: bounds the log files, the replay time after
+    /// a crash, and the bytes of changes held only in the overlay.
     pub max_log_bytes: u64,
 }
 
@@ -637,6 +638,7 @@ impl Writer {
     /// exceeded. With one still running, a bound makes the writer wait for it first (the
     /// overlay's memory stays bounded by two overlays); the interval simply waits.
     fn start_background_if_due(&mut self) {
+        self.overlay.trim_cache(self.options.max_overlay_rows);
         let over_bound = self.overlay.rows() > self.options.max_overlay_rows
             || self.wal.len() > self.options.max_log_bytes;
         let due = over_bound || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;

@@ -323,6 +323,15 @@ impl Overlay {
         self.dirty = false;
     }
 
+    /// Drops the clean cache if it alone exceeds `keep_rows` (rows loaded for batches that
+    /// were then rejected dirty nothing, so no checkpoint would ever shed them).
+    pub(super) fn trim_cache(&mut self, keep_rows: usize) {
+        if !self.dirty && self.map_rows > keep_rows {
+            self.maps.clear();
+            self.map_rows = 0;
+        }
+    }
+
     /// Takes the rows of `older` (an overlay a checkpoint just wrote) that this one lacks as
     /// clean cache, so hot keys need no redb read after a background checkpoint. Skipped if
     /// it would exceed `keep_rows`.
@@ -598,4 +607,45 @@ fn write_map(tables: &mut WriteTables<'_>, map: &str, state: &MapState) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+
+    fn put(key: &str) -> Mutation {
+        Mutation::PutLww {
+            map: "m".into(),
+            key: key.into(),
+            record: LwwRecord {
+                value: None,
+                timestamp: Timestamp::new(1, 0, "n"),
+                ttl_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_cache_of_rejected_batches_is_trimmed_but_dirty_rows_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(dir.path().join(super::super::FILE_NAME)).unwrap();
+        let base = Base::open(&db, None).unwrap();
+
+        let mut overlay = Overlay::default();
+        let batch = WriteBatch::from((0..20).map(|i| put(&i.to_string())).collect::<Vec<_>>());
+        overlay.prefetch(&batch, &base).unwrap();
+        assert_eq!((overlay.rows(), overlay.is_dirty()), (20, false));
+        overlay.trim_cache(30);
+        assert_eq!(overlay.rows(), 20);
+        overlay.trim_cache(10);
+        assert_eq!(overlay.rows(), 0);
+
+        overlay.prefetch(&batch, &base).unwrap();
+        overlay.apply(batch);
+        overlay.trim_cache(10);
+        assert_eq!((overlay.rows(), overlay.is_dirty()), (20, true));
+        assert_eq!(overlay.kind("m"), Some(MapKind::Lww));
+    }
 }
