@@ -3,7 +3,8 @@
 //!
 //! The server keeps every map in memory and persists each change through a `Store`; a restart
 //! reloads everything from it. Backends: [`MemoryStore`] (nothing durable; tests and
-//! simulations) and [`RedbStore`] (durable, group commit). The trait speaks only in maps, keys,
+//! simulations) and [`RedbStore`] (durable: group commit to a write-ahead log, a write-behind
+//! overlay, periodic checkpoints into redb). The trait speaks only in maps, keys,
 //! records and names, never in backend concepts, so a PostgreSQL backend can implement it too.
 //!
 //! Semantics every backend implements (and the shared conformance suite checks):

@@ -1,4 +1,5 @@
-//! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`.
+//! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`, with a
+//! write-ahead log, `<dir>/topgun.wal`, in front of it.
 //!
 //! Layout: one table per kind of data (the journal is keyed by sequence), never one per map,
 //! so map names need no grammar
@@ -6,44 +7,66 @@
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
 //! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
 //!
-//! Writes: every `commit` queues its batch on a bounded channel (backpressure) to ONE writer
-//! thread. The writer drains whatever is queued, applies all of it in one write transaction,
-//! commits it with `Durability::Immediate` (one fsync for the whole group), and only then
-//! answers every caller. An ack therefore always follows the fsync (defect 33), and the fsync
-//! cost is shared by everything that arrived while the previous group was being written.
-//! `commit_queued` resolves as soon as its batch is queued (commit order and backpressure
-//! without the wait for the fsync); the writer logs a failure of such a batch itself.
-//! Each batch's map kinds are validated before any of its mutations is applied, so a rejected
-//! batch leaves no trace while the rest of its group still commits. A storage error while
-//! applying or committing aborts the whole transaction and fails every batch in the group.
+//! Writes (write-behind): every `commit` queues its batch on a bounded channel (backpressure)
+//! to ONE writer thread. The writer drains whatever is queued and, per batch, checks its map
+//! kinds, merges it into an in-memory overlay ([`overlay`]) and frames it as one log record
+//! ([`wal`]); then it appends the group's records and makes them durable with ONE `fdatasync`
+//! of the log, and only then answers every caller. An ack therefore always follows the fsync
+//! (defect 33), and the fsync is shared by everything that arrived meanwhile. A rejected batch
+//! leaves no trace while the rest of its group still commits. `commit_queued` resolves as soon
+//! as its batch is queued; the writer logs a failure of such a batch itself.
 //!
-//! Reads run in read transactions on `tokio::task::spawn_blocking`. `close()` (or `Drop`)
-//! stops accepting work, lets the writer finish everything already queued, joins it, and
-//! releases the file. What a crash can lose: only batches whose `commit` has not resolved.
+//! Checkpoints: every [`RedbOptions::checkpoint_interval`], or sooner when the overlay holds
+//! more than [`RedbOptions::max_overlay_rows`] rows or the log segment exceeds
+//! [`RedbOptions::max_log_bytes`], the writer seals the log segment, freezes the overlay and
+//! starts a fresh one, and a checkpoint thread writes the frozen overlay's changed rows into
+//! redb in ONE durable transaction, together with the highest log sequence they cover; then the
+//! sealed segment is deleted. Commits go on meanwhile (reading base rows from the frozen
+//! overlay before redb), so a checkpoint never stalls the acks. A hot key is written to redb
+//! once per checkpoint instead of once per commit. At most one checkpoint runs at a time.
+//!
+//! Recovery: opening loads redb, replays the log records whose sequence is above the
+//! checkpointed one (stopping at the first torn or corrupt record, where the log is
+//! truncated), and checkpoints. A failed log append or checkpoint leaves the log's tail or the
+//! overlay in doubt, so the writer then fails every later batch and read; reopening the store
+//! recovers everything whose commit resolved.
+//!
+//! Reads go through the writer's queue as a checkpoint request (the writer finishes any
+//! background checkpoint, then checkpoints on its own thread), so they see every batch queued
+//! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`.
+//! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
+//! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
+//! whose `commit` has not resolved.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod overlay;
+mod wal;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::record::{LwwRecord, OrMapRecord};
 use ::redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode, encode, kind_code, kind_from_code};
+use self::overlay::{Base, Overlay};
+use self::wal::{LogRecord, Wal};
+use super::codec::{decode, decode_mutations, encode_mutations, kind_from_code};
 use super::{
-    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Mutation, Store, StoreError,
-    WriteBatch,
+    BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Store, StoreError, WriteBatch,
 };
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The database file inside the store directory.
 const FILE_NAME: &str = "topgun.redb";
-/// The layout and encoding version this build writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The layout and encoding version this build writes and reads. Version 2 added the
+/// write-ahead log and the checkpoint row; a version 1 store (no log) opens and is upgraded.
+const FORMAT_VERSION: u32 = 2;
+const UPGRADABLE_FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &str = "version";
 
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("store_format");
@@ -58,14 +81,27 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// One row, [`JOURNAL_HEAD_KEY`] → the highest sequence ever appended.
 const JOURNAL_HEAD: TableDefinition<&str, u64> = TableDefinition::new("journal_head");
 const JOURNAL_HEAD_KEY: &str = "last";
+/// One row, [`CHECKPOINT_KEY`] → the highest log sequence redb already contains.
+const CHECKPOINT: TableDefinition<&str, u64> = TableDefinition::new("log_checkpoint");
+const CHECKPOINT_KEY: &str = "sequence";
 
 /// Tuning for [`RedbStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedbOptions {
     /// Batches that may wait for the writer before `commit` callers are made to wait.
     pub queue_capacity: usize,
-    /// Most batches applied in one write transaction.
+    /// Most batches made durable by one log flush.
     pub max_group_batches: usize,
+    /// Longest time committed changes stay only in the log and the overlay before a
+    /// checkpoint copies them into redb.
+    pub checkpoint_interval: Duration,
+    /// Rows the in-memory overlay may hold (changed rows plus rows cached from redb) before a
+    /// checkpoint is forced and the cache dropped: the overlay's memory bound. While a
+    /// checkpoint runs, its frozen overlay is held as well, so memory holds up to twice this.
+    pub max_overlay_rows: usize,
+    /// Log segment size that forces a checkpoint: bounds the log files, the replay time after
+    /// a crash, and the bytes of changes held only in the overlay.
+    pub max_log_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -73,17 +109,22 @@ impl Default for RedbOptions {
         Self {
             queue_capacity: 1024,
             max_group_batches: 256,
+            checkpoint_interval: Duration::from_secs(1),
+            max_overlay_rows: 100_000,
+            max_log_bytes: 64 << 20,
         }
     }
 }
 
-/// How well group commit is doing: batches acknowledged vs. write transactions committed.
+/// How well group commit is doing: batches acknowledged vs. log flushes and checkpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Batches written by committed transactions.
+    /// Batches made durable by log flushes.
     pub batches: u64,
-    /// Write transactions committed (one fsync each).
-    pub transactions: u64,
+    /// Log flushes (one `fdatasync` each).
+    pub flushes: u64,
+    /// Checkpoints committed to redb (one durable transaction each).
+    pub checkpoints: u64,
 }
 
 /// The durable store. See the module documentation for the write path.
@@ -102,17 +143,22 @@ struct Open {
     writer: JoinHandle<()>,
 }
 
-/// One queued batch and where to send its outcome.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Work for the writer thread, in queue order.
 #[derive(Debug)]
-struct Job {
-    batch: WriteBatch,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+enum Job {
+    /// Commit a batch; reply once it is durable.
+    Write { batch: WriteBatch, reply: Reply },
+    /// Checkpoint everything queued before; reply once redb holds it (a read follows).
+    Checkpoint { reply: Reply },
 }
 
 #[derive(Debug, Default)]
 struct StatCounters {
     batches: AtomicU64,
-    transactions: AtomicU64,
+    flushes: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 impl RedbStore {
@@ -122,26 +168,39 @@ impl RedbStore {
         Self::open_with(dir, RedbOptions::default())
     }
 
-    /// Opens (creating if needed) the store in directory `dir`.
-    /// Blocks on file I/O: call it at startup or from a blocking task.
+    /// Opens (creating if needed) the store in directory `dir`, replaying the write-ahead log
+    /// left by a crash. Blocks on file I/O: call it at startup or from a blocking task.
     pub fn open_with(dir: impl AsRef<Path>, options: RedbOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_error("create store directory", dir, e))?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(backend(format!("open {}", path.display())))?;
-        initialise(&db)?;
+        let checkpointed = initialise(&db)?;
         let db = Arc::new(db);
-        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let (wal, records) = Wal::open(dir)?;
         let stats = Arc::new(StatCounters::default());
-        let writer = {
-            let db = Arc::clone(&db);
-            let stats = Arc::clone(&stats);
-            let max_group = options.max_group_batches.max(1);
-            std::thread::Builder::new()
-                .name("topgun-store-writer".into())
-                .spawn(move || run_writer(&db, jobs, max_group, &stats))
-                .map_err(|e| io_error("start the writer thread for", &path, e))?
+        let mut writer = Writer {
+            db: Arc::clone(&db),
+            wal,
+            overlay: Overlay::default(),
+            options,
+            next_sequence: checkpointed + 1,
+            last_checkpoint: Instant::now(),
+            background: None,
+            stats: Arc::clone(&stats),
+            failed: None,
         };
+        writer.replay(records, checkpointed)?;
+        writer.checkpoint_now()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| io_error("start the writer runtime for", &path, e))?;
+        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let writer = std::thread::Builder::new()
+            .name("topgun-store-writer".into())
+            .spawn(move || runtime.block_on(writer.run(jobs)))
+            .map_err(|e| io_error("start the writer thread for", &path, e))?;
         Ok(Self {
             path,
             open: Mutex::new(Some(Open { db, queue, writer })),
@@ -158,7 +217,8 @@ impl RedbStore {
     pub fn stats(&self) -> GroupCommitStats {
         GroupCommitStats {
             batches: self.stats.batches.load(Ordering::Relaxed),
-            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            flushes: self.stats.flushes.load(Ordering::Relaxed),
+            checkpoints: self.stats.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -182,15 +242,15 @@ impl RedbStore {
             .ok_or(StoreError::Closed)
     }
 
-    /// Queues `batch` for the writer (waiting for room) and returns where its outcome arrives.
+    /// Queues `job` for the writer (waiting for room) and returns where its outcome arrives.
     async fn enqueue(
         &self,
-        batch: WriteBatch,
+        job: impl FnOnce(Reply) -> Job,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let queue = self.queue()?;
         let (reply, outcome) = oneshot::channel();
         queue
-            .send(Job { batch, reply })
+            .send(job(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         // Holding the sender while waiting would keep a closing writer alive for nothing.
@@ -198,12 +258,17 @@ impl RedbStore {
         Ok(outcome)
     }
 
-    /// Runs `read` in a read transaction on the blocking pool.
+    /// Has the writer checkpoint everything queued so far, then runs `read` in a read
+    /// transaction on the blocking pool.
     fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         Box::pin(async move {
+            let checkpointed = self.enqueue(|reply| Job::Checkpoint { reply }).await?;
+            checkpointed
+                .await
+                .map_err(|_| StoreError::WriterStopped)??;
             let db = self.database()?;
             tokio::task::spawn_blocking(move || {
                 let txn = db
@@ -218,8 +283,8 @@ impl RedbStore {
 }
 
 impl Open {
-    /// Stops accepting batches, waits for the writer to finish the queued ones, and releases
-    /// the file (once no read is still running).
+    /// Stops accepting batches, waits for the writer to finish the queued ones and
+    /// checkpoint, and releases the file (once no read is still running).
     fn shut_down(self) -> Result<(), StoreError> {
         let Self { db, queue, writer } = self;
         drop(queue);
@@ -335,14 +400,18 @@ impl Store for RedbStore {
 
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let outcome = self.enqueue(batch).await?;
+            let outcome = self.enqueue(|reply| Job::Write { batch, reply }).await?;
             outcome.await.map_err(|_| StoreError::WriterStopped)?
         })
     }
 
     fn commit_queued(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         // Dropping the outcome tells the writer nobody waits: it logs a failure itself.
-        Box::pin(async move { self.enqueue(batch).await.map(drop) })
+        Box::pin(async move {
+            self.enqueue(|reply| Job::Write { batch, reply })
+                .await
+                .map(drop)
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -357,12 +426,13 @@ impl Store for RedbStore {
     }
 }
 
-/// Creates every table and checks (or stamps) the format version.
-fn initialise(db: &Database) -> Result<(), StoreError> {
+/// Creates every table, checks (or stamps) the format version, and returns the highest log
+/// sequence the database already contains.
+fn initialise(db: &Database) -> Result<u64, StoreError> {
     let txn = db
         .begin_write()
         .map_err(backend("begin the initial transaction"))?;
-    {
+    let checkpointed = {
         let mut format = txn
             .open_table(FORMAT)
             .map_err(backend("open the format table"))?;
@@ -371,7 +441,7 @@ fn initialise(db: &Database) -> Result<(), StoreError> {
             .map_err(backend("read the format version"))?
             .map(|v| v.value());
         match found {
-            None => {
+            None | Some(UPGRADABLE_FORMAT_VERSION) => {
                 format
                     .insert(FORMAT_KEY, FORMAT_VERSION)
                     .map_err(backend("write the format version"))?;
@@ -384,77 +454,331 @@ fn initialise(db: &Database) -> Result<(), StoreError> {
                 });
             }
         }
-    }
-    WriteTables::open(&txn)?;
-    txn.commit().map_err(backend("create the tables"))
+        WriteTables::open(&txn)?;
+        txn.open_table(CHECKPOINT)
+            .map_err(backend("open the checkpoint table"))?
+            .get(CHECKPOINT_KEY)
+            .map_err(backend("read the checkpointed log sequence"))?
+            .map_or(0, |v| v.value())
+    };
+    txn.commit().map_err(backend("create the tables"))?;
+    Ok(checkpointed)
 }
 
-/// The writer thread: group commit until every sender is gone and the queue is empty.
-fn run_writer(
-    db: &Database,
-    mut jobs: mpsc::Receiver<Job>,
-    max_group: usize,
-    stats: &StatCounters,
-) {
-    let mut group = Vec::with_capacity(max_group);
-    while jobs.blocking_recv_many(&mut group, max_group) > 0 {
-        let written = write_group(db, &group);
-        match written {
-            Ok(outcomes) => {
-                stats
+/// The writer thread's state: the log, the overlay, and what it takes to checkpoint them.
+struct Writer {
+    db: Arc<Database>,
+    wal: Wal,
+    overlay: Overlay,
+    options: RedbOptions,
+    /// The log sequence the next accepted batch gets; never reused, so replay can tell
+    /// checkpointed records from newer ones.
+    next_sequence: u64,
+    last_checkpoint: Instant,
+    /// The checkpoint running in the background, if any (at most one).
+    background: Option<Background>,
+    stats: Arc<StatCounters>,
+    /// Why the writer stopped accepting work: a log append or checkpoint failed.
+    failed: Option<StoreError>,
+}
+
+/// A checkpoint on its own thread, writing an overlay the writer no longer changes.
+struct Background {
+    frozen: Arc<Overlay>,
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+/// How often an otherwise idle writer looks whether its background checkpoint finished.
+const BACKGROUND_POLL: Duration = Duration::from_millis(5);
+
+/// The largest log buffer kept for the next group: one huge batch must not pin its memory.
+const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
+
+/// Where one group's accepted batches wait for the log flush.
+#[derive(Default)]
+struct Group {
+    framed: Vec<u8>,
+    replies: Vec<Reply>,
+    /// Base rows are read from one snapshot per group; the end of a checkpoint invalidates it.
+    base: Option<Base>,
+}
+
+impl Writer {
+    /// Group commit until every sender is gone and the queue is empty; then checkpoint.
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let max_group = self.options.max_group_batches.max(1);
+        let mut received = Vec::with_capacity(max_group);
+        let mut group = Group::default();
+        loop {
+            let wait = if self.failed.is_some() {
+                None
+            } else if self.background.is_some() {
+                Some(BACKGROUND_POLL)
+            } else if self.overlay.is_dirty() {
+                Some(
+                    self.options
+                        .checkpoint_interval
+                        .saturating_sub(self.last_checkpoint.elapsed()),
+                )
+            } else {
+                None
+            };
+            let count = match wait {
+                Some(wait) => {
+                    tokio::time::timeout(wait, jobs.recv_many(&mut received, max_group)).await
+                }
+                None => Ok(jobs.recv_many(&mut received, max_group).await),
+            };
+            match count {
+                Ok(0) => break,
+                Ok(_) => self.process(&mut received, &mut group),
+                Err(_elapsed) => {}
+            }
+            if self
+                .background
+                .as_ref()
+                .is_some_and(|background| background.thread.is_finished())
+            {
+                self.finish_background();
+            }
+            self.start_background_if_due();
+        }
+        // Reported through `failed`'s log line; nothing is left to answer.
+        let _ = self.checkpoint_now();
+    }
+
+    /// Handles one drained run of jobs in order. `group` is reused so its buffers keep
+    /// their capacity from one run to the next.
+    fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) {
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write { batch, reply } => match self.stage(batch, group) {
+                    Ok(()) => group.replies.push(reply),
+                    Err(error) => answer(reply, Err(error)),
+                },
+                Job::Checkpoint { reply } => {
+                    self.flush(group);
+                    group.base = None;
+                    // The reader reports a failure; the writer logged it once.
+                    let _ = reply.send(self.checkpoint_now());
+                }
+            }
+        }
+        self.flush(group);
+        // The snapshot must not outlive the background checkpoint, which may end next.
+        group.base = None;
+        if group.framed.capacity() > MAX_KEPT_LOG_BUFFER {
+            group.framed = Vec::new();
+        }
+    }
+
+    /// Validates `batch`, merges it into the overlay and frames its log record. A batch
+    /// that fails here leaves no trace.
+    fn stage(&mut self, batch: WriteBatch, group: &mut Group) -> Result<(), StoreError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let base = match &mut group.base {
+            Some(base) => base,
+            empty => {
+                let frozen = self.background.as_ref().map(|b| Arc::clone(&b.frozen));
+                empty.insert(Base::open(&self.db, frozen)?)
+            }
+        };
+        self.overlay.prefetch(&batch, base)?;
+        batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
+        wal::frame_record(&mut group.framed, self.next_sequence, |out| {
+            encode_mutations(batch.mutations(), out)
+        })?;
+        self.overlay.apply(batch);
+        self.next_sequence += 1;
+        Ok(())
+    }
+
+    /// Makes the group's records durable with one log flush, then answers their callers.
+    fn flush(&mut self, group: &mut Group) {
+        if group.replies.is_empty() {
+            return;
+        }
+        let outcome = match &self.failed {
+            Some(error) => Err(error.clone()),
+            None => self.wal.append_durably(&group.framed),
+        };
+        group.framed.clear();
+        match outcome {
+            Ok(()) => {
+                self.stats
                     .batches
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                stats.transactions.fetch_add(1, Ordering::Relaxed);
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    answer(job, outcome);
+                    .fetch_add(group.replies.len() as u64, Ordering::Relaxed);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                for reply in group.replies.drain(..) {
+                    answer(reply, Ok(()));
                 }
             }
             Err(error) => {
-                tracing::error!(%error, batches = group.len(), "store group commit failed");
-                for job in group.drain(..) {
-                    // Logged once above for the whole group.
-                    let _ = job.reply.send(Err(error.clone()));
+                self.fail(&error);
+                for reply in group.replies.drain(..) {
+                    // Logged once by `fail`.
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
+
+    /// Records the first failure of the log or a checkpoint: from then on the log's tail or
+    /// redb's contents are in doubt, so every later batch and read fails.
+    fn fail(&mut self, error: &StoreError) {
+        if self.failed.is_none() {
+            tracing::error!(%error, "store write failed; the store refuses further work until reopened");
+            self.failed = Some(error.clone());
+        }
+    }
+
+    /// Starts a background checkpoint when one is due: the interval passed or a bound is
+    /// exceeded. With one still running, a bound makes the writer wait for it first (the
+    /// overlay's memory stays bounded by two overlays); the interval simply waits.
+    fn start_background_if_due(&mut self) {
+        self.overlay.trim_cache(self.options.max_overlay_rows);
+        let over_bound = self.overlay.rows() > self.options.max_overlay_rows
+            || self.wal.len() > self.options.max_log_bytes;
+        let due = over_bound || self.last_checkpoint.elapsed() >= self.options.checkpoint_interval;
+        if self.failed.is_some() || !self.overlay.is_dirty() || !due {
+            return;
+        }
+        if self.background.is_some() {
+            if !over_bound {
+                return;
+            }
+            self.finish_background();
+        }
+        if let Err(error) = self.start_background() {
+            self.fail(&error);
+        }
+    }
+
+    /// Seals the log segment, freezes the overlay, and writes it to redb on a new thread.
+    fn start_background(&mut self) -> Result<(), StoreError> {
+        self.wal.rotate()?;
+        let frozen = Arc::new(std::mem::take(&mut self.overlay));
+        let covered = self.next_sequence - 1;
+        let thread = {
+            let db = Arc::clone(&self.db);
+            let frozen = Arc::clone(&frozen);
+            std::thread::Builder::new()
+                .name("topgun-store-checkpoint".into())
+                .spawn(move || write_checkpoint(&db, &frozen, covered))
+                .map_err(|e| io_error("start a checkpoint thread for", self.wal.dir(), e))?
+        };
+        self.background = Some(Background { frozen, thread });
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the background checkpoint, then drops the log segments it covered and keeps
+    /// its rows as clean cache. Only between groups: a group's base snapshot would go stale.
+    fn finish_background(&mut self) {
+        let Some(Background { frozen, thread }) = self.background.take() else {
+            return;
+        };
+        let written = thread
+            .join()
+            .map_err(|_| StoreError::Task("the store checkpoint thread panicked".into()))
+            .and_then(|written| written)
+            .and_then(|()| self.wal.remove_sealed());
+        match written {
+            Ok(()) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                if let Ok(frozen) = Arc::try_unwrap(frozen) {
+                    self.overlay.absorb(frozen, self.options.max_overlay_rows);
+                }
+            }
+            Err(error) => self.fail(&error),
+        }
+    }
+
+    /// Makes redb hold every staged batch before returning (for a read, recovery or close):
+    /// waits for a background checkpoint, then checkpoints the overlay on this thread.
+    fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        self.finish_background();
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if !self.overlay.is_dirty() && self.wal.len() == 0 && !self.wal.has_sealed() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let written = write_checkpoint(&self.db, &self.overlay, self.next_sequence - 1)
+            .and_then(|()| self.wal.remove_sealed())
+            .and_then(|()| self.wal.truncate_current());
+        match written {
+            Ok(()) => {
+                tracing::debug!(
+                    rows = self.overlay.rows(),
+                    elapsed_us = started.elapsed().as_micros(),
+                    "store checkpoint"
+                );
+                self.overlay.mark_clean(self.options.max_overlay_rows);
+                self.last_checkpoint = Instant::now();
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.fail(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Re-applies the log records redb does not contain yet, in order.
+    fn replay(&mut self, records: Vec<LogRecord>, checkpointed: u64) -> Result<(), StoreError> {
+        let mut base = None;
+        for record in records.into_iter().filter(|r| r.sequence > checkpointed) {
+            let batch = WriteBatch::from(decode_mutations(
+                format_args!("log sequence {}", record.sequence),
+                &record.payload,
+            )?);
+            let base = match &mut base {
+                Some(base) => base,
+                empty => empty.insert(Base::open(&self.db, None)?),
+            };
+            self.overlay.prefetch(&batch, base)?;
+            // The batch passed this check when it was logged, against the same state.
+            batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
+            self.overlay.apply(batch);
+            self.next_sequence = record.sequence + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `overlay`'s dirty rows into redb in one durable transaction, with `covered`, the
+/// highest log sequence they include.
+fn write_checkpoint(db: &Database, overlay: &Overlay, covered: u64) -> Result<(), StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(backend("begin a checkpoint transaction"))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(backend("request immediate durability"))?;
+    {
+        let mut tables = WriteTables::open(&txn)?;
+        overlay.write_to(&mut tables)?;
+        txn.open_table(CHECKPOINT)
+            .map_err(backend("open the checkpoint table"))?
+            .insert(CHECKPOINT_KEY, covered)
+            .map_err(backend("write the checkpointed log sequence"))?;
+    }
+    txn.commit().map_err(backend("commit a checkpoint"))
 }
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
 /// logged here, so it is never lost silently.
-fn answer(job: Job, outcome: Result<(), StoreError>) {
-    if let Err(Err(error)) = job.reply.send(outcome) {
+fn answer(reply: Reply, outcome: Result<(), StoreError>) {
+    if let Err(Err(error)) = reply.send(outcome) {
         tracing::error!(%error, "a queued store commit failed");
     }
 }
 
-/// Applies a group of batches in one durable transaction. The outer error fails the whole
-/// group; the inner results are per-batch rejections (kind conflicts).
-fn write_group(db: &Database, jobs: &[Job]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut txn = db
-        .begin_write()
-        .map_err(backend("begin a write transaction"))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(backend("request immediate durability"))?;
-    let outcomes = {
-        let mut tables = WriteTables::open(&txn)?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let outcome = job.batch.check_kinds(|map| tables.kind(map));
-            if outcome.is_ok() {
-                tables.apply_batch(&job.batch)?;
-            }
-            outcomes.push(outcome);
-        }
-        tables.finish()?;
-        outcomes
-    };
-    txn.commit()
-        .map_err(backend("commit a write transaction"))?;
-    Ok(outcomes)
-}
-
-/// Every table, open in one write transaction.
+/// Every table a checkpoint writes, open in one write transaction.
 struct WriteTables<'txn> {
     kinds: Table<'txn, &'static str, u8>,
     lww: Table<'txn, (&'static str, &'static str), &'static [u8]>,
@@ -465,10 +789,6 @@ struct WriteTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     journal: Table<'txn, u64, &'static [u8]>,
     journal_head: Table<'txn, &'static str, u64>,
-    /// Maps whose kind this transaction already wrote: one insert per map, not per row.
-    claimed: BTreeSet<String>,
-    /// The highest journal sequence appended in this transaction, written once by `finish`.
-    appended_head: Option<u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -484,16 +804,11 @@ impl<'txn> WriteTables<'txn> {
             meta: txn.open_table(META).map_err(open_error.clone())?,
             journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
             journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
-            claimed: BTreeSet::new(),
-            appended_head: None,
         })
     }
 
-    /// Writes what was deferred until the end of the transaction (the journal head).
-    fn finish(&mut self) -> Result<(), StoreError> {
-        let Some(appended) = self.appended_head.take() else {
-            return Ok(());
-        };
+    /// Raises the stored journal head to `appended` (never lowers it).
+    fn raise_journal_head(&mut self, appended: u64) -> Result<(), StoreError> {
         let head = self
             .journal_head
             .get(JOURNAL_HEAD_KEY)
@@ -504,157 +819,6 @@ impl<'txn> WriteTables<'txn> {
                 .insert(JOURNAL_HEAD_KEY, appended)
                 .map_err(backend("write the journal head"))?;
         }
-        Ok(())
-    }
-
-    fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
-        self.kinds
-            .get(map)
-            .map_err(backend("read a map kind"))?
-            .map(|code| kind_from_code(map, code.value()))
-            .transpose()
-    }
-
-    fn stored_lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
-        self.lww
-            .get((map, key))
-            .map_err(backend("read an LWW record"))?
-            .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
-            .transpose()
-    }
-
-    fn stored_or(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
-        Ok(self
-            .or_records
-            .get((map, key))
-            .map_err(backend("read OR records"))?
-            .map(|bytes| decode("OR records", format_args!("{map}/{key}"), bytes.value()))
-            .transpose()?
-            .unwrap_or_default())
-    }
-
-    fn apply_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
-        batch
-            .mutations()
-            .iter()
-            .try_for_each(|mutation| self.apply(mutation))
-    }
-
-    fn apply(&mut self, mutation: &Mutation) -> Result<(), StoreError> {
-        match mutation {
-            Mutation::SetMapKind { map, kind } => self.claim(map, *kind),
-            Mutation::PutLww { map, key, record } => {
-                self.claim(map, MapKind::Lww)?;
-                if super::lww_replaces(self.stored_lww(map, key)?.as_ref(), record) {
-                    let bytes = encode("LWW record", record)?;
-                    self.lww
-                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                        .map_err(backend("write an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::DeleteLww { map, key } => {
-                if self
-                    .stored_lww(map, key)?
-                    .is_some_and(|record| record.is_tombstone())
-                {
-                    self.lww
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("delete an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::ForgetLww {
-                map,
-                key,
-                timestamp,
-            } => {
-                if self
-                    .stored_lww(map, key)?
-                    .is_some_and(|record| record.timestamp == *timestamp)
-                {
-                    self.lww
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("forget an LWW record"))?;
-                }
-                Ok(())
-            }
-            Mutation::PutOrKey { map, key, records } => {
-                if !records.is_empty() {
-                    self.claim(map, MapKind::Or)?;
-                }
-                let stored = self.stored_or(map, key)?;
-                let tombstones = &self.or_tombstones;
-                let merged = super::merge_or_records(stored, records, |tag| {
-                    // A failed lookup keeps the record: losing data is worse than keeping a
-                    // tombstoned record the next load drops anyway.
-                    tombstones
-                        .get((map.as_str(), tag))
-                        .is_ok_and(|found| found.is_some())
-                });
-                if merged.is_empty() {
-                    self.or_records
-                        .remove((map.as_str(), key.as_str()))
-                        .map_err(backend("delete an OR key"))?;
-                } else {
-                    let bytes = encode("OR records", &merged)?;
-                    self.or_records
-                        .insert((map.as_str(), key.as_str()), bytes.as_slice())
-                        .map_err(backend("write OR records"))?;
-                }
-                Ok(())
-            }
-            Mutation::AddOrTombstones { map, tags } => {
-                self.claim(map, MapKind::Or)?;
-                for tag in tags {
-                    self.or_tombstones
-                        .insert((map.as_str(), tag.as_str()), ())
-                        .map_err(backend("write an OR tombstone"))?;
-                }
-                Ok(())
-            }
-            Mutation::RemoveOrTombstones { map, tags } => {
-                for tag in tags {
-                    self.or_tombstones
-                        .remove((map.as_str(), tag.as_str()))
-                        .map_err(backend("delete an OR tombstone"))?;
-                }
-                Ok(())
-            }
-            Mutation::PutCounter { name, state } => {
-                let bytes = encode("counter", state)?;
-                self.counters
-                    .insert(name.as_str(), bytes.as_slice())
-                    .map_err(backend("write a counter"))?;
-                Ok(())
-            }
-            Mutation::PutFencingToken { lock, token } => self.raise_fencing_token(lock, *token),
-            Mutation::PutMeta { key, value } => {
-                self.meta
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(backend("write metadata"))?;
-                Ok(())
-            }
-            Mutation::ClearMap { map } => self.clear_map(map),
-            Mutation::AppendJournal { sequence, event } => self.append_journal(*sequence, event),
-            Mutation::TrimJournal { below } => {
-                self.journal
-                    .retain_in(..*below, |_, _| false)
-                    .map_err(backend("trim the journal"))?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
-    fn claim(&mut self, map: &str, kind: MapKind) -> Result<(), StoreError> {
-        if self.claimed.contains(map) {
-            return Ok(());
-        }
-        self.kinds
-            .insert(map, kind_code(kind))
-            .map_err(backend("write a map kind"))?;
-        self.claimed.insert(map.to_owned());
         Ok(())
     }
 
@@ -672,16 +836,7 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    fn append_journal(&mut self, sequence: u64, event: &[u8]) -> Result<(), StoreError> {
-        self.journal
-            .insert(sequence, event)
-            .map_err(backend("write a journal entry"))?;
-        self.appended_head = self.appended_head.max(Some(sequence));
-        Ok(())
-    }
-
     fn clear_map(&mut self, map: &str) -> Result<(), StoreError> {
-        self.claimed.remove(map);
         self.kinds
             .remove(map)
             .map_err(backend("delete a map kind"))?;
@@ -699,7 +854,6 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 }
-
 /// The exclusive upper bound of `map`'s rows: `(map + "\0", "")` is the smallest tuple key
 /// whose first element sorts after `map` in byte order.
 fn range_end(map: &str) -> String {
@@ -779,7 +933,7 @@ mod tests {
     use super::*;
     use crate::hlc::Timestamp;
     use crate::record::{LwwRecord, OrMapRecord};
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Mutation};
     use serde_json::json;
     use std::process::Command;
 
@@ -949,7 +1103,7 @@ mod tests {
             RedbStore::open(dir.path()),
             Err(StoreError::UnsupportedFormat {
                 found: 99,
-                supported: 1
+                supported: FORMAT_VERSION
             })
         ));
     }
@@ -961,6 +1115,7 @@ mod tests {
         let options = RedbOptions {
             queue_capacity: 16,
             max_group_batches: 64,
+            ..RedbOptions::default()
         };
         let store = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
         let commits: Vec<_> = (0..COMMITS)
@@ -984,7 +1139,7 @@ mod tests {
         let stats = store.stats();
         assert_eq!(stats.batches, COMMITS);
         assert!(
-            stats.transactions < COMMITS,
+            stats.flushes < COMMITS,
             "no batches were grouped: {stats:?}"
         );
         match store.load_map("m").await.unwrap() {
@@ -1041,19 +1196,26 @@ mod tests {
     const CRASH_CHILD_EXIT: i32 = 73;
     const CRASH_COMMITS: u64 = 50;
 
-    /// Covers a process dying right after its acks: the child commits, then calls
-    /// `process::exit` with the store open and its writer thread alive (no `close`, no
-    /// `Drop`). It does not cover power loss, which only the fsync in the commit path guards.
-    #[test]
-    fn acked_commits_survive_an_abrupt_process_exit() {
+    /// Runs `child` on a fresh store directory in a separate process (this test binary,
+    /// running only the test named `test`), which exits with the store `child` returns still
+    /// open and its writer alive (no `close`, no `Drop`), and returns that directory. Covers a
+    /// process dying right after its acks, not power loss, which only the fsyncs guard.
+    fn after_crashing_child(
+        test: &str,
+        child: impl AsyncFnOnce(&Path) -> Arc<RedbStore>,
+    ) -> tempfile::TempDir {
         if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
-            commit_then_exit_abruptly(Path::new(&dir));
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let _open = child(Path::new(&dir)).await;
+                std::process::exit(CRASH_CHILD_EXIT);
+            });
         }
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "store::redb::tests::acked_commits_survive_an_abrupt_process_exit",
+                &format!("store::redb::tests::{test}"),
                 "--test-threads",
                 "1",
             ])
@@ -1062,6 +1224,32 @@ mod tests {
             .status()
             .unwrap();
         assert_eq!(status.code(), Some(CRASH_CHILD_EXIT));
+        dir
+    }
+
+    #[test]
+    fn acked_commits_survive_an_abrupt_process_exit() {
+        let dir = after_crashing_child(
+            "acked_commits_survive_an_abrupt_process_exit",
+            async |dir| {
+                let store = Arc::new(RedbStore::open(dir).unwrap());
+                store.commit(every_kind_of_mutation()).await.unwrap();
+                let commits: Vec<_> = (0..CRASH_COMMITS)
+                    .map(|i| {
+                        let store = Arc::clone(&store);
+                        tokio::spawn(async move {
+                            store
+                                .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
+                                .await
+                        })
+                    })
+                    .collect();
+                for commit in commits {
+                    commit.await.unwrap().unwrap();
+                }
+                store
+            },
+        );
 
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
@@ -1073,25 +1261,533 @@ mod tests {
         runtime.block_on(assert_every_kind_present(&store));
     }
 
-    fn commit_then_exit_abruptly(dir: &Path) {
+    fn never_by_time() -> RedbOptions {
+        RedbOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..RedbOptions::default()
+        }
+    }
+
+    /// Sequence numbers of the logged commits: values of equal length, so equal records.
+    const LOGGED: std::ops::Range<u64> = 10..20;
+
+    /// Commits one single-put batch per `LOGGED` number, in order, with no checkpoint.
+    async fn commit_logged_batches(dir: &Path) -> Arc<RedbStore> {
+        let store = RedbStore::open_with(dir, never_by_time()).unwrap();
+        for i in LOGGED {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i}"), i)]))
+                .await
+                .unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.checkpoints, stats.flushes), (0, 10), "{stats:?}");
+        Arc::new(store)
+    }
+
+    fn lww_keys(store: &RedbStore, map: &str) -> Vec<String> {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let store = Arc::new(RedbStore::open(dir).unwrap());
-            store.commit(every_kind_of_mutation()).await.unwrap();
-            let commits: Vec<_> = (0..CRASH_COMMITS)
-                .map(|i| {
-                    let store = Arc::clone(&store);
-                    tokio::spawn(async move {
-                        store
-                            .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
-                            .await
-                    })
-                })
-                .collect();
-            for commit in commits {
-                commit.await.unwrap().unwrap();
+        match runtime.block_on(store.load_map(map)).unwrap() {
+            Some(MapSnapshot::Lww { records }) => records.into_keys().collect(),
+            None => Vec::new(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn keys(range: std::ops::Range<u64>) -> Vec<String> {
+        range.map(|i| format!("k{i}")).collect()
+    }
+
+    /// The log segments in `dir`, oldest first.
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                name.starts_with(wal::FILE_PREFIX)
+            })
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Bytes in all log segments.
+    fn wal_len(dir: &Path) -> u64 {
+        segments(dir)
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum()
+    }
+
+    /// The one segment holding records.
+    fn written_segment(dir: &Path) -> PathBuf {
+        let written: Vec<PathBuf> = segments(dir)
+            .into_iter()
+            .filter(|path| std::fs::metadata(path).unwrap().len() > 0)
+            .collect();
+        assert_eq!(written.len(), 1, "{written:?}");
+        written.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn acked_commits_are_replayed_from_the_log_when_no_checkpoint_ran() {
+        let dir = after_crashing_child(
+            "acked_commits_are_replayed_from_the_log_when_no_checkpoint_ran",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        // Nothing but the store's creation reached redb: everything is in the log.
+        assert!(wal_len(dir.path()) > 0);
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(LOGGED));
+        assert_eq!(
+            wal_len(dir.path()),
+            0,
+            "recovery checkpoints and empties the log"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_log_record_loses_only_that_record() {
+        let dir = after_crashing_child(
+            "a_torn_last_log_record_loses_only_that_record",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        let log = written_segment(dir.path());
+        let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.set_len(wal_len(dir.path()) - 5).unwrap();
+        drop(file);
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(10..19));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime
+            .block_on(store.commit(WriteBatch::from(vec![put("m", "k19", 19)])))
+            .unwrap();
+        drop(store);
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&reopened, "m"), keys(LOGGED));
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_stops_the_replay_there() {
+        let dir = after_crashing_child(
+            "a_corrupt_record_in_the_middle_stops_the_replay_there",
+            async |dir| commit_logged_batches(dir).await,
+        );
+        let log = written_segment(dir.path());
+        let mut bytes = std::fs::read(&log).unwrap();
+        let record_len = bytes.len() / 10;
+        assert_eq!(bytes.len() % 10, 0, "equal-sized records");
+        bytes[5 * record_len + 20] ^= 0x40;
+        std::fs::write(&log, &bytes).unwrap();
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), keys(10..15));
+    }
+
+    #[test]
+    fn a_checkpoint_then_more_writes_then_a_crash_keeps_both_halves() {
+        let dir = after_crashing_child(
+            "a_checkpoint_then_more_writes_then_a_crash_keeps_both_halves",
+            async |dir| {
+                let store = RedbStore::open_with(dir, never_by_time()).unwrap();
+                let mut first: Vec<_> = (0..5).map(|i| put("m", &format!("a{i}"), i)).collect();
+                first.extend([
+                    Mutation::AddOrTombstones {
+                        map: "gone".into(),
+                        tags: vec!["t".into()],
+                    },
+                    Mutation::AppendJournal {
+                        sequence: 1,
+                        event: b"one".to_vec(),
+                    },
+                    Mutation::AppendJournal {
+                        sequence: 2,
+                        event: b"two".to_vec(),
+                    },
+                ]);
+                store.commit(WriteBatch::from(first)).await.unwrap();
+                // A read checkpoints everything before it.
+                assert_eq!(store.list_maps().await.unwrap().len(), 2);
+                assert_eq!(store.stats().checkpoints, 1);
+
+                let mut second: Vec<_> = (0..5).map(|i| put("m", &format!("b{i}"), i)).collect();
+                second.extend([
+                    Mutation::ClearMap { map: "gone".into() },
+                    Mutation::TrimJournal { below: 2 },
+                    Mutation::AppendJournal {
+                        sequence: 3,
+                        event: b"three".to_vec(),
+                    },
+                ]);
+                store.commit(WriteBatch::from(second)).await.unwrap();
+                store
+                    .commit(WriteBatch::from(vec![put("m", "a0", 100)]))
+                    .await
+                    .unwrap();
+                assert_eq!(store.stats().checkpoints, 1);
+                Arc::new(store)
+            },
+        );
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let records = match runtime.block_on(store.load_map("m")).unwrap() {
+            Some(MapSnapshot::Lww { records }) => records,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut expected: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
+        expected.extend((0..5).map(|i| format!("b{i}")));
+        assert_eq!(records.keys().cloned().collect::<Vec<_>>(), expected);
+        assert_eq!(records["a0"].value, Some(json!({"n": 100})));
+        assert_eq!(
+            runtime.block_on(store.list_maps()).unwrap(),
+            vec![("m".to_owned(), MapKind::Lww)]
+        );
+        assert_eq!(
+            runtime.block_on(store.read_journal(0, 10)).unwrap(),
+            vec![(2, b"two".to_vec()), (3, b"three".to_vec())]
+        );
+        assert_eq!(runtime.block_on(store.last_journal_sequence()).unwrap(), 3);
+    }
+
+    /// A crash between a checkpoint's commit and the log's truncation leaves records redb
+    /// already holds; replaying them again would be wrong (here: a clear would wipe later
+    /// puts), so replay starts after the checkpointed sequence.
+    #[tokio::test]
+    async fn replay_skips_records_the_checkpoint_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            store
+                .commit(WriteBatch::from(vec![put("m", key, i as u64 + 1)]))
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        assert_eq!(wal_len(dir.path()), 0);
+
+        let mut log = Vec::new();
+        let records = [
+            (2, vec![Mutation::ClearMap { map: "m".into() }]),
+            (3, vec![put("m", "a", 50)]),
+            (4, vec![put("m", "d", 4)]),
+        ];
+        for (sequence, mutations) in records {
+            wal::frame_record(&mut log, sequence, |out| encode_mutations(&mutations, out)).unwrap();
+        }
+        let segment = format!("{}{:016}", wal::FILE_PREFIX, 99);
+        std::fs::write(dir.path().join(segment), &log).unwrap();
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        match reopened.load_map("m").await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => {
+                assert_eq!(records.keys().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+                assert_eq!(records["a"].value, Some(json!({"n": 1})));
             }
-            std::process::exit(CRASH_CHILD_EXIT);
-        });
+            other => panic!("unexpected {other:?}"),
+        }
+        // Sequences continue after the replayed ones: a new commit survives another replay.
+        reopened
+            .commit(WriteBatch::from(vec![put("m", "e", 5)]))
+            .await
+            .unwrap();
+        drop(reopened);
+        let again = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys_async(&again, "m").await, ["a", "b", "c", "d", "e"]);
+    }
+
+    async fn lww_keys_async(store: &RedbStore, map: &str) -> Vec<String> {
+        match store.load_map(map).await.unwrap() {
+            Some(MapSnapshot::Lww { records }) => records.into_keys().collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_overlay_bounds_force_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_overlay_rows: 8,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for i in 0..40 {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i:02}"), i)]))
+                .await
+                .unwrap();
+        }
+        // Nine rows exceed the bound: a checkpoint every nine commits (the background one's
+        // rows are not kept as cache, which would exceed the bound again), then the read's.
+        assert_eq!(lww_keys_async(&store, "m").await.len(), 40);
+        assert_eq!(store.stats().checkpoints, 5);
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_log_bytes: 1,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for i in 0..5 {
+            store
+                .commit(WriteBatch::from(vec![put("m", &format!("k{i}"), i)]))
+                .await
+                .unwrap();
+            // The writer checkpoints before it takes the read's job, so the read adds none.
+            store.get_meta("x").await.unwrap();
+            assert_eq!(
+                store.stats().checkpoints,
+                i + 1,
+                "each flush exceeds the bound"
+            );
+            assert_eq!(wal_len(dir.path()), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_store_checkpoints_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            checkpoint_interval: Duration::from_millis(50),
+            ..RedbOptions::default()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        store
+            .commit(WriteBatch::from(vec![put("m", "k", 1)]))
+            .await
+            .unwrap();
+        assert!(wal_len(dir.path()) > 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.stats().checkpoints == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.stats().checkpoints, 1);
+        assert_eq!(wal_len(dir.path()), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_queued_and_committed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        for i in 0..100 {
+            let mut batch = WriteBatch::new();
+            batch.push(put("m", &format!("k{i:03}"), i));
+            batch.push(Mutation::AppendJournal {
+                sequence: i + 1,
+                event: vec![i as u8],
+            });
+            store.commit_queued(batch).await.unwrap();
+        }
+        assert_eq!(lww_keys_async(&store, "m").await.len(), 100);
+        assert_eq!(store.last_journal_sequence().await.unwrap(), 100);
+
+        store
+            .commit(WriteBatch::from(vec![
+                Mutation::PutMeta {
+                    key: "x".into(),
+                    value: b"1".to_vec(),
+                },
+                Mutation::PutFencingToken {
+                    lock: "l".into(),
+                    token: 3,
+                },
+                Mutation::PutCounter {
+                    name: "c".into(),
+                    state: CounterSnapshot::default(),
+                },
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(store.get_meta("x").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.load_fencing_tokens().await.unwrap()["l"], 3);
+        assert!(store.load_counters().await.unwrap().contains_key("c"));
+        assert_eq!(store.read_journal(99, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn clear_map_then_puts_in_the_same_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        store
+            .commit(WriteBatch::from(vec![
+                put("m", "a", 1),
+                put("m", "b", 1),
+                put("n", "a", 1),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(lww_keys_async(&store, "m").await, ["a", "b"]);
+
+        let or_record = OrMapRecord {
+            value: json!("v"),
+            timestamp: Timestamp::new(9, 0, "node"),
+            tag: "9:0:node".into(),
+            ttl_ms: None,
+        };
+        store
+            .commit(WriteBatch::from(vec![
+                put("m", "c", 2),
+                Mutation::ClearMap { map: "m".into() },
+                put("m", "d", 2),
+            ]))
+            .await
+            .unwrap();
+        store
+            .commit(WriteBatch::from(vec![
+                Mutation::ClearMap { map: "n".into() },
+                Mutation::PutOrKey {
+                    map: "n".into(),
+                    key: "k".into(),
+                    records: vec![or_record.clone()],
+                },
+            ]))
+            .await
+            .unwrap();
+        // An older put than the cleared record still lands: the clear forgot it.
+        store
+            .commit(WriteBatch::from(vec![put("m", "a", 0)]))
+            .await
+            .unwrap();
+
+        let expected_n = MapSnapshot::Or {
+            records: BTreeMap::from([("k".to_owned(), vec![or_record])]),
+            tombstones: BTreeSet::new(),
+        };
+        assert_eq!(lww_keys_async(&store, "m").await, ["a", "d"]);
+        assert_eq!(store.load_map("n").await.unwrap(), Some(expected_n.clone()));
+        drop(store);
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys_async(&reopened, "m").await, ["a", "d"]);
+        assert_eq!(reopened.load_map("n").await.unwrap(), Some(expected_n));
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(dir.path()).unwrap());
+        let path = dir.path().join(FILE_NAME);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FORMAT)
+            .unwrap()
+            .insert(FORMAT_KEY, UPGRADABLE_FORMAT_VERSION)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        drop(RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(FORMAT).unwrap();
+        assert_eq!(format.get(FORMAT_KEY).unwrap().unwrap().value(), 2);
+    }
+
+    /// Random batches against a store that checkpoints in the background all the time must
+    /// leave exactly what the in-memory reference store holds, before and after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn constant_background_checkpoints_match_the_reference_store() {
+        // A tiny row bound: the overlay starts empty after every checkpoint.
+        let options = RedbOptions {
+            max_overlay_rows: 6,
+            max_log_bytes: 600,
+            ..never_by_time()
+        };
+        check_against_reference(options, 7).await;
+        // A tiny log bound: checkpointed rows come back as the next overlay's cache.
+        let options = RedbOptions {
+            max_log_bytes: 300,
+            ..never_by_time()
+        };
+        check_against_reference(options, 8).await;
+    }
+
+    async fn check_against_reference(options: RedbOptions, seed: u64) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
+        let reference = MemoryStore::new();
+        let maps = ["a", "b", "c"];
+        let mut pending = Vec::new();
+        for i in 0..600u64 {
+            let mut batch = WriteBatch::new();
+            for _ in 0..rng.random_range(1..4) {
+                let map = maps[rng.random_range(0..maps.len())];
+                let key = format!("k{}", rng.random_range(0..6));
+                let millis = rng.random_range(0..50);
+                let tag = format!("{millis}:{i}:n");
+                batch.push(match rng.random_range(0..10) {
+                    0..4 => put(map, &key, millis),
+                    4 => Mutation::DeleteLww {
+                        map: map.into(),
+                        key,
+                    },
+                    5 => Mutation::PutLww {
+                        map: map.into(),
+                        key,
+                        record: LwwRecord {
+                            value: None,
+                            timestamp: Timestamp::new(millis, 0, "node"),
+                            ttl_ms: None,
+                        },
+                    },
+                    6 => Mutation::PutOrKey {
+                        map: map.into(),
+                        key,
+                        records: vec![OrMapRecord {
+                            value: json!(i),
+                            timestamp: Timestamp::new(millis, 0, "node"),
+                            tag,
+                            ttl_ms: None,
+                        }],
+                    },
+                    7 => Mutation::AddOrTombstones {
+                        map: map.into(),
+                        tags: vec![format!("{millis}:{}:n", i.saturating_sub(3))],
+                    },
+                    8 => Mutation::ClearMap { map: map.into() },
+                    _ => Mutation::AppendJournal {
+                        sequence: i,
+                        event: vec![1],
+                    },
+                });
+            }
+            let expected = reference.commit(batch.clone()).await.is_ok();
+            let store = Arc::clone(&store);
+            // Concurrent commits form groups, but their queue order is the commit order.
+            let queued = store.enqueue(|reply| Job::Write { batch, reply }).await;
+            pending.push((i, expected, queued.unwrap()));
+            if pending.len() == 16 {
+                for (i, expected, outcome) in pending.drain(..) {
+                    assert_eq!(outcome.await.unwrap().is_ok(), expected, "batch {i}");
+                }
+            }
+        }
+        for (i, expected, outcome) in pending.drain(..) {
+            assert_eq!(outcome.await.unwrap().is_ok(), expected, "batch {i}");
+        }
+        assert!(store.stats().checkpoints > 20, "{:?}", store.stats());
+
+        async fn assert_matches(store: &RedbStore, reference: &MemoryStore) {
+            for map in ["a", "b", "c"] {
+                assert_eq!(
+                    store.load_map(map).await.unwrap(),
+                    reference.load_map(map).await.unwrap(),
+                    "map {map}"
+                );
+            }
+            assert_eq!(
+                store.read_journal(0, 1000).await.unwrap(),
+                reference.read_journal(0, 1000).await.unwrap()
+            );
+        }
+        assert_matches(&store, &reference).await;
+        store.close().await.unwrap();
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert_matches(&reopened, &reference).await;
     }
 }

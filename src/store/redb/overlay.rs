@@ -1,0 +1,651 @@
+//! The write-behind overlay: the latest state of every row the writer touched since the last
+//! checkpoint, in memory, with the same merge rules the redb tables follow.
+//!
+//! Each map row is a [`Slot`]: dirty when a committed batch changed it (a checkpoint must write
+//! it), clean when it merely caches what redb holds (loaded as a batch's base, or written by an
+//! earlier checkpoint). Clean slots keep hot keys from being read back from redb after every
+//! checkpoint; they are dropped wholesale when the overlay outgrows its row bound.
+//!
+//! Applying a batch happens in two steps so a batch stays all-or-nothing:
+//! [`Overlay::prefetch`] loads every base row the batch can consult (the only step that reads
+//! redb and can fail, and one that changes no visible state), then [`Overlay::apply`] merges the
+//! mutations without any I/O. A `ClearMap` marks the map cleared: the checkpoint wipes its rows
+//! in redb before writing the ones put after the clear, and no row of it is read from redb
+//! again until then.
+//!
+//! A background checkpoint writes a frozen overlay while the writer fills a fresh one; until
+//! it commits, base rows come from the frozen overlay first and redb second ([`Base`]), and
+//! afterwards its rows become the fresh overlay's clean cache ([`Overlay::absorb`]).
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
+
+use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend};
+use crate::record::{LwwRecord, OrMapRecord};
+use crate::store::codec::{decode, encode, kind_code, kind_from_code};
+use crate::store::{CounterSnapshot, MapKind, Mutation, StoreError, WriteBatch};
+
+/// One row as the overlay knows it.
+#[derive(Debug, Clone)]
+struct Slot<T> {
+    value: T,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+}
+
+impl<T> Slot<T> {
+    fn clean(value: T) -> Self {
+        Self {
+            value,
+            dirty: false,
+        }
+    }
+
+    fn dirty(value: T) -> Self {
+        Self { value, dirty: true }
+    }
+}
+
+/// What the overlay knows about one map.
+#[derive(Debug, Default)]
+struct MapState {
+    /// A `ClearMap` since the last checkpoint: redb's rows of this map are stale.
+    cleared: bool,
+    /// The map's kind (`None`: unknown), once loaded or claimed.
+    kind: Option<Slot<Option<MapKind>>>,
+    /// LWW records; `None` means no row.
+    lww: HashMap<String, Slot<Option<LwwRecord>>>,
+    /// OR records per key; empty means no row.
+    or_records: HashMap<String, Slot<Vec<OrMapRecord>>>,
+    /// OR tombstone tags; `false` means no row.
+    tombstones: HashMap<String, Slot<bool>>,
+}
+
+impl MapState {
+    fn cleared() -> Self {
+        Self {
+            cleared: true,
+            kind: Some(Slot::clean(None)),
+            ..Self::default()
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.lww.len() + self.or_records.len() + self.tombstones.len()
+    }
+
+    fn mark_clean(&mut self) {
+        self.cleared = false;
+        if let Some(kind) = &mut self.kind {
+            kind.dirty = false;
+        }
+        self.lww.values_mut().for_each(|slot| slot.dirty = false);
+        self.or_records
+            .values_mut()
+            .for_each(|slot| slot.dirty = false);
+        self.tombstones
+            .values_mut()
+            .for_each(|slot| slot.dirty = false);
+    }
+}
+
+/// Where a batch's base rows come from: the overlay a background checkpoint is writing (its
+/// rows are newer than redb's), then map-scoped redb tables in one read transaction.
+pub(super) struct Base {
+    frozen: Option<Arc<Overlay>>,
+    kinds: ReadOnlyTable<&'static str, u8>,
+    lww: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    or_records: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    or_tombstones: ReadOnlyTable<(&'static str, &'static str), ()>,
+}
+
+impl Base {
+    /// A snapshot of redb as it is now, behind `frozen` (the overlay being checkpointed, if
+    /// any). Must not outlive the end of a checkpoint, which would leave it stale.
+    pub(super) fn open(db: &Database, frozen: Option<Arc<Overlay>>) -> Result<Self, StoreError> {
+        let txn = db
+            .begin_read()
+            .map_err(backend("begin a read transaction"))?;
+        let open_error = backend("open a table for reading");
+        Ok(Self {
+            frozen,
+            kinds: txn.open_table(KINDS).map_err(open_error.clone())?,
+            lww: txn.open_table(LWW).map_err(open_error.clone())?,
+            or_records: txn.open_table(OR_RECORDS).map_err(open_error.clone())?,
+            or_tombstones: txn.open_table(OR_TOMBSTONES).map_err(open_error)?,
+        })
+    }
+
+    /// What the frozen overlay says about a map: its state, or `None` to ask redb.
+    fn frozen(&self, map: &str) -> Option<&MapState> {
+        self.frozen.as_ref().and_then(|frozen| frozen.maps.get(map))
+    }
+
+    fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
+        if let Some(slot) = self.frozen(map).and_then(|state| state.kind.as_ref()) {
+            return Ok(slot.value);
+        }
+        self.kinds
+            .get(map)
+            .map_err(backend("read a map kind"))?
+            .map(|code| kind_from_code(map, code.value()))
+            .transpose()
+    }
+
+    fn lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.lww.get(key) {
+                return Ok(slot.value.clone());
+            }
+            if state.cleared {
+                return Ok(None);
+            }
+        }
+        self.lww
+            .get((map, key))
+            .map_err(backend("read an LWW record"))?
+            .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
+            .transpose()
+    }
+
+    fn or_records(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.or_records.get(key) {
+                return Ok(slot.value.clone());
+            }
+            if state.cleared {
+                return Ok(Vec::new());
+            }
+        }
+        Ok(self
+            .or_records
+            .get((map, key))
+            .map_err(backend("read OR records"))?
+            .map(|bytes| decode("OR records", format_args!("{map}/{key}"), bytes.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    fn tombstoned(&self, map: &str, tag: &str) -> Result<bool, StoreError> {
+        if let Some(state) = self.frozen(map) {
+            if let Some(slot) = state.tombstones.get(tag) {
+                return Ok(slot.value);
+            }
+            if state.cleared {
+                return Ok(false);
+            }
+        }
+        Ok(self
+            .or_tombstones
+            .get((map, tag))
+            .map_err(backend("read an OR tombstone"))?
+            .is_some())
+    }
+}
+
+/// Everything changed since the last checkpoint, plus clean rows cached from redb.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    maps: HashMap<String, MapState>,
+    /// Map rows (slots) held in `maps`.
+    map_rows: usize,
+    counters: HashMap<String, CounterSnapshot>,
+    /// The highest token put per lock; the checkpoint keeps the stored one if higher.
+    fencing: HashMap<String, u64>,
+    meta: HashMap<String, Vec<u8>>,
+    /// Journal entries appended (and not trimmed) since the last checkpoint.
+    journal: BTreeMap<u64, Vec<u8>>,
+    /// The highest `TrimJournal` bound since the last checkpoint (0: none).
+    trim_below: u64,
+    /// The highest journal sequence appended since the last checkpoint (0: none).
+    journal_head: u64,
+    /// Some batch was applied since the last checkpoint.
+    dirty: bool,
+}
+
+impl Overlay {
+    /// Whether a checkpoint has anything to write.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Rows held in memory, dirty or clean: what the row bound limits.
+    pub(super) fn rows(&self) -> usize {
+        self.map_rows
+            + self.counters.len()
+            + self.fencing.len()
+            + self.meta.len()
+            + self.journal.len()
+    }
+
+    /// Loads from `base` every row `batch` may consult that the overlay does not know yet.
+    pub(super) fn prefetch(&mut self, batch: &WriteBatch, base: &Base) -> Result<(), StoreError> {
+        for mutation in batch.mutations() {
+            if let Some((map, _)) = mutation.kind_effect() {
+                self.load_kind(map, base)?;
+            }
+            match mutation {
+                Mutation::PutLww { map, key, .. }
+                | Mutation::DeleteLww { map, key }
+                | Mutation::ForgetLww { map, key, .. } => self.load_lww(map, key, base)?,
+                Mutation::PutOrKey { map, key, records } => {
+                    self.load_or_records(map, key, base)?;
+                    let stored = self
+                        .maps
+                        .get(map.as_str())
+                        .and_then(|state| state.or_records.get(key.as_str()))
+                        .map(|slot| slot.value.iter().map(|r| r.tag.clone()))
+                        .into_iter()
+                        .flatten();
+                    let tags: HashSet<String> = stored
+                        .chain(records.iter().map(|r| r.tag.clone()))
+                        .collect();
+                    for tag in &tags {
+                        self.load_tombstone(map, tag, base)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind of `map` as of every applied batch; call after [`Self::prefetch`].
+    pub(super) fn kind(&self, map: &str) -> Option<MapKind> {
+        self.maps
+            .get(map)
+            .and_then(|state| state.kind.as_ref())
+            .and_then(|slot| slot.value)
+    }
+
+    /// Merges a prefetched, kind-checked batch into the overlay.
+    pub(super) fn apply(&mut self, batch: WriteBatch) {
+        for mutation in Vec::from(batch) {
+            self.apply_one(mutation);
+        }
+        self.dirty = true;
+    }
+
+    /// Writes every dirty row into `tables` (the checkpoint's transaction).
+    pub(super) fn write_to(&self, tables: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        for (map, state) in &self.maps {
+            write_map(tables, map, state)?;
+        }
+        for (name, state) in &self.counters {
+            let bytes = encode("counter", state)?;
+            tables
+                .counters
+                .insert(name.as_str(), bytes.as_slice())
+                .map_err(backend("write a counter"))?;
+        }
+        for (lock, token) in &self.fencing {
+            tables.raise_fencing_token(lock, *token)?;
+        }
+        for (key, value) in &self.meta {
+            tables
+                .meta
+                .insert(key.as_str(), value.as_slice())
+                .map_err(backend("write metadata"))?;
+        }
+        if self.trim_below > 0 {
+            tables
+                .journal
+                .retain_in(..self.trim_below, |_, _| false)
+                .map_err(backend("trim the journal"))?;
+        }
+        for (sequence, event) in &self.journal {
+            tables
+                .journal
+                .insert(*sequence, event.as_slice())
+                .map_err(backend("write a journal entry"))?;
+        }
+        tables.raise_journal_head(self.journal_head)
+    }
+
+    /// After a checkpoint committed: every row is now in redb. Map rows stay as a cache
+    /// unless they exceed `keep_rows`.
+    pub(super) fn mark_clean(&mut self, keep_rows: usize) {
+        if self.map_rows > keep_rows {
+            self.maps.clear();
+            self.map_rows = 0;
+        } else {
+            self.maps.values_mut().for_each(MapState::mark_clean);
+        }
+        self.counters.clear();
+        self.fencing.clear();
+        self.meta.clear();
+        self.journal.clear();
+        self.trim_below = 0;
+        self.journal_head = 0;
+        self.dirty = false;
+    }
+
+    /// Drops the clean cache if it alone exceeds `keep_rows` (rows loaded for batches that
+    /// were then rejected dirty nothing, so no checkpoint would ever shed them).
+    pub(super) fn trim_cache(&mut self, keep_rows: usize) {
+        if !self.dirty && self.map_rows > keep_rows {
+            self.maps.clear();
+            self.map_rows = 0;
+        }
+    }
+
+    /// Takes the rows of `older` (an overlay a checkpoint just wrote) that this one lacks as
+    /// clean cache, so hot keys need no redb read after a background checkpoint. Skipped if
+    /// it would exceed `keep_rows`.
+    pub(super) fn absorb(&mut self, older: Overlay, keep_rows: usize) {
+        if self.map_rows + older.map_rows > keep_rows {
+            return;
+        }
+        for (map, mut older_state) in older.maps {
+            older_state.mark_clean();
+            match self.maps.entry(map) {
+                Entry::Vacant(vacant) => {
+                    self.map_rows += older_state.rows();
+                    vacant.insert(older_state);
+                }
+                // A clear since then made the older rows stale.
+                Entry::Occupied(occupied) if occupied.get().cleared => {}
+                Entry::Occupied(mut occupied) => {
+                    let state = occupied.get_mut();
+                    if state.kind.is_none() {
+                        state.kind = older_state.kind;
+                    }
+                    self.map_rows += absorb_rows(&mut state.lww, older_state.lww)
+                        + absorb_rows(&mut state.or_records, older_state.or_records)
+                        + absorb_rows(&mut state.tombstones, older_state.tombstones);
+                }
+            }
+        }
+    }
+
+    fn load_kind(&mut self, map: &str, base: &Base) -> Result<(), StoreError> {
+        if self.maps.get(map).is_some_and(|state| state.kind.is_some()) {
+            return Ok(());
+        }
+        let kind = base.kind(map)?;
+        self.state(map).kind = Some(Slot::clean(kind));
+        Ok(())
+    }
+
+    fn load_lww(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
+        if let Some(state) = self.maps.get(map)
+            && (state.cleared || state.lww.contains_key(key))
+        {
+            return Ok(());
+        }
+        let record = base.lww(map, key)?;
+        self.state(map)
+            .lww
+            .insert(key.to_owned(), Slot::clean(record));
+        self.map_rows += 1;
+        Ok(())
+    }
+
+    fn load_or_records(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
+        if let Some(state) = self.maps.get(map)
+            && (state.cleared || state.or_records.contains_key(key))
+        {
+            return Ok(());
+        }
+        let records = base.or_records(map, key)?;
+        self.state(map)
+            .or_records
+            .insert(key.to_owned(), Slot::clean(records));
+        self.map_rows += 1;
+        Ok(())
+    }
+
+    fn load_tombstone(&mut self, map: &str, tag: &str, base: &Base) -> Result<(), StoreError> {
+        if let Some(state) = self.maps.get(map)
+            && (state.cleared || state.tombstones.contains_key(tag))
+        {
+            return Ok(());
+        }
+        let tombstoned = base.tombstoned(map, tag)?;
+        self.state(map)
+            .tombstones
+            .insert(tag.to_owned(), Slot::clean(tombstoned));
+        self.map_rows += 1;
+        Ok(())
+    }
+
+    fn state(&mut self, map: &str) -> &mut MapState {
+        self.maps.entry(map.to_owned()).or_default()
+    }
+
+    fn apply_one(&mut self, mutation: Mutation) {
+        match mutation {
+            Mutation::SetMapKind { map, kind } => self.claim(&map, kind),
+            Mutation::PutLww { map, key, record } => {
+                self.claim(&map, MapKind::Lww);
+                if crate::store::lww_replaces(self.lww(&map, &key), &record) {
+                    self.set_lww(&map, key, Some(record));
+                }
+            }
+            Mutation::DeleteLww { map, key } => {
+                if self.lww(&map, &key).is_some_and(LwwRecord::is_tombstone) {
+                    self.set_lww(&map, key, None);
+                }
+            }
+            Mutation::ForgetLww {
+                map,
+                key,
+                timestamp,
+            } => {
+                if self
+                    .lww(&map, &key)
+                    .is_some_and(|record| record.timestamp == timestamp)
+                {
+                    self.set_lww(&map, key, None);
+                }
+            }
+            Mutation::PutOrKey { map, key, records } => {
+                if !records.is_empty() {
+                    self.claim(&map, MapKind::Or);
+                }
+                self.merge_or_key(&map, key, &records);
+            }
+            Mutation::AddOrTombstones { map, tags } => {
+                self.claim(&map, MapKind::Or);
+                self.set_tombstones(&map, tags, true);
+            }
+            Mutation::RemoveOrTombstones { map, tags } => self.set_tombstones(&map, tags, false),
+            Mutation::PutCounter { name, state } => {
+                self.counters.insert(name, state);
+            }
+            Mutation::PutFencingToken { lock, token } => {
+                let stored = self.fencing.entry(lock).or_default();
+                *stored = (*stored).max(token);
+            }
+            Mutation::PutMeta { key, value } => {
+                self.meta.insert(key, value);
+            }
+            Mutation::ClearMap { map } => {
+                if let Some(old) = self.maps.insert(map, MapState::cleared()) {
+                    self.map_rows -= old.rows();
+                }
+            }
+            Mutation::AppendJournal { sequence, event } => {
+                self.journal.insert(sequence, event);
+                self.journal_head = self.journal_head.max(sequence);
+            }
+            Mutation::TrimJournal { below } => {
+                self.journal = self.journal.split_off(&below);
+                self.trim_below = self.trim_below.max(below);
+            }
+        }
+    }
+
+    /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
+    fn claim(&mut self, map: &str, kind: MapKind) {
+        let state = self.state(map);
+        if !state
+            .kind
+            .as_ref()
+            .is_some_and(|slot| slot.value == Some(kind))
+        {
+            state.kind = Some(Slot::dirty(Some(kind)));
+        }
+    }
+
+    fn lww(&self, map: &str, key: &str) -> Option<&LwwRecord> {
+        self.maps
+            .get(map)
+            .and_then(|state| state.lww.get(key))
+            .and_then(|slot| slot.value.as_ref())
+    }
+
+    fn set_lww(&mut self, map: &str, key: String, record: Option<LwwRecord>) {
+        let state = self.state(map);
+        if state.lww.insert(key, Slot::dirty(record)).is_none() {
+            self.map_rows += 1;
+        }
+    }
+
+    fn merge_or_key(&mut self, map: &str, key: String, records: &[OrMapRecord]) {
+        let state = self.state(map);
+        let stored = state
+            .or_records
+            .get(&key)
+            .map(|slot| slot.value.clone())
+            .unwrap_or_default();
+        let tombstones = &state.tombstones;
+        // A tag the prefetch did not load cannot be tombstoned in redb (it was neither
+        // stored nor incoming then); keeping the record is the safe side regardless.
+        let merged = crate::store::merge_or_records(stored, records, |tag| {
+            tombstones.get(tag).is_some_and(|slot| slot.value)
+        });
+        if state.or_records.insert(key, Slot::dirty(merged)).is_none() {
+            self.map_rows += 1;
+        }
+    }
+
+    fn set_tombstones(&mut self, map: &str, tags: Vec<String>, present: bool) {
+        let state = self.state(map);
+        let mut added = 0;
+        for tag in tags {
+            if state.tombstones.insert(tag, Slot::dirty(present)).is_none() {
+                added += 1;
+            }
+        }
+        self.map_rows += added;
+    }
+}
+
+/// Adds the rows of `older` that `rows` lacks; returns how many.
+fn absorb_rows<T>(rows: &mut HashMap<String, Slot<T>>, older: HashMap<String, Slot<T>>) -> usize {
+    let mut added = 0;
+    for (key, slot) in older {
+        if let Entry::Vacant(vacant) = rows.entry(key) {
+            vacant.insert(slot);
+            added += 1;
+        }
+    }
+    added
+}
+
+/// Writes one map's dirty state: the wipe a `ClearMap` asked for, then its kind and rows.
+fn write_map(tables: &mut WriteTables<'_>, map: &str, state: &MapState) -> Result<(), StoreError> {
+    if state.cleared {
+        tables.clear_map(map)?;
+    }
+    if let Some(Slot {
+        value: Some(kind),
+        dirty: true,
+    }) = state.kind
+    {
+        tables
+            .kinds
+            .insert(map, kind_code(kind))
+            .map_err(backend("write a map kind"))?;
+    }
+    for (key, slot) in state.lww.iter().filter(|(_, slot)| slot.dirty) {
+        match &slot.value {
+            Some(record) => {
+                let bytes = encode("LWW record", record)?;
+                tables
+                    .lww
+                    .insert((map, key.as_str()), bytes.as_slice())
+                    .map_err(backend("write an LWW record"))?;
+            }
+            None => {
+                tables
+                    .lww
+                    .remove((map, key.as_str()))
+                    .map_err(backend("delete an LWW record"))?;
+            }
+        }
+    }
+    for (key, slot) in state.or_records.iter().filter(|(_, slot)| slot.dirty) {
+        if slot.value.is_empty() {
+            tables
+                .or_records
+                .remove((map, key.as_str()))
+                .map_err(backend("delete an OR key"))?;
+        } else {
+            let bytes = encode("OR records", &slot.value)?;
+            tables
+                .or_records
+                .insert((map, key.as_str()), bytes.as_slice())
+                .map_err(backend("write OR records"))?;
+        }
+    }
+    for (tag, slot) in state.tombstones.iter().filter(|(_, slot)| slot.dirty) {
+        if slot.value {
+            tables
+                .or_tombstones
+                .insert((map, tag.as_str()), ())
+                .map_err(backend("write an OR tombstone"))?;
+        } else {
+            tables
+                .or_tombstones
+                .remove((map, tag.as_str()))
+                .map_err(backend("delete an OR tombstone"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+
+    fn put(key: &str) -> Mutation {
+        Mutation::PutLww {
+            map: "m".into(),
+            key: key.into(),
+            record: LwwRecord {
+                value: None,
+                timestamp: Timestamp::new(1, 0, "n"),
+                ttl_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_cache_of_rejected_batches_is_trimmed_but_dirty_rows_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(dir.path().join(super::super::FILE_NAME)).unwrap();
+        let base = Base::open(&db, None).unwrap();
+
+        let mut overlay = Overlay::default();
+        let batch = WriteBatch::from((0..20).map(|i| put(&i.to_string())).collect::<Vec<_>>());
+        overlay.prefetch(&batch, &base).unwrap();
+        assert_eq!((overlay.rows(), overlay.is_dirty()), (20, false));
+        overlay.trim_cache(30);
+        assert_eq!(overlay.rows(), 20);
+        overlay.trim_cache(10);
+        assert_eq!(overlay.rows(), 0);
+
+        overlay.prefetch(&batch, &base).unwrap();
+        overlay.apply(batch);
+        overlay.trim_cache(10);
+        assert_eq!((overlay.rows(), overlay.is_dirty()), (20, true));
+        assert_eq!(overlay.kind("m"), Some(MapKind::Lww));
+    }
+}

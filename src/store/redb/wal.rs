@@ -1,0 +1,456 @@
+//! The write-ahead log in front of the redb file: segment files `<dir>/topgun.wal.<index>`,
+//! each an append-only run of records `[payload length: u32 LE][CRC-32C of sequence + payload:
+//! u32 LE][sequence: u64 LE][payload]`. Sequences strictly increase along the log.
+//!
+//! The writer frames a group's records in memory ([`frame_record`]), appends them to the
+//! current segment with one write and makes them durable with one `fdatasync`
+//! ([`Wal::append_durably`]). A checkpoint seals the current segment and starts a new one
+//! ([`Wal::rotate`]); once redb holds everything the sealed segments hold, they are deleted
+//! ([`Wal::remove_sealed`]). On open, the segments are read in order up to the first record
+//! that is cut short, fails its checksum or breaks the sequence order (what a crash
+//! mid-append leaves behind); every existing segment is sealed and appends go to a new one,
+//! so a damaged tail is never appended to and disappears with the recovery checkpoint.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::io_error;
+use crate::store::StoreError;
+
+/// Segment file names: this prefix, then the segment's index as 16 decimal digits.
+pub(super) const FILE_PREFIX: &str = "topgun.wal.";
+/// Length, checksum and sequence precede every payload.
+const HEADER_LEN: usize = 16;
+
+/// One intact record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LogRecord {
+    /// The record's log sequence.
+    pub(super) sequence: u64,
+    /// What the writer framed: a batch's encoded mutations.
+    pub(super) payload: Vec<u8>,
+}
+
+/// The log: the segment being appended to, and the sealed ones a checkpoint has yet to cover.
+#[derive(Debug)]
+pub(super) struct Wal {
+    dir: PathBuf,
+    file: File,
+    index: u64,
+    path: PathBuf,
+    len: u64,
+    sealed: Vec<PathBuf>,
+}
+
+impl Wal {
+    /// Opens the log in `dir`: returns every intact record of the existing segments, in
+    /// order, with those segments sealed and a new, empty segment to append to.
+    pub(super) fn open(dir: &Path) -> Result<(Self, Vec<LogRecord>), StoreError> {
+        let mut segments = Vec::new();
+        let listing = std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error("list", dir, e))?;
+            let name = entry.file_name();
+            let index = name
+                .to_str()
+                .and_then(|name| name.strip_prefix(FILE_PREFIX))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(index) = index {
+                segments.push((index, entry.path()));
+            }
+        }
+        segments.sort();
+        let mut records: Vec<LogRecord> = Vec::new();
+        for (_, path) in &segments {
+            let bytes =
+                std::fs::read(path).map_err(|e| io_error("read the write-ahead log", path, e))?;
+            let after = records.last().map_or(0, |last| last.sequence);
+            let (intact, intact_len) = parse(&bytes, after);
+            records.extend(intact);
+            if intact_len < bytes.len() {
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_bytes = intact_len,
+                    dropped_bytes = bytes.len() - intact_len,
+                    "write-ahead log ends in a torn or corrupt record; replaying up to it"
+                );
+                break;
+            }
+        }
+        let next = segments.last().map_or(1, |(index, _)| index + 1);
+        let (file, path) = create_segment(dir, next)?;
+        let wal = Self {
+            dir: dir.to_owned(),
+            file,
+            index: next,
+            path,
+            len: 0,
+            sealed: segments.into_iter().map(|(_, path)| path).collect(),
+        };
+        Ok((wal, records))
+    }
+
+    /// The store directory the segments live in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes in the current segment.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether sealed segments wait for a checkpoint to cover them.
+    pub(super) fn has_sealed(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
+    /// Appends framed records and returns once they are on stable storage.
+    pub(super) fn append_durably(&mut self, framed: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all(framed)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error("append to the write-ahead log", &self.path, e))?;
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Seals the current segment and continues in a new one: what a checkpoint will cover
+    /// is then exactly the sealed segments.
+    pub(super) fn rotate(&mut self) -> Result<(), StoreError> {
+        let (file, path) = create_segment(&self.dir, self.index + 1)?;
+        self.file = file;
+        self.index += 1;
+        self.sealed.push(std::mem::replace(&mut self.path, path));
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Deletes the sealed segments once a checkpoint holds everything in them. Not synced: a
+    /// segment that reappears after a crash is skipped on replay by its sequences.
+    pub(super) fn remove_sealed(&mut self) -> Result<(), StoreError> {
+        for path in self.sealed.drain(..) {
+            std::fs::remove_file(&path)
+                .map_err(|e| io_error("delete a write-ahead log segment", &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Empties the current segment once a checkpoint holds everything in it (unsynced, for
+    /// the same reason as [`Self::remove_sealed`]; the next `fdatasync` persists the length).
+    pub(super) fn truncate_current(&mut self) -> Result<(), StoreError> {
+        self.file
+            .set_len(0)
+            .map_err(|e| io_error("truncate the write-ahead log", &self.path, e))?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Creates segment `index` and makes its directory entry durable, so records acked in it
+/// cannot vanish with the entry in a crash.
+fn create_segment(dir: &Path, index: u64) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(format!("{FILE_PREFIX}{index:016}"));
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_error("create a write-ahead log segment", &path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync the store directory", dir, e))?;
+    Ok((file, path))
+}
+
+/// Appends one framed record to `out`: a header, then whatever `payload` writes. If `payload`
+/// fails, `out` is left as it was.
+pub(super) fn frame_record(
+    out: &mut Vec<u8>,
+    sequence: u64,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out[start + 8..start + HEADER_LEN].copy_from_slice(&sequence.to_le_bytes());
+    let framed = payload(out).and_then(|()| {
+        let payload_len = out.len() - start - HEADER_LEN;
+        u32::try_from(payload_len).map_err(|_| StoreError::Encode {
+            what: "log record",
+            message: format!("a {payload_len}-byte batch exceeds the 4 GiB record limit"),
+        })
+    });
+    match framed {
+        Ok(payload_len) => {
+            let checksum = crc32c(&out[start + 8..]);
+            out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+            out[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+            Ok(())
+        }
+        Err(error) => {
+            out.truncate(start);
+            Err(error)
+        }
+    }
+}
+
+/// The intact records at the start of `bytes` (sequences above `after` and increasing), and
+/// how many bytes they span.
+fn parse(bytes: &[u8], after: u64) -> (Vec<LogRecord>, usize) {
+    let mut records: Vec<LogRecord> = Vec::new();
+    let mut offset = 0;
+    while let Some(header) = bytes.get(offset..offset + HEADER_LEN) {
+        let [
+            l0,
+            l1,
+            l2,
+            l3,
+            c0,
+            c1,
+            c2,
+            c3,
+            s0,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            s6,
+            s7,
+        ] = *header
+        else {
+            break;
+        };
+        let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let checksum = u32::from_le_bytes([c0, c1, c2, c3]);
+        let sequence = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        let end = offset + HEADER_LEN + payload_len;
+        let Some(covered) = bytes.get(offset + 8..end) else {
+            break;
+        };
+        let in_order = sequence > records.last().map_or(after, |last| last.sequence);
+        if crc32c(covered) != checksum || !in_order {
+            break;
+        }
+        records.push(LogRecord {
+            sequence,
+            payload: covered[8..].to_vec(),
+        });
+        offset = end;
+    }
+    (records, offset)
+}
+
+/// CRC-32C (Castagnoli) lookup tables for slicing by eight bytes: `CRC_TABLES[0]` is the
+/// classic byte-at-a-time table, `CRC_TABLES[k]` advances a byte through `k` more zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut tables = [[0u32; 256]; 8];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = byte as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                0x82F6_3B78 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        tables[0][byte] = crc;
+        byte += 1;
+    }
+    let mut byte = 0;
+    while byte < 256 {
+        let mut k = 1;
+        while k < 8 {
+            let previous = tables[k - 1][byte];
+            tables[k][byte] = (previous >> 8) ^ tables[0][(previous & 0xff) as usize];
+            k += 1;
+        }
+        byte += 1;
+    }
+    tables
+}
+
+/// The CRC-32C of `bytes`: catches torn writes and bit rot in a record. Eight bytes per
+/// step: the log checksums every byte the writer appends.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = &CRC_TABLES;
+    let at = |table: &[u32; 256], word: u32, shift: u32| table[((word >> shift) & 0xff) as usize];
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let mut crc = words.fold(!0u32, |crc, word| {
+        let &[b0, b1, b2, b3, b4, b5, b6, b7] = word else {
+            return crc;
+        };
+        let low = u32::from_le_bytes([b0, b1, b2, b3]) ^ crc;
+        let high = u32::from_le_bytes([b4, b5, b6, b7]);
+        at(t7, low, 0)
+            ^ at(t6, low, 8)
+            ^ at(t5, low, 16)
+            ^ at(t4, low, 24)
+            ^ at(t3, high, 0)
+            ^ at(t2, high, 8)
+            ^ at(t1, high, 16)
+            ^ at(t0, high, 24)
+    });
+    for &byte in rest {
+        crc = at(t0, crc ^ u32::from(byte), 0) ^ (crc >> 8);
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (sequence, payload) in records {
+            frame_record(&mut out, *sequence, |out| {
+                out.extend_from_slice(payload);
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    fn record(sequence: u64, payload: &[u8]) -> LogRecord {
+        LogRecord {
+            sequence,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+        // Every length and alignment of the eight-byte path agrees with a bitwise CRC.
+        let bytes: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+        for start in 0..9 {
+            for end in start..bytes.len() {
+                assert_eq!(
+                    crc32c(&bytes[start..end]),
+                    bitwise_crc32c(&bytes[start..end])
+                );
+            }
+        }
+    }
+
+    fn bitwise_crc32c(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    0x82F6_3B78 ^ (crc >> 1)
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn a_record_is_header_then_payload() {
+        let bytes = framed(&[(7, b"abc")]);
+        assert_eq!(bytes.len(), HEADER_LEN + 3);
+        assert_eq!(&bytes[0..4], &3u32.to_le_bytes());
+        assert_eq!(&bytes[8..16], &7u64.to_le_bytes());
+        assert_eq!(&bytes[4..8], &crc32c(&bytes[8..]).to_le_bytes());
+        assert_eq!(parse(&bytes, 0), (vec![record(7, b"abc")], bytes.len()));
+    }
+
+    #[test]
+    fn a_failed_payload_leaves_the_buffer_unchanged() {
+        let mut out = framed(&[(1, b"x")]);
+        let before = out.clone();
+        let failed = frame_record(&mut out, 2, |out| {
+            out.extend_from_slice(b"partial");
+            Err(StoreError::Closed)
+        });
+        assert!(failed.is_err());
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    fn parsing_stops_at_a_torn_tail() {
+        let bytes = framed(&[(1, b"one"), (2, b"two"), (3, b"three")]);
+        let two_records = 2 * HEADER_LEN + 6;
+        for cut in two_records..bytes.len() {
+            assert_eq!(
+                parse(&bytes[..cut], 0),
+                (vec![record(1, b"one"), record(2, b"two")], two_records),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn parsing_stops_at_a_bad_checksum_or_a_sequence_going_back() {
+        let mut bytes = framed(&[(1, b"one"), (2, b"two"), (3, b"three")]);
+        let second = HEADER_LEN + 3;
+        bytes[second + HEADER_LEN] ^= 0x01;
+        assert_eq!(parse(&bytes, 0), (vec![record(1, b"one")], second));
+
+        let backwards = framed(&[(5, b"a"), (4, b"b")]);
+        assert_eq!(
+            parse(&backwards, 0),
+            (vec![record(5, b"a")], HEADER_LEN + 1)
+        );
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn open_replays_segments_in_order_up_to_the_damage_and_appends_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("topgun.wal.0000000000000002"),
+            framed(&[(3, b"three")]),
+        )
+        .unwrap();
+        let mut first = framed(&[(1, b"one"), (2, b"two")]);
+        first.extend_from_slice(&[9, 0, 0]);
+        std::fs::write(dir.path().join("topgun.wal.0000000000000001"), &first).unwrap();
+        std::fs::write(dir.path().join("unrelated"), b"x").unwrap();
+
+        // The torn tail of segment 1 ends the log: segment 2 is not replayed.
+        let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(records, vec![record(1, b"one"), record(2, b"two")]);
+        assert!(wal.has_sealed());
+        assert_eq!(wal.len(), 0);
+        wal.append_durably(&framed(&[(3, b"new")])).unwrap();
+        assert_eq!(wal.len(), HEADER_LEN as u64 + 3);
+        wal.remove_sealed().unwrap();
+        assert_eq!(
+            segments(dir.path()),
+            ["topgun.wal.0000000000000003", "unrelated"]
+        );
+        wal.rotate().unwrap();
+        wal.append_durably(&framed(&[(4, b"four")])).unwrap();
+        drop(wal);
+
+        let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(records, vec![record(3, b"new"), record(4, b"four")]);
+        wal.remove_sealed().unwrap();
+        wal.truncate_current().unwrap();
+        assert_eq!(
+            segments(dir.path()),
+            ["topgun.wal.0000000000000005", "unrelated"]
+        );
+    }
+}
