@@ -14,9 +14,41 @@ const FNV_PRIME: u32 = 0x0100_0193;
 /// 32-bit FNV-1a over the UTF-16 code units of `s` (surrogate pairs hash as two units),
 /// identical to the clients' `hashString`.
 pub fn fnv1a_utf16(s: &str) -> u32 {
-    s.encode_utf16().fold(FNV_OFFSET_BASIS, |h, unit| {
-        (h ^ u32::from(unit)).wrapping_mul(FNV_PRIME)
-    })
+    let mut hasher = Fnv1aUtf16::default();
+    hasher.write(s);
+    hasher.finish()
+}
+
+/// [`fnv1a_utf16`] fed piece by piece: `write!` into it hashes formatted text without
+/// building the string first (the write path hashes a key and timestamp per op).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1aUtf16(u32);
+
+impl Default for Fnv1aUtf16 {
+    fn default() -> Self {
+        Self(FNV_OFFSET_BASIS)
+    }
+}
+
+impl Fnv1aUtf16 {
+    /// Hashes the UTF-16 code units of `s` after everything written so far.
+    pub fn write(&mut self, s: &str) {
+        self.0 = s.encode_utf16().fold(self.0, |h, unit| {
+            (h ^ u32::from(unit)).wrapping_mul(FNV_PRIME)
+        });
+    }
+
+    /// The hash of everything written.
+    pub fn finish(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Write for Fnv1aUtf16 {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.write(s);
+        Ok(())
+    }
 }
 
 /// The MurmurHash3 32-bit finalizer. It is a bijection with `fmix32(0) == 0`, which is why
@@ -78,6 +110,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn streamed_hash_equals_whole_string_hash(parts in prop::collection::vec(".*", 0..5)) {
+            let mut hasher = Fnv1aUtf16::default();
+            for part in &parts {
+                hasher.write(part);
+            }
+            prop_assert_eq!(hasher.finish(), fnv1a_utf16(&parts.concat()));
+        }
+
         #[test]
         fn partition_is_always_in_range(key in ".*") {
             prop_assert!(partition_id(&key) < PARTITION_COUNT);

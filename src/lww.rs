@@ -24,6 +24,18 @@ pub enum MergeOutcome {
     Ignored,
 }
 
+/// What [`LwwMap::try_merge`] did with a record.
+#[derive(Debug, PartialEq)]
+pub enum Merged<'a> {
+    /// The record won and is stored; `previous` is the record it replaced.
+    Applied {
+        previous: Option<LwwRecord>,
+        stored: &'a LwwRecord,
+    },
+    /// The record lost (the held one is at least as new); here it is back.
+    Ignored(LwwRecord),
+}
+
 impl MergeOutcome {
     /// True when the map changed.
     pub fn is_applied(&self) -> bool {
@@ -49,15 +61,32 @@ impl LwwMap {
     /// Stores `record` iff the key is new or `record.timestamp` is strictly newer than the
     /// local one. Commutative, associative and idempotent.
     pub fn merge(&mut self, key: &str, record: LwwRecord) -> MergeOutcome {
-        match self.records.get_mut(key) {
-            Some(local) if record.timestamp > local.timestamp => MergeOutcome::Applied {
-                previous: Some(std::mem::replace(local, record)),
-            },
-            Some(_) => MergeOutcome::Ignored,
-            None => {
-                self.records.insert(key.to_owned(), record);
-                MergeOutcome::Applied { previous: None }
-            }
+        match self.try_merge(key, record) {
+            Merged::Applied { previous, .. } => MergeOutcome::Applied { previous },
+            Merged::Ignored(_) => MergeOutcome::Ignored,
+        }
+    }
+
+    /// [`LwwMap::merge`] that lends the stored record out and hands an ignored one back, so
+    /// a caller that still needs the record need not copy it first.
+    pub fn try_merge(&mut self, key: &str, record: LwwRecord) -> Merged<'_> {
+        // Two lookups for a held key: returning the borrowed slot from one conditional
+        // `get_mut` is beyond today's borrow checker.
+        if self.records.contains_key(key) {
+            return match self.records.get_mut(key) {
+                Some(local) if record.timestamp > local.timestamp => {
+                    let previous = std::mem::replace(local, record);
+                    Merged::Applied {
+                        previous: Some(previous),
+                        stored: local,
+                    }
+                }
+                _ => Merged::Ignored(record),
+            };
+        }
+        Merged::Applied {
+            previous: None,
+            stored: self.records.entry(key.to_owned()).or_insert(record),
         }
     }
 

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::hash::{fmix32, fnv1a_utf16};
+use crate::hash::{Fnv1aUtf16, fmix32, fnv1a_utf16};
 use crate::hlc::Timestamp;
 use crate::record::OrMapRecord;
 
@@ -464,7 +464,10 @@ fn route(hash: u32) -> [char; DEPTH] {
 /// The item hash of an LWW record: `fnv1a_utf16("<key>:<millis>:<counter>:<nodeId>")`.
 /// The value does not take part, so tombstones hash like any other write.
 pub fn lww_item_hash(key: &str, timestamp: &Timestamp) -> u32 {
-    fnv1a_utf16(&format!("{key}:{timestamp}"))
+    let mut hasher = Fnv1aUtf16::default();
+    // Writing into the hasher cannot fail.
+    let _ = write!(hasher, "{key}:{timestamp}");
+    hasher.finish()
 }
 
 /// The entry hash of an OR-map key over its live (non-tombstoned) records; expired but

@@ -5,7 +5,7 @@
 //! data they hold.
 
 use crate::hlc::Timestamp;
-use crate::lww::{LwwMap, MergeOutcome};
+use crate::lww::{LwwMap, MergeOutcome, Merged};
 use crate::merkle::{MerkleTree, lww_item_hash, or_entry_hash};
 use crate::ormap::{MergeKeyOutcome, OrMap, RemovedTag};
 use crate::record::{LwwRecord, OrMapRecord};
@@ -32,12 +32,20 @@ impl LwwReplica {
 
     /// LWW-merges one record; the tree follows when it wins.
     pub fn merge(&mut self, key: &str, record: LwwRecord) -> MergeOutcome {
+        match self.try_merge(key, record) {
+            Merged::Applied { previous, .. } => MergeOutcome::Applied { previous },
+            Merged::Ignored(_) => MergeOutcome::Ignored,
+        }
+    }
+
+    /// [`LwwReplica::merge`] that hands an ignored record back (see [`LwwMap::try_merge`]).
+    pub fn try_merge(&mut self, key: &str, record: LwwRecord) -> Merged<'_> {
         let hash = lww_item_hash(key, &record.timestamp);
-        let outcome = self.map.merge(key, record);
-        if outcome.is_applied() {
+        let merged = self.map.try_merge(key, record);
+        if matches!(merged, Merged::Applied { .. }) {
             self.merkle.update(key, hash);
         }
-        outcome
+        merged
     }
 
     /// Withdraws `key`'s record if it still carries `timestamp` (see [`LwwMap::forget`]).

@@ -23,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -51,7 +52,8 @@ pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 /// Entries fetched from the store per round trip while scanning.
 const STORE_CHUNK: usize = 512;
 
-/// One applied change, before it has a sequence number.
+/// One applied change, before it has a sequence number: the owned form kept when numbering
+/// has to wait for a reservation (see [`ChangeRef`] for the borrowed form the write path uses).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub map_name: String,
@@ -72,15 +74,7 @@ impl Change {
         record: &LwwRecord,
         previous: Option<&LwwRecord>,
     ) -> Self {
-        let previous_value = previous.and_then(|p| p.value.clone());
-        Self {
-            map_name: map_name.to_owned(),
-            key: key.to_owned(),
-            event_type: classify(previous_value.is_some(), record.value.is_none()),
-            value: record.value.clone(),
-            previous_value,
-            timestamp: Some(record.timestamp.clone()),
-        }
+        ChangeRef::lww(map_name, key, record, previous).to_owned()
     }
 
     /// An OR key whose live values went from `before` to `after`; `removal` marks a remove
@@ -105,6 +99,81 @@ impl Change {
             timestamp,
         }
     }
+
+    /// The borrowed form, for [`Journal::number`].
+    pub fn as_ref(&self) -> ChangeRef<'_> {
+        ChangeRef {
+            map_name: &self.map_name,
+            key: &self.key,
+            event_type: self.event_type,
+            value: self.value.as_ref(),
+            previous_value: self.previous_value.as_ref(),
+            timestamp: self.timestamp.as_ref(),
+        }
+    }
+}
+
+/// One applied change, borrowed from the records it describes: the write path numbers it
+/// while it still holds the map's lock, without copying values it only has to encode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChangeRef<'a> {
+    pub map_name: &'a str,
+    pub key: &'a str,
+    pub event_type: JournalEventType,
+    pub value: Option<&'a Value>,
+    pub previous_value: Option<&'a Value>,
+    /// `None` takes a fresh server timestamp.
+    pub timestamp: Option<&'a Timestamp>,
+}
+
+impl<'a> ChangeRef<'a> {
+    /// An applied LWW merge of `record` over `previous`.
+    pub fn lww(
+        map_name: &'a str,
+        key: &'a str,
+        record: &'a LwwRecord,
+        previous: Option<&'a LwwRecord>,
+    ) -> Self {
+        let previous_value = previous.and_then(|p| p.value.as_ref());
+        Self {
+            map_name,
+            key,
+            event_type: classify(previous_value.is_some(), record.value.is_none()),
+            value: record.value.as_ref(),
+            previous_value,
+            timestamp: Some(&record.timestamp),
+        }
+    }
+
+    /// The owned form, kept until numbering can go on.
+    pub fn to_owned(self) -> Change {
+        Change {
+            map_name: self.map_name.to_owned(),
+            key: self.key.to_owned(),
+            event_type: self.event_type,
+            value: self.value.cloned(),
+            previous_value: self.previous_value.cloned(),
+            timestamp: self.timestamp.cloned(),
+        }
+    }
+}
+
+/// A journal entry serialized from borrowed parts; encodes exactly like [`JournalEntry`]
+/// (a test pins that), so it decodes as one.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryRef<'a> {
+    sequence: String,
+    #[serde(rename = "type")]
+    event_type: JournalEventType,
+    map_name: &'a str,
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_value: Option<&'a Value>,
+    timestamp: &'a Timestamp,
+    node_id: &'a str,
 }
 
 /// DELETE for removals, PUT when nothing was live before, else UPDATE.
@@ -143,10 +212,40 @@ struct Subscriber {
     filter: Filter,
 }
 
-/// A numbered entry.
+/// A numbered entry, kept encoded (as stored): the ring costs one buffer per entry, and only
+/// readers and subscribers pay for decoding.
 struct Numbered {
     sequence: u64,
-    entry: JournalEntry,
+    encoded: Box<[u8]>,
+}
+
+impl Numbered {
+    fn entry(&self) -> Option<JournalEntry> {
+        decode_entry(self.sequence, &self.encoded)
+    }
+}
+
+/// Encodes an entry for the store and the ring: MessagePack with named fields, several times
+/// cheaper than JSON for the values it carries.
+fn encode_entry(entry: &EntryRef<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(entry)
+}
+
+/// Decodes a stored or ring entry; an unreadable one is logged and skipped. Entries written
+/// before MessagePack are JSON objects: their first byte, `{`, is never a MessagePack map.
+fn decode_entry(sequence: u64, bytes: &[u8]) -> Option<JournalEntry> {
+    let decoded = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice::<JournalEntry>(bytes).map_err(|e| e.to_string())
+    } else {
+        rmp_serde::from_slice::<JournalEntry>(bytes).map_err(|e| e.to_string())
+    };
+    match decoded {
+        Ok(entry) => Some(entry),
+        Err(error) => {
+            tracing::error!(sequence, %error, "skipping an unreadable journal entry");
+            None
+        }
+    }
 }
 
 /// Store metadata key holding the highest durably reserved journal sequence.
@@ -302,31 +401,29 @@ impl Journal {
 
     /// Numbers one change now: adds its persistence to `batch`, keeps it in the ring and
     /// pushes it to subscribers. Synchronous, so the write path calls it while it still holds
-    /// the map's lock and journal order is apply order. Gives the change back when the
-    /// journal is not loaded or its reservation is used up (then [`Journal::append`] it).
-    pub fn number(
-        &self,
-        shared: &Shared,
-        mut change: Change,
-        batch: &mut WriteBatch,
-    ) -> Result<(), Box<Change>> {
+    /// the map's lock and journal order is apply order. False when the journal is not loaded
+    /// or its reservation is used up: keep the change ([`ChangeRef::to_owned`]) and
+    /// [`Journal::append`] it later.
+    pub fn number(&self, shared: &Shared, change: ChangeRef<'_>, batch: &mut WriteBatch) -> bool {
         if !self.loaded.initialized() {
-            return Err(Box::new(change));
+            return false;
         }
         // Taken before the journal lock so the HLC lock is never held inside it.
+        let fresh;
+        let timestamp = match change.timestamp {
+            Some(timestamp) => timestamp,
+            None => {
+                fresh = shared.now_timestamp();
+                &fresh
+            }
+        };
         let node_id = shared.hlc().node_id().to_owned();
-        let timestamp = change
-            .timestamp
-            .take()
-            .unwrap_or_else(|| shared.now_timestamp());
         let mut inner = self.lock();
         if inner.last_sequence >= inner.reserved {
-            change.timestamp = Some(timestamp);
-            return Err(Box::new(change));
+            return false;
         }
-        inner.last_sequence += 1;
-        let sequence = inner.last_sequence;
-        let entry = JournalEntry {
+        let sequence = inner.last_sequence + 1;
+        let entry = EntryRef {
             sequence: sequence.to_string(),
             event_type: change.event_type,
             map_name: change.map_name,
@@ -334,29 +431,43 @@ impl Journal {
             value: change.value,
             previous_value: change.previous_value,
             timestamp,
-            node_id,
-            metadata: None,
+            node_id: &node_id,
         };
-        match serde_json::to_vec(&entry) {
-            Ok(event) => {
-                batch.push(Mutation::AppendJournal { sequence, event });
+        let encoded = match encode_entry(&entry) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // Nothing else can fail here; the sequence stays unused.
+                tracing::error!(sequence, error = %e, "journal entry not encodable: not journaled");
+                return true;
             }
-            Err(e) => tracing::error!(sequence, error = %e, "journal entry not persisted"),
+        };
+        inner.last_sequence = sequence;
+        if !inner.subscribers.is_empty()
+            && let Some(entry) = decode_entry(sequence, &encoded)
+        {
+            let gone: Vec<_> = inner
+                .subscribers
+                .iter()
+                .filter(|(_, sub)| matches!(push(shared, sub, &entry), Err(SendError::Gone)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                inner.subscribers.remove(&id);
+            }
         }
-        let gone: Vec<_> = inner
-            .subscribers
-            .iter()
-            .filter(|(_, sub)| matches!(push(shared, sub, &entry), Err(SendError::Gone)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            inner.subscribers.remove(&id);
-        }
-        inner.ring.push_back(Numbered { sequence, entry });
+        inner.ring.push_back(Numbered {
+            sequence,
+            encoded: encoded.clone().into_boxed_slice(),
+        });
         while inner.ring.len() > self.capacity {
             inner.ring.pop_front();
         }
-        Ok(())
+        drop(inner);
+        batch.push(Mutation::AppendJournal {
+            sequence,
+            event: encoded,
+        });
+        true
     }
 
     /// Adds the trim that keeps only the newest `retention` entries in the store, once per
@@ -379,14 +490,11 @@ impl Journal {
                 tracing::error!(error = %e, dropped = needed, "journal unavailable: changes not journaled");
                 return;
             }
-            while let Some(change) = pending.next() {
-                if let Err(change) = self.number(shared, change, batch) {
-                    // Another writer used the reservation up: reserve again and go on.
-                    let rest: Vec<Change> = std::iter::once(*change).chain(pending).collect();
-                    pending = rest.into_iter().peekable();
-                    break;
-                }
-            }
+            // Stops at a change the reservation no longer covers: reserve again and go on.
+            while pending
+                .next_if(|change| self.number(shared, change.as_ref(), batch))
+                .is_some()
+            {}
         }
         self.trim_into(batch);
     }
@@ -409,7 +517,9 @@ impl Journal {
                 let ring_start = inner.ring_start();
                 if cursor >= ring_start {
                     for numbered in inner.ring.iter().filter(|n| n.sequence >= cursor) {
-                        if visit(&numbered.entry).is_break() {
+                        if let Some(entry) = numbered.entry()
+                            && visit(&entry).is_break()
+                        {
                             return Ok(());
                         }
                     }
@@ -426,15 +536,10 @@ impl Journal {
                     break;
                 }
                 cursor = sequence + 1;
-                match serde_json::from_slice::<JournalEntry>(&bytes) {
-                    Ok(entry) => {
-                        if visit(&entry).is_break() {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(sequence, error = %e, "skipping an unreadable journal entry")
-                    }
+                if let Some(entry) = decode_entry(sequence, &bytes)
+                    && visit(&entry).is_break()
+                {
+                    return Ok(());
                 }
             }
             if reached_ring {
@@ -771,6 +876,49 @@ mod tests {
             .unwrap();
         let sequences = events.iter().map(|e| e.sequence.parse().unwrap()).collect();
         (sequences, more)
+    }
+
+    #[test]
+    fn borrowed_entries_encode_exactly_like_journal_entries() {
+        let timestamp = Timestamp::new(1_700_000_000_000, 3, "client-1");
+        for (value, previous_value) in [
+            (
+                Some(json!({"b": 1, "a": [true, null, "x"]})),
+                Some(json!("old")),
+            ),
+            (None, Some(json!(1.5))),
+            (None, None),
+        ] {
+            let owned = JournalEntry {
+                sequence: "42".to_owned(),
+                event_type: JournalEventType::Update,
+                map_name: "m\"ap".to_owned(),
+                key: "ключ".to_owned(),
+                value: value.clone(),
+                previous_value: previous_value.clone(),
+                timestamp: timestamp.clone(),
+                node_id: "server".to_owned(),
+                metadata: None,
+            };
+            let borrowed = EntryRef {
+                sequence: "42".to_owned(),
+                event_type: JournalEventType::Update,
+                map_name: "m\"ap",
+                key: "ключ",
+                value: value.as_ref(),
+                previous_value: previous_value.as_ref(),
+                timestamp: &timestamp,
+                node_id: "server",
+            };
+            let json = serde_json::to_vec(&borrowed).unwrap();
+            assert_eq!(json, serde_json::to_vec(&owned).unwrap());
+            let packed = encode_entry(&borrowed).unwrap();
+            assert_eq!(packed, rmp_serde::to_vec_named(&owned).unwrap());
+            assert_ne!(packed.first(), Some(&b'{'));
+            // Rows written as JSON by earlier versions still read.
+            assert_eq!(decode_entry(42, &json).as_ref(), Some(&owned));
+            assert_eq!(decode_entry(42, &packed), Some(owned));
+        }
     }
 
     #[test]

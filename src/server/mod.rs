@@ -146,6 +146,12 @@ impl Shared {
         self.hlc.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether anything on this server needs `map`'s change events (a live query or a search
+    /// index); writes to other maps skip building them.
+    pub fn listens_to(&self, map: &str) -> bool {
+        self.queries.has_live_on(map) || self.search.tracks(map)
+    }
+
     /// A fresh server timestamp.
     pub fn now_timestamp(&self) -> Timestamp {
         self.hlc().now()

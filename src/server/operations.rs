@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::hlc::Timestamp;
-use crate::lww::MergeOutcome;
+use crate::lww::Merged;
 use crate::protocol::{
     ClientOp, EventType, OpAck, OpAckPayload, OpBatchPayload, OpRejected, OpRejectedPayload,
     OpResult, OpType, OrMapEntry, ServerBatchEvent, ServerBatchEventPayload, ServerEventPayload,
@@ -37,6 +37,10 @@ pub struct MapChanges {
     events: BTreeMap<String, Vec<ServerEventPayload>>,
     journal: Vec<journal::Change>,
     numbering: Numbering,
+    /// Set while merging into a map nothing listens to (no live query, no search index):
+    /// LWW writes then build no events. Decided under the map's lock, so a listener that
+    /// registers later still sees these writes in the snapshot it takes under that lock.
+    unheard: bool,
 }
 
 /// The journal that numbers changes the moment they are applied (under the map's lock, so
@@ -65,13 +69,25 @@ impl MapChanges {
     /// Records one applied change for the event journal: numbered right away when the
     /// journal has sequences reserved, else kept for [`Journal::append`] after the merge.
     fn journal(&mut self, change: journal::Change) {
-        let numbered = match &self.numbering.0 {
-            Some(shared) => shared.journal.number(shared, change, &mut self.mutations),
-            None => Err(Box::new(change)),
-        };
-        if let Err(change) = numbered {
-            self.journal.push(*change);
+        if !self.number(change.as_ref()) {
+            self.journal.push(change);
         }
+    }
+
+    /// [`MapChanges::journal`] for a change borrowed from the replica: copied only when it
+    /// has to wait for numbering.
+    fn journal_ref(&mut self, change: journal::ChangeRef<'_>) {
+        if !self.number(change) {
+            self.journal.push(change.to_owned());
+        }
+    }
+
+    /// Numbers `change` now if the journal can; false when it must wait.
+    fn number(&mut self, change: journal::ChangeRef<'_>) -> bool {
+        self.numbering
+            .0
+            .as_ref()
+            .is_some_and(|shared| shared.journal.number(shared, change, &mut self.mutations))
     }
 
     fn event(&mut self, event: ServerEventPayload) {
@@ -336,9 +352,12 @@ async fn merge_checked(
             Numbering(None)
         }
     };
+    let listeners = shared.clone();
     match shared
         .workers
-        .run_if(heavy, move || merge_ops(checked, slice, numbering))
+        .run_if(heavy, move || {
+            merge_ops(checked, slice, numbering, Some(&listeners))
+        })
         .await
     {
         Ok(merged) => Some(merged),
@@ -356,6 +375,7 @@ fn merge_ops(
     checked: Vec<Result<CheckedOp, OpFailure>>,
     slice: usize,
     numbering: Numbering,
+    listeners: Option<&Shared>,
 ) -> (Vec<Result<(), OpFailure>>, MapChanges) {
     let mut changes = MapChanges {
         numbering,
@@ -373,6 +393,7 @@ fn merge_ops(
         };
         let map = first.map;
         let mut guard = map.lock();
+        changes.unheard = listeners.is_some_and(|shared| !shared.listens_to(map.name()));
         outcomes.push(merge_op(&mut guard, first.op, &mut changes));
         for _ in 1..slice.max(1) {
             let Some(Ok(same)) =
@@ -383,6 +404,7 @@ fn merge_ops(
             outcomes.push(merge_op(&mut guard, same.op, &mut changes));
         }
     }
+    changes.unheard = false;
     (outcomes, changes)
 }
 
@@ -424,42 +446,50 @@ fn apply_lww(
     let Replica::Lww(replica) = replica else {
         return Err(missing("an LWW map", "LWW"));
     };
-    if let MergeOutcome::Applied { previous } = replica.merge(&op.key, record.clone()) {
-        changes.journal(journal::Change::lww(
-            &op.map_name,
-            &op.key,
-            &record,
-            previous.as_ref(),
-        ));
-        changes.mutations.push(Mutation::PutLww {
-            map: op.map_name.clone(),
-            key: op.key.clone(),
-            record: record.clone(),
-        });
-        let event_type = if record.is_tombstone() {
+    let (previous, stored) = match replica.try_merge(&op.key, record) {
+        Merged::Applied { previous, stored } => (previous, stored),
+        Merged::Ignored(record) => {
+            if replica.map().record(&op.key) == Some(&record) {
+                // A replay of what we hold. Its first commit may have failed (the client
+                // retries because it got no ack), so write it again: the store keeps the
+                // newest record, and a PERSISTED ack must mean the record is on disk, not
+                // merely in memory.
+                changes.mutations.push(Mutation::PutLww {
+                    map: op.map_name,
+                    key: op.key,
+                    record,
+                });
+            }
+            return Ok(());
+        }
+    };
+    changes.journal_ref(journal::ChangeRef::lww(
+        &op.map_name,
+        &op.key,
+        stored,
+        previous.as_ref(),
+    ));
+    if !changes.unheard {
+        let event_type = if stored.is_tombstone() {
             EventType::Remove
         } else {
             EventType::Put
         };
         changes.event(ServerEventPayload {
-            map_name: op.map_name,
-            key: op.key,
+            map_name: op.map_name.clone(),
+            key: op.key.clone(),
             event_type,
-            record: Some(record),
+            record: Some(stored.clone()),
             or_record: None,
             or_tag: None,
             epoch: None,
         });
-    } else if replica.map().record(&op.key) == Some(&record) {
-        // A replay of what we hold. Its first commit may have failed (the client retries
-        // because it got no ack), so write it again: the store keeps the newest record, and
-        // a PERSISTED ack must mean the record is on disk, not merely in memory.
-        changes.mutations.push(Mutation::PutLww {
-            map: op.map_name,
-            key: op.key,
-            record,
-        });
     }
+    changes.mutations.push(Mutation::PutLww {
+        map: op.map_name,
+        key: op.key,
+        record: stored.clone(),
+    });
     Ok(())
 }
 
@@ -996,11 +1026,11 @@ mod tests {
         let inline_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
         let pooled_maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
         let (inline_outcomes, inline_changes) =
-            merge_ops(checked(&inline_maps).await, 512, Numbering::default());
+            merge_ops(checked(&inline_maps).await, 512, Numbering::default(), None);
         let pool = WorkerPool::new(2);
         let pooled_input = checked(&pooled_maps).await;
         let (pooled_outcomes, pooled_changes) = pool
-            .run(move || merge_ops(pooled_input, 3, Numbering::default()))
+            .run(move || merge_ops(pooled_input, 3, Numbering::default(), None))
             .await
             .unwrap();
 
@@ -1026,6 +1056,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_to_maps_nobody_listens_to_build_no_events() {
+        let server = crate::server::Server::new(
+            crate::server::ServerOptions {
+                node_id: "server-1".into(),
+                jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
+                permissions: crate::security::Permissions::development_default(),
+                limits: crate::server::config::Limits::default(),
+                max_connections: 10,
+                debug: false,
+                default_combine: crate::merkle::Combine::Fmix,
+                search: Default::default(),
+            },
+            Arc::new(MemoryStore::new()),
+            Arc::new(crate::clock::ManualClock::new(1_000)),
+            Arc::new(crate::entropy::SeededEntropy::new(1)),
+        )
+        .unwrap();
+        let shared = server.shared().clone();
+        let (outcomes, changes) = merge_ops(
+            checked(&shared.maps).await,
+            512,
+            Numbering::default(),
+            Some(&shared),
+        );
+        assert!(outcomes.iter().any(Result::is_ok));
+        // LWW maps "a" and "b" have no live query or search index: persisted, not evented.
+        assert!(
+            changes
+                .mutations
+                .mutations()
+                .iter()
+                .any(|m| matches!(m, Mutation::PutLww { map, .. } if map == "a"))
+        );
+        assert_eq!(changes.events.keys().collect::<Vec<_>>(), ["o"]);
+        assert!(!changes.unheard, "the flag never outlives the merge");
+    }
+
+    #[tokio::test]
     async fn a_map_lock_is_released_between_slices() {
         let maps = MapRegistry::new(Arc::new(MemoryStore::new()), false);
         let map = maps.get("a", MapKind::Lww, None).await.unwrap();
@@ -1047,7 +1115,7 @@ mod tests {
         let merging = tokio::spawn({
             let pool = pool.clone();
             async move {
-                pool.run(move || merge_ops(ops, 64, Numbering::default()))
+                pool.run(move || merge_ops(ops, 64, Numbering::default(), None))
                     .await
             }
         });

@@ -138,6 +138,14 @@ impl QueryRegistry {
             .cloned()
     }
 
+    /// Whether any live query watches `map`.
+    pub fn has_live_on(&self, map: &str) -> bool {
+        self.lock()
+            .by_map
+            .get(map)
+            .is_some_and(|subs| !subs.is_empty())
+    }
+
     /// Every live query on `map` with its connection (a snapshot; the lock is released).
     pub fn live_on(&self, map: &str) -> Vec<(ConnHandle, Arc<LiveQuery>)> {
         let inner = self.lock();

@@ -175,6 +175,11 @@ impl SearchService {
         self.configs.contains_key(map)
     }
 
+    /// Whether `map` has a search index that must be told of its writes.
+    pub fn tracks(&self, map: &str) -> bool {
+        lock(&self.maps).contains_key(map)
+    }
+
     /// The write-path hook: queues the changed keys of searchable maps for indexing. Never
     /// waits; maps whose index is not built yet are skipped (the build reads their content).
     pub fn note_writes(&self, events: &BTreeMap<String, Vec<ServerEventPayload>>) {
