@@ -33,7 +33,9 @@
 //!
 //! Reads go through the writer's queue as a checkpoint request (the writer finishes any
 //! background checkpoint, then checkpoints on its own thread), so they see every batch queued
-//! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`.
+//! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`. A map
+//! load skips the checkpoint when nothing of that map is waiting to be written, so touching
+//! a new or quiet map never stalls the writer.
 //! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
 //! whose `commit` has not resolved.
@@ -151,7 +153,12 @@ enum Job {
     /// Commit a batch; reply once it is durable.
     Write { batch: WriteBatch, reply: Reply },
     /// Checkpoint everything queued before; reply once redb holds it (a read follows).
-    Checkpoint { reply: Reply },
+    /// With `only_for`, skip the checkpoint when redb already holds everything of that map
+    /// (a map load then costs no checkpoint, which matters when maps are touched often).
+    Checkpoint {
+        reply: Reply,
+        only_for: Option<String>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -264,8 +271,20 @@ impl RedbStore {
         &self,
         read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
+        self.read_scoped(None, read)
+    }
+
+    /// [`RedbStore::read`] of one map's rows only: no checkpoint when redb already holds
+    /// everything queued so far for `map`.
+    fn read_scoped<T: Send + 'static>(
+        &self,
+        only_for: Option<String>,
+        read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
         Box::pin(async move {
-            let checkpointed = self.enqueue(|reply| Job::Checkpoint { reply }).await?;
+            let checkpointed = self
+                .enqueue(|reply| Job::Checkpoint { reply, only_for })
+                .await?;
             checkpointed
                 .await
                 .map_err(|_| StoreError::WriterStopped)??;
@@ -310,7 +329,7 @@ impl Drop for RedbStore {
 impl Store for RedbStore {
     fn load_map(&self, map: &str) -> BoxFuture<'_, Result<Option<MapSnapshot>, StoreError>> {
         let map = map.to_owned();
-        self.read(move |txn| read_map(txn, &map))
+        self.read_scoped(Some(map.clone()), move |txn| read_map(txn, &map))
     }
 
     fn list_maps(&self) -> BoxFuture<'_, Result<Vec<(String, MapKind)>, StoreError>> {
@@ -556,11 +575,15 @@ impl Writer {
                     Ok(()) => group.replies.push(reply),
                     Err(error) => answer(reply, Err(error)),
                 },
-                Job::Checkpoint { reply } => {
+                Job::Checkpoint { reply, only_for } => {
                     self.flush(group);
                     group.base = None;
+                    let outcome = match only_for {
+                        Some(map) if !self.has_unwritten(&map) => self.healthy(),
+                        _ => self.checkpoint_now(),
+                    };
                     // The reader reports a failure; the writer logged it once.
-                    let _ = reply.send(self.checkpoint_now());
+                    let _ = reply.send(outcome);
                 }
             }
         }
@@ -694,6 +717,21 @@ impl Writer {
             }
             Err(error) => self.fail(&error),
         }
+    }
+
+    /// Whether redb lacks something staged for `map`, in the overlay or in the one a
+    /// background checkpoint is still writing.
+    fn has_unwritten(&self, map: &str) -> bool {
+        self.overlay.has_unwritten(map)
+            || self
+                .background
+                .as_ref()
+                .is_some_and(|background| background.frozen.has_unwritten(map))
+    }
+
+    /// `Ok` unless an earlier failure stopped the store.
+    fn healthy(&self) -> Result<(), StoreError> {
+        self.failed.clone().map_or(Ok(()), Err)
     }
 
     /// Makes redb hold every staged batch before returning (for a read, recovery or close):
@@ -1566,6 +1604,30 @@ mod tests {
         }
         assert_eq!(store.stats().checkpoints, 1);
         assert_eq!(wal_len(dir.path()), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loading_a_map_checkpoints_only_when_that_map_has_unwritten_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        store
+            .commit(WriteBatch::from(vec![put("hot", "k", 1)]))
+            .await
+            .unwrap();
+        let before = store.stats().checkpoints;
+        // A map nobody wrote since the last checkpoint loads straight from redb.
+        assert_eq!(store.load_map("cold").await.unwrap(), None);
+        assert_eq!(store.stats().checkpoints, before);
+        // One with staged rows is checkpointed first, so the load sees them.
+        store
+            .commit_queued(WriteBatch::from(vec![put("hot", "k2", 2)]))
+            .await
+            .unwrap();
+        assert_eq!(lww_keys_async(&store, "hot").await.len(), 2);
+        assert_eq!(store.stats().checkpoints, before + 1);
+        // Now clean again: no further checkpoint.
+        assert_eq!(lww_keys_async(&store, "hot").await.len(), 2);
+        assert_eq!(store.stats().checkpoints, before + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,6 +212,17 @@ impl Overlay {
         self.dirty
     }
 
+    /// Whether `map` has anything redb does not hold yet: a changed row or kind, or a clear.
+    pub(super) fn has_unwritten(&self, map: &str) -> bool {
+        self.maps.get(map).is_some_and(|state| {
+            state.cleared
+                || state.kind.as_ref().is_some_and(|kind| kind.dirty)
+                || state.lww.values().any(|slot| slot.dirty)
+                || state.or_records.values().any(|slot| slot.dirty)
+                || state.tombstones.values().any(|slot| slot.dirty)
+        })
+    }
+
     /// Rows held in memory, dirty or clean: what the row bound limits.
     pub(super) fn rows(&self) -> usize {
         self.map_rows
