@@ -351,7 +351,14 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         ..Report::default()
     };
     match &args.workload {
-        Workload::Write(w) => report.write = Some(write::run(&ctx, w).await?),
+        Workload::Write(w) => {
+            let result = Some(write::run(&ctx, w).await?);
+            if w.wait {
+                report.write_wait = result;
+            } else {
+                report.write = result;
+            }
+        }
         Workload::Fanout(f) => report.fanout = Some(fanout::run(&ctx, f).await?),
         Workload::Connections(c) => report.connections = Some(connections::run(&ctx, c).await?),
         Workload::Sync(s) => report.sync = Some(sync::run(&ctx, s).await?),

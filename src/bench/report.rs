@@ -20,8 +20,12 @@ pub type Rows = Vec<(String, String)>;
 pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// `write` without `--wait` (a bounded pipeline per connection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write: Option<WriteReport>,
+    /// `write --wait` (each batch awaits its ack), kept apart so one report holds both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_wait: Option<WriteReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fanout: Option<FanoutReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,6 +39,7 @@ impl Report {
     pub fn merge(&mut self, newer: Report) {
         self.url = newer.url.or(self.url.take());
         self.write = newer.write.or(self.write.take());
+        self.write_wait = newer.write_wait.or(self.write_wait.take());
         self.fanout = newer.fanout.or(self.fanout.take());
         self.connections = newer.connections.or(self.connections.take());
         self.sync = newer.sync.or(self.sync.take());
@@ -43,6 +48,9 @@ impl Report {
     /// The sections present, as a text table.
     pub fn table(&self) -> String {
         let mut sections: Vec<(&str, Rows)> = Vec::new();
+        if let Some(r) = &self.write_wait {
+            sections.push(("write", r.rows()));
+        }
         if let Some(r) = &self.write {
             sections.push(("write", r.rows()));
         }

@@ -113,7 +113,7 @@ async fn write_fire_and_wait_with_a_write_concern() {
             "200",
         ],
     );
-    let report = run(&args).await.unwrap().write.unwrap();
+    let report = run(&args).await.unwrap().write_wait.unwrap();
     assert_eq!(report.mode, "fire-and-wait");
     assert_eq!(report.write_concern, Some(WriteConcern::Applied));
     assert!(report.acked_ops > 0);
