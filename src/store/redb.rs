@@ -1088,13 +1088,11 @@ mod tests {
         assert_every_kind_present(&reopened).await;
     }
 
-    #[tokio::test]
-    async fn close_drains_queued_commits_and_releases_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
-        let commits: Vec<_> = (0..20)
+    /// Commits puts of keys `0..count` in map `m` from concurrent tasks, each acknowledged.
+    async fn commit_puts_concurrently(store: &Arc<RedbStore>, count: u64) {
+        let commits: Vec<_> = (0..count)
             .map(|i| {
-                let store = Arc::clone(&store);
+                let store = Arc::clone(store);
                 tokio::spawn(async move {
                     store
                         .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
@@ -1105,6 +1103,13 @@ mod tests {
         for commit in commits {
             commit.await.unwrap().unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn close_drains_queued_commits_and_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        commit_puts_concurrently(&store, 20).await;
         store.close().await.unwrap();
 
         let reopened = RedbStore::open(dir.path()).unwrap();
@@ -1272,19 +1277,7 @@ mod tests {
             async |dir| {
                 let store = Arc::new(RedbStore::open(dir).unwrap());
                 store.commit(every_kind_of_mutation()).await.unwrap();
-                let commits: Vec<_> = (0..CRASH_COMMITS)
-                    .map(|i| {
-                        let store = Arc::clone(&store);
-                        tokio::spawn(async move {
-                            store
-                                .commit(WriteBatch::from(vec![put("m", &i.to_string(), i)]))
-                                .await
-                        })
-                    })
-                    .collect();
-                for commit in commits {
-                    commit.await.unwrap().unwrap();
-                }
+                commit_puts_concurrently(&store, CRASH_COMMITS).await;
                 store
             },
         );
