@@ -161,13 +161,14 @@ async fn run_server(args: ServeArgs) -> Result<(), String> {
             Permissions::admin_only()
         }
     };
-    let store: Arc<dyn Store> =
-        match args.store {
-            StoreKind::Redb => Arc::new(RedbStore::open(&args.data_dir).map_err(|e| {
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Redb => Arc::new(
+            RedbStore::open_with(&args.data_dir, args.redb_options()).map_err(|e| {
                 format!("cannot open the store in {}: {e}", args.data_dir.display())
-            })?),
-            StoreKind::Memory => Arc::new(MemoryStore::new()),
-        };
+            })?,
+        ),
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+    };
     let node_id = format!("server-{}", OsEntropy.hex_id(6));
     let options = ServerOptions {
         node_id,

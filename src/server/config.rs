@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::auth::Environment;
 use crate::security::Policy;
+use crate::store::RedbOptions;
 
 /// Which store backend holds the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +43,17 @@ pub struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "TOPGUN_DATA_DIR", default_value = "./topgun-data")]
     pub data_dir: PathBuf,
+    /// Embedded store: most milliseconds a committed change stays only in the write-ahead
+    /// log and memory before a checkpoint copies it into the database file.
+    #[arg(long, env = "TOPGUN_CHECKPOINT_INTERVAL_MS", default_value_t = 1_000)]
+    pub checkpoint_interval_ms: u64,
+    /// Embedded store: rows kept in memory between checkpoints (changed plus cached) before
+    /// one is forced; while a checkpoint runs up to twice this is held.
+    #[arg(long, env = "TOPGUN_MAX_OVERLAY_ROWS", default_value_t = 100_000)]
+    pub max_overlay_rows: usize,
+    /// Embedded store: the database file's page cache, in MiB.
+    #[arg(long, env = "TOPGUN_STORE_CACHE_MIB", default_value_t = 128)]
+    pub store_cache_mib: usize,
     /// JWT secret: an HS256 shared secret, or a PEM public key for RS256. Required in
     /// production (at least 32 bytes for HS256); development falls back to a dev secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -85,6 +98,16 @@ struct EnvOnly {
 }
 
 impl ServeArgs {
+    /// The embedded store's settings from the `serve` flags (the rest keep their defaults).
+    pub fn redb_options(&self) -> RedbOptions {
+        RedbOptions {
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
+            max_overlay_rows: self.max_overlay_rows.max(1),
+            cache_bytes: self.store_cache_mib.max(1).saturating_mul(1 << 20),
+            ..RedbOptions::default()
+        }
+    }
+
     /// The `serve` settings when no command was given: defaults plus environment variables.
     pub fn parse_from_env() -> Self {
         <EnvOnly as clap::Parser>::parse_from(["topgun"]).args
@@ -243,6 +266,33 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_flags_become_redb_options() {
+        let defaults = <EnvOnly as clap::Parser>::parse_from(["topgun"]).args;
+        let options = defaults.redb_options();
+        assert_eq!(options.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(
+            options.max_overlay_rows,
+            RedbOptions::default().max_overlay_rows
+        );
+        assert_eq!(options.cache_bytes, RedbOptions::default().cache_bytes);
+        let tuned = <EnvOnly as clap::Parser>::parse_from([
+            "topgun",
+            "--checkpoint-interval-ms",
+            "250",
+            "--max-overlay-rows",
+            "5000",
+            "--store-cache-mib",
+            "64",
+        ])
+        .args
+        .redb_options();
+        assert_eq!(tuned.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(tuned.max_overlay_rows, 5_000);
+        assert_eq!(tuned.cache_bytes, 64 << 20);
+        assert_eq!(tuned.max_log_bytes, RedbOptions::default().max_log_bytes);
+    }
 
     #[test]
     fn parses_a_full_file_and_rejects_typos() {
