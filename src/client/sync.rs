@@ -898,6 +898,21 @@ mod tests {
     use serde_json::{Value, json};
     use std::collections::VecDeque;
 
+    /// The keys of every op a walk pushed, sorted.
+    fn pushed_keys(run: &Run) -> Vec<String> {
+        let mut keys: Vec<String> = run
+            .sent
+            .iter()
+            .filter_map(|m| match m {
+                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
     fn chunks_keep_order_and_hold_only_their_own_items() {
         let items: Vec<u32> = (0..10_007).collect();
@@ -1346,16 +1361,7 @@ mod tests {
             r.merge(&elsewhere, lww_record(Some(json!("far")), 30, "c"));
         }
         let run = walk(&mut client, &mut server, SyncConfig::default());
-        let mut pushed: Vec<String> = run
-            .sent
-            .iter()
-            .filter_map(|m| match m {
-                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.clone())),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        pushed.sort();
+        let pushed = pushed_keys(&run);
         let mut expected = vec![keys[0].clone(), elsewhere];
         expected.sort();
         assert_eq!(pushed, expected);
@@ -1727,16 +1733,7 @@ mod tests {
         let (server, mut client, moved) = one_busy_leaf(300, 3, 2);
         let mut server = FakeServer::deep(server);
         let run = walk(&mut client, &mut server, SyncConfig::default());
-        let mut pushed: Vec<String> = run
-            .sent
-            .iter()
-            .filter_map(|m| match m {
-                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.clone())),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        pushed.sort();
+        let pushed = pushed_keys(&run);
         assert_eq!(pushed, moved);
         assert!(run.changed.is_empty());
         assert_same_roots(&client, &server.replica);

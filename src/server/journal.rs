@@ -260,6 +260,8 @@ const RESERVE_BLOCK_MAX: u64 = 65_536;
 
 /// The journal: sequence counter, recent-event ring and subscribers.
 pub struct Journal {
+    /// The server's node id, stamped on every entry.
+    node_id: String,
     capacity: usize,
     retention: u64,
     loaded: OnceCell<()>,
@@ -294,9 +296,10 @@ impl Inner {
 }
 
 impl Journal {
-    /// A journal sized by `limits`.
-    pub fn new(limits: &Limits) -> Self {
+    /// A journal sized by `limits`, for the server `node_id`.
+    pub fn new(limits: &Limits, node_id: &str) -> Self {
         Self {
+            node_id: node_id.to_owned(),
             capacity: limits.journal_capacity.max(1),
             retention: limits.journal_retention,
             loaded: OnceCell::new(),
@@ -417,7 +420,6 @@ impl Journal {
                 &fresh
             }
         };
-        let node_id = shared.hlc().node_id().to_owned();
         let mut inner = self.lock();
         if inner.last_sequence >= inner.reserved {
             return false;
@@ -431,7 +433,7 @@ impl Journal {
             value: change.value,
             previous_value: change.previous_value,
             timestamp,
-            node_id: &node_id,
+            node_id: &self.node_id,
         };
         let encoded = match encode_entry(&entry) {
             Ok(encoded) => encoded,

@@ -223,7 +223,7 @@ impl Server {
             locks: LockManager::new(store.clone(), clock.clone()),
             search: SearchService::new(options.search)?,
             counters: CounterRegistry::default(),
-            journal: Journal::new(&options.limits),
+            journal: Journal::new(&options.limits, hlc.node_id()),
             limits: options.limits,
             default_combine: options.default_combine,
             clock,

@@ -382,43 +382,43 @@ impl Overlay {
     }
 
     fn load_lww(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
-        if let Some(state) = self.maps.get(map)
-            && (state.cleared || state.lww.contains_key(key))
-        {
-            return Ok(());
-        }
-        let record = base.lww(map, key)?;
-        self.state(map)
-            .lww
-            .insert(key.to_owned(), Slot::clean(record));
-        self.map_rows += 1;
-        Ok(())
+        self.load_row(map, key, |state| &mut state.lww, || base.lww(map, key))
     }
 
     fn load_or_records(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
-        if let Some(state) = self.maps.get(map)
-            && (state.cleared || state.or_records.contains_key(key))
-        {
-            return Ok(());
-        }
-        let records = base.or_records(map, key)?;
-        self.state(map)
-            .or_records
-            .insert(key.to_owned(), Slot::clean(records));
-        self.map_rows += 1;
-        Ok(())
+        self.load_row(
+            map,
+            key,
+            |state| &mut state.or_records,
+            || base.or_records(map, key),
+        )
     }
 
     fn load_tombstone(&mut self, map: &str, tag: &str, base: &Base) -> Result<(), StoreError> {
-        if let Some(state) = self.maps.get(map)
-            && (state.cleared || state.tombstones.contains_key(tag))
+        self.load_row(
+            map,
+            tag,
+            |state| &mut state.tombstones,
+            || base.tombstoned(map, tag),
+        )
+    }
+
+    /// Caches one map row read by `read` as clean, unless the overlay already knows it or
+    /// the map was cleared (then redb's rows of it are stale and never read).
+    fn load_row<T>(
+        &mut self,
+        map: &str,
+        key: &str,
+        rows: fn(&mut MapState) -> &mut HashMap<String, Slot<T>>,
+        read: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<(), StoreError> {
+        if let Some(state) = self.maps.get_mut(map)
+            && (state.cleared || rows(state).contains_key(key))
         {
             return Ok(());
         }
-        let tombstoned = base.tombstoned(map, tag)?;
-        self.state(map)
-            .tombstones
-            .insert(tag.to_owned(), Slot::clean(tombstoned));
+        let value = read()?;
+        rows(self.state(map)).insert(key.to_owned(), Slot::clean(value));
         self.map_rows += 1;
         Ok(())
     }
