@@ -5,7 +5,7 @@
 //! relies on timestamps being unique per write, which the HLC guarantees (distinct node ids,
 //! strictly increasing per node); on an exact tie the local record is kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 
 use serde_json::Value;
 
@@ -70,23 +70,22 @@ impl LwwMap {
     /// [`LwwMap::merge`] that lends the stored record out and hands an ignored one back, so
     /// a caller that still needs the record need not copy it first.
     pub fn try_merge(&mut self, key: &str, record: LwwRecord) -> Merged<'_> {
-        // Two lookups for a held key: returning the borrowed slot from one conditional
-        // `get_mut` is beyond today's borrow checker.
-        if self.records.contains_key(key) {
-            return match self.records.get_mut(key) {
-                Some(local) if record.timestamp > local.timestamp => {
-                    let previous = std::mem::replace(local, record);
-                    Merged::Applied {
-                        previous: Some(previous),
-                        stored: local,
-                    }
+        // One search with an owned key: allocating it is cheaper than a second descent
+        // (returning the slot from a conditional `get_mut` is beyond today's borrow checker).
+        match self.records.entry(key.to_owned()) {
+            btree_map::Entry::Occupied(slot) if record.timestamp > slot.get().timestamp => {
+                let local = slot.into_mut();
+                let previous = std::mem::replace(local, record);
+                Merged::Applied {
+                    previous: Some(previous),
+                    stored: local,
                 }
-                _ => Merged::Ignored(record),
-            };
-        }
-        Merged::Applied {
-            previous: None,
-            stored: self.records.entry(key.to_owned()).or_insert(record),
+            }
+            btree_map::Entry::Occupied(_) => Merged::Ignored(record),
+            btree_map::Entry::Vacant(slot) => Merged::Applied {
+                previous: None,
+                stored: slot.insert(record),
+            },
         }
     }
 

@@ -97,8 +97,55 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 struct Node {
     hash: NodeHash,
-    children: BTreeMap<char, Node>,
+    children: Children,
     entries: BTreeMap<String, Entry>,
+}
+
+/// An interior node's children, indexed by hex digit: a direct index on the write path
+/// instead of a search. Leaves never allocate the array.
+#[derive(Debug, Clone, Default)]
+struct Children(Option<Box<[Option<Node>; 16]>>);
+
+impl Children {
+    fn get(&self, digit: char) -> Option<&Node> {
+        self.0.as_ref()?[digit_index(digit)?].as_ref()
+    }
+
+    fn get_mut(&mut self, digit: char) -> Option<&mut Node> {
+        self.0.as_mut()?[digit_index(digit)?].as_mut()
+    }
+
+    /// The child at `digit`, created (empty) if missing; `None` only for a non-hex digit.
+    fn get_or_insert(&mut self, digit: char) -> Option<&mut Node> {
+        let index = digit_index(digit)?;
+        let slots = self
+            .0
+            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
+        Some(slots[index].get_or_insert_with(Node::default))
+    }
+
+    /// The existing children in digit order.
+    fn iter(&self) -> impl Iterator<Item = (char, &Node)> {
+        self.0.iter().flat_map(|slots| {
+            HEX_DIGITS
+                .iter()
+                .zip(slots.iter())
+                .filter_map(|(&digit, slot)| slot.as_ref().map(|node| (digit, node)))
+        })
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Node> {
+        self.iter().map(|(_, node)| node)
+    }
+}
+
+/// The slot of a lowercase hex digit; anything else names no child.
+fn digit_index(digit: char) -> Option<usize> {
+    match digit {
+        '0'..='9' => Some(digit as usize - '0' as usize),
+        'a'..='f' => Some(digit as usize - 'a' as usize + 10),
+        _ => None,
+    }
 }
 
 impl Node {
@@ -122,9 +169,9 @@ impl Node {
             return old;
         };
         let child = if new.is_some() {
-            self.children.entry(digit).or_default()
+            self.children.get_or_insert(digit)?
         } else {
-            self.children.get_mut(&digit)?
+            self.children.get_mut(digit)?
         };
         let before = child.hash;
         let old = child.set(rest, key, new);
@@ -192,7 +239,7 @@ impl MerkleTree {
             .map(|node| {
                 node.children
                     .iter()
-                    .map(|(&digit, child)| (digit, child.hash.get(combine)))
+                    .map(|(digit, child)| (digit, child.hash.get(combine)))
                     .collect()
             })
             .unwrap_or_default()
@@ -302,7 +349,7 @@ impl MerkleTree {
     /// none, so such paths simply find nothing.
     fn node_at(&self, path: &str) -> Option<&Node> {
         path.chars()
-            .try_fold(&self.root, |node, digit| node.children.get(&digit))
+            .try_fold(&self.root, |node, digit| node.children.get(digit))
     }
 
     /// The leaf holding the keys of a prefix at least [`DEPTH`] digits long.

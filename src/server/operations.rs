@@ -5,6 +5,7 @@
 //! only once it has reached the level the client asked for. An ack never names an op that
 //! was not applied, and replays change nothing (the CRDT merges are idempotent).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -123,12 +124,14 @@ pub async fn handle_op_batch(
     let meta_len = batch.ops.len();
     let mut meta = Vec::with_capacity(meta_len);
     let mut checked = Vec::with_capacity(batch.ops.len());
+    // One clock read per batch: a batch is checked within microseconds.
+    let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
     for op in batch.ops {
         meta.push((
             op.id.clone(),
             op.write_concern.or(batch.write_concern).unwrap_or_default(),
         ));
-        checked.push(check_op(shared, session, op).await);
+        checked.push(check_op(shared, session, op, horizon).await);
     }
     let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
         session.send_error(
@@ -252,11 +255,13 @@ fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, re
     );
 }
 
-/// Checks one op (permission, ownership, map kind, HLC drift) and finds its map.
+/// Checks one op (permission, ownership, map kind, HLC drift, the garbage-collection
+/// `horizon` in wall-clock millis) and finds its map.
 async fn check_op(
     shared: &Shared,
     session: &Session,
     op: ClientOp,
+    horizon: u64,
 ) -> Result<CheckedOp, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
@@ -311,7 +316,6 @@ async fn check_op(
         });
     }
     if let Some(ts) = op_timestamp(&op) {
-        let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
         if ts.millis < horizon {
             // Tombstones older than the horizon may already be pruned: accepting this write
             // could resurrect a deletion every other replica has forgotten.
@@ -421,12 +425,17 @@ fn merge_op(
     }
 }
 
-/// The HLC timestamp an op carries (for the drift check and clock update).
-fn op_timestamp(op: &ClientOp) -> Option<Timestamp> {
+/// The HLC timestamp an op carries (for the drift check and clock update); borrowed
+/// unless it has to be parsed from an OR tag.
+fn op_timestamp(op: &ClientOp) -> Option<Cow<'_, Timestamp>> {
     match op.op_type {
-        Some(OpType::OrAdd) => op.or_record.as_ref().map(|r| r.timestamp.clone()),
-        Some(OpType::OrRemove) => op.or_tag.as_deref().and_then(|t| t.parse().ok()),
-        _ => op.record.as_ref().map(|r| r.timestamp.clone()),
+        Some(OpType::OrAdd) => op.or_record.as_ref().map(|r| Cow::Borrowed(&r.timestamp)),
+        Some(OpType::OrRemove) => op
+            .or_tag
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .map(Cow::Owned),
+        _ => op.record.as_ref().map(|r| Cow::Borrowed(&r.timestamp)),
     }
 }
 
