@@ -221,27 +221,40 @@ pub fn encode_entry(
     let optional =
         usize::from(change.value.is_some()) + usize::from(change.previous_value.is_some());
     out.map_len(6 + optional)?;
-    out.str("sequence")?;
+    out.raw(&field::SEQUENCE);
     out.decimal_str(sequence);
-    out.str("type")?;
+    out.raw(&field::TYPE);
     out.str(event_type_name(change.event_type))?;
-    out.str("mapName")?;
+    out.raw(&field::MAP_NAME);
     out.str(change.map_name)?;
-    out.str("key")?;
+    out.raw(&field::KEY);
     out.str(change.key)?;
     if let Some(value) = change.value {
-        out.str("value")?;
+        out.raw(&field::VALUE);
         out.value(value)?;
     }
     if let Some(previous_value) = change.previous_value {
-        out.str("previousValue")?;
+        out.raw(&field::PREVIOUS_VALUE);
         out.value(previous_value)?;
     }
-    out.str("timestamp")?;
+    out.raw(&field::TIMESTAMP);
     out.timestamp(timestamp)?;
-    out.str("nodeId")?;
+    out.raw(&field::NODE_ID);
     out.str(node_id)?;
     Ok(out.into_vec())
+}
+
+/// The entry's field names, as [`JournalEntry`]'s serde derive names them.
+mod field {
+    use crate::protocol::codec::msgpack_writer::fixstr;
+    pub(super) const SEQUENCE: [u8; 9] = fixstr("sequence");
+    pub(super) const TYPE: [u8; 5] = fixstr("type");
+    pub(super) const MAP_NAME: [u8; 8] = fixstr("mapName");
+    pub(super) const KEY: [u8; 4] = fixstr("key");
+    pub(super) const VALUE: [u8; 6] = fixstr("value");
+    pub(super) const PREVIOUS_VALUE: [u8; 14] = fixstr("previousValue");
+    pub(super) const TIMESTAMP: [u8; 10] = fixstr("timestamp");
+    pub(super) const NODE_ID: [u8; 7] = fixstr("nodeId");
 }
 
 /// Bytes of an entry besides its strings and values: the field names, the map headers, a

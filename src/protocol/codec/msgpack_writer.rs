@@ -42,6 +42,40 @@ fn infallible<T>(result: Result<T, ValueWriteError<Infallible>>) -> T {
     }
 }
 
+/// The fixstr marker; its low five bits are the length.
+const FIXSTR: u8 = 0xa0;
+
+/// `name` as a fixstr (marker and bytes), for field names written with
+/// [`MsgpackWriter::raw`]. `N` is the name's length plus one; used in a `const`, a wrong `N`
+/// or a name of 32 bytes or more fails to compile.
+pub const fn fixstr<const N: usize>(name: &str) -> [u8; N] {
+    let bytes = name.as_bytes();
+    assert!(
+        bytes.len() + 1 == N && bytes.len() < 32,
+        "a fixstr needs N = length + 1 and fewer than 32 bytes"
+    );
+    let mut out = [0u8; N];
+    out[0] = FIXSTR | bytes.len() as u8;
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i + 1] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// The record and timestamp field names.
+mod field {
+    use super::fixstr;
+    pub(super) const VALUE: [u8; 6] = fixstr("value");
+    pub(super) const TIMESTAMP: [u8; 10] = fixstr("timestamp");
+    pub(super) const TAG: [u8; 4] = fixstr("tag");
+    pub(super) const TTL_MS: [u8; 6] = fixstr("ttlMs");
+    pub(super) const MILLIS: [u8; 7] = fixstr("millis");
+    pub(super) const COUNTER: [u8; 8] = fixstr("counter");
+    pub(super) const NODE_ID: [u8; 7] = fixstr("nodeId");
+}
+
 fn checked_len(what: &'static str, len: usize) -> Result<u32, WriteError> {
     u32::try_from(len).map_err(|_| WriteError { what, len })
 }
@@ -101,10 +135,24 @@ impl MsgpackWriter {
     }
 
     pub fn str(&mut self, text: &str) -> Result<(), WriteError> {
-        let len = checked_len("string", text.len())?;
+        let bytes = text.as_bytes();
+        let out = self.buf.as_mut_vec();
+        // Most strings are short: one reservation, a fixstr marker and the bytes.
+        if bytes.len() < 32 {
+            out.reserve(1 + bytes.len());
+            out.push(FIXSTR | bytes.len() as u8);
+            out.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let len = checked_len("string", bytes.len())?;
         infallible(encode::write_str_len(&mut self.buf, len));
-        self.buf.as_mut_vec().extend_from_slice(text.as_bytes());
+        self.buf.as_mut_vec().extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// Bytes that already are MessagePack, such as a [`fixstr`] field name.
+    pub fn raw<const N: usize>(&mut self, encoded: &[u8; N]) {
+        self.buf.as_mut_vec().extend_from_slice(encoded);
     }
 
     /// `value` in decimal as a string (journal sequences), without a temporary `String`.
@@ -178,23 +226,23 @@ impl MsgpackWriter {
     /// `{millis, counter, nodeId}`.
     pub fn timestamp(&mut self, timestamp: &Timestamp) -> Result<(), WriteError> {
         self.map_len(3)?;
-        self.str("millis")?;
+        self.raw(&field::MILLIS);
         self.uint(timestamp.millis);
-        self.str("counter")?;
+        self.raw(&field::COUNTER);
         self.uint(u64::from(timestamp.counter));
-        self.str("nodeId")?;
+        self.raw(&field::NODE_ID);
         self.str(&timestamp.node_id)
     }
 
     /// `{value, timestamp, ttlMs?}`; a tombstone's value is `nil`.
     pub fn lww_record(&mut self, record: &LwwRecord) -> Result<(), WriteError> {
         self.map_len(2 + usize::from(record.ttl_ms.is_some()))?;
-        self.str("value")?;
+        self.raw(&field::VALUE);
         match &record.value {
             Some(value) => self.value(value)?,
             None => self.nil(),
         }
-        self.str("timestamp")?;
+        self.raw(&field::TIMESTAMP);
         self.timestamp(&record.timestamp)?;
         self.ttl_ms(record.ttl_ms)
     }
@@ -202,11 +250,11 @@ impl MsgpackWriter {
     /// `{value, timestamp, tag, ttlMs?}`.
     pub fn or_record(&mut self, record: &OrMapRecord) -> Result<(), WriteError> {
         self.map_len(3 + usize::from(record.ttl_ms.is_some()))?;
-        self.str("value")?;
+        self.raw(&field::VALUE);
         self.value(&record.value)?;
-        self.str("timestamp")?;
+        self.raw(&field::TIMESTAMP);
         self.timestamp(&record.timestamp)?;
-        self.str("tag")?;
+        self.raw(&field::TAG);
         self.str(&record.tag)?;
         self.ttl_ms(record.ttl_ms)
     }
@@ -219,7 +267,7 @@ impl MsgpackWriter {
 
     fn ttl_ms(&mut self, ttl_ms: Option<u64>) -> Result<(), WriteError> {
         if let Some(ttl) = ttl_ms {
-            self.str("ttlMs")?;
+            self.raw(&field::TTL_MS);
             self.uint(ttl);
         }
         Ok(())
@@ -400,6 +448,18 @@ mod tests {
             writer.lww_record(&record).unwrap();
             assert_eq!(writer.into_vec(), rmp_serde::to_vec_named(&record).unwrap());
         }
+    }
+
+    #[test]
+    fn fixstr_field_names_are_strings() {
+        const NAME: [u8; 8] = fixstr("counter");
+        let mut writer = MsgpackWriter::default();
+        writer.raw(&NAME);
+        writer.raw(&fixstr::<1>(""));
+        assert_eq!(
+            writer.into_vec(),
+            rmp_serde::to_vec_named(&("counter", "")).unwrap()[1..]
+        );
     }
 
     #[test]
