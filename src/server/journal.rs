@@ -499,12 +499,17 @@ impl Journal {
         }
         inner.ring.push_back(Numbered {
             sequence,
-            encoded: encoded.clone().into_boxed_slice(),
+            encoded: Box::from(encoded.as_slice()),
         });
-        while inner.ring.len() > self.capacity {
-            inner.ring.pop_front();
-        }
+        // One in, at most one out: the capacity never changes. The evicted entry is freed
+        // after the lock is released, so other writers do not wait for the allocator.
+        let evicted = if inner.ring.len() > self.capacity {
+            inner.ring.pop_front()
+        } else {
+            None
+        };
         drop(inner);
+        drop(evicted);
         batch.push(Mutation::AppendJournal {
             sequence,
             event: encoded,
