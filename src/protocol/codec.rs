@@ -25,6 +25,7 @@ use super::validate::{Violation, known_type, validate};
 use super::{Bytes, Message};
 
 mod msgpack_reader;
+pub mod msgpack_writer;
 
 /// One WebSocket frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

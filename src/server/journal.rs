@@ -23,12 +23,12 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::auth::Principal;
 use crate::hlc::Timestamp;
+use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError, str_len, value_len};
 use crate::protocol::{
     JournalEntry, JournalEvent, JournalEventType, JournalRead, JournalReadResponse,
     JournalSubscribe, JournalUnsubscribe, Message,
@@ -158,24 +158,6 @@ impl<'a> ChangeRef<'a> {
     }
 }
 
-/// A journal entry serialized from borrowed parts; encodes exactly like [`JournalEntry`]
-/// (a test pins that), so it decodes as one.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EntryRef<'a> {
-    sequence: String,
-    #[serde(rename = "type")]
-    event_type: JournalEventType,
-    map_name: &'a str,
-    key: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_value: Option<&'a Value>,
-    timestamp: &'a Timestamp,
-    node_id: &'a str,
-}
-
 /// DELETE for removals, PUT when nothing was live before, else UPDATE.
 fn classify(had_live_value: bool, deleted: bool) -> JournalEventType {
     if deleted {
@@ -225,10 +207,78 @@ impl Numbered {
     }
 }
 
-/// Encodes an entry for the store and the ring: MessagePack with named fields, several times
-/// cheaper than JSON for the values it carries.
-fn encode_entry(entry: &EntryRef<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(entry)
+/// Encodes a numbered change for the store and the ring: MessagePack with named fields,
+/// several times cheaper than JSON for the values it carries. Written by hand, byte for byte
+/// what `rmp_serde::to_vec_named` makes of the same [`JournalEntry`] (tests pin it), into one
+/// buffer allocated at an upper bound of its size.
+pub fn encode_entry(
+    sequence: u64,
+    change: &ChangeRef<'_>,
+    timestamp: &Timestamp,
+    node_id: &str,
+) -> Result<Vec<u8>, WriteError> {
+    let mut out = MsgpackWriter::with_capacity(entry_capacity(change, timestamp, node_id));
+    let optional =
+        usize::from(change.value.is_some()) + usize::from(change.previous_value.is_some());
+    out.map_len(6 + optional)?;
+    out.raw(&field::SEQUENCE);
+    out.decimal_str(sequence);
+    out.raw(&field::TYPE);
+    out.str(event_type_name(change.event_type))?;
+    out.raw(&field::MAP_NAME);
+    out.str(change.map_name)?;
+    out.raw(&field::KEY);
+    out.str(change.key)?;
+    if let Some(value) = change.value {
+        out.raw(&field::VALUE);
+        out.value(value)?;
+    }
+    if let Some(previous_value) = change.previous_value {
+        out.raw(&field::PREVIOUS_VALUE);
+        out.value(previous_value)?;
+    }
+    out.raw(&field::TIMESTAMP);
+    out.timestamp(timestamp)?;
+    out.raw(&field::NODE_ID);
+    out.str(node_id)?;
+    Ok(out.into_vec())
+}
+
+/// The entry's field names, as [`JournalEntry`]'s serde derive names them.
+mod field {
+    use crate::protocol::codec::msgpack_writer::fixstr;
+    pub(super) const SEQUENCE: [u8; 9] = fixstr("sequence");
+    pub(super) const TYPE: [u8; 5] = fixstr("type");
+    pub(super) const MAP_NAME: [u8; 8] = fixstr("mapName");
+    pub(super) const KEY: [u8; 4] = fixstr("key");
+    pub(super) const VALUE: [u8; 6] = fixstr("value");
+    pub(super) const PREVIOUS_VALUE: [u8; 14] = fixstr("previousValue");
+    pub(super) const TIMESTAMP: [u8; 10] = fixstr("timestamp");
+    pub(super) const NODE_ID: [u8; 7] = fixstr("nodeId");
+}
+
+/// Bytes of an entry besides its strings and values: the field names, the map headers, a
+/// 20-digit sequence, the longest type name and a timestamp's integers at their widest.
+const ENTRY_FIXED_BYTES: usize = 160;
+
+/// An upper bound of [`encode_entry`]'s output, so its buffer never grows.
+fn entry_capacity(change: &ChangeRef<'_>, timestamp: &Timestamp, node_id: &str) -> usize {
+    ENTRY_FIXED_BYTES
+        + str_len(change.map_name)
+        + str_len(change.key)
+        + change.value.map_or(0, value_len)
+        + change.previous_value.map_or(0, value_len)
+        + str_len(&timestamp.node_id)
+        + str_len(node_id)
+}
+
+/// The wire name of an event type, as its serde derive spells it.
+fn event_type_name(event_type: JournalEventType) -> &'static str {
+    match event_type {
+        JournalEventType::Put => "PUT",
+        JournalEventType::Update => "UPDATE",
+        JournalEventType::Delete => "DELETE",
+    }
 }
 
 /// Decodes a stored or ring entry; an unreadable one is logged and skipped. Entries written
@@ -425,17 +475,7 @@ impl Journal {
             return false;
         }
         let sequence = inner.last_sequence + 1;
-        let entry = EntryRef {
-            sequence: sequence.to_string(),
-            event_type: change.event_type,
-            map_name: change.map_name,
-            key: change.key,
-            value: change.value,
-            previous_value: change.previous_value,
-            timestamp,
-            node_id: &self.node_id,
-        };
-        let encoded = match encode_entry(&entry) {
+        let encoded = match encode_entry(sequence, &change, timestamp, &self.node_id) {
             Ok(encoded) => encoded,
             Err(e) => {
                 // Nothing else can fail here; the sequence stays unused.
@@ -459,12 +499,17 @@ impl Journal {
         }
         inner.ring.push_back(Numbered {
             sequence,
-            encoded: encoded.clone().into_boxed_slice(),
+            encoded: Box::from(encoded.as_slice()),
         });
-        while inner.ring.len() > self.capacity {
-            inner.ring.pop_front();
-        }
+        // One in, at most one out: the capacity never changes. The evicted entry is freed
+        // after the lock is released, so other writers do not wait for the allocator.
+        let evicted = if inner.ring.len() > self.capacity {
+            inner.ring.pop_front()
+        } else {
+            None
+        };
         drop(inner);
+        drop(evicted);
         batch.push(Mutation::AppendJournal {
             sequence,
             event: encoded,
@@ -880,46 +925,111 @@ mod tests {
         (sequences, more)
     }
 
+    /// A journal entry serialized from borrowed parts by serde: the specification of the
+    /// field names, order and skip rules that [`encode_entry`] writes by hand.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct EntryRef<'a> {
+        sequence: String,
+        #[serde(rename = "type")]
+        event_type: JournalEventType,
+        map_name: &'a str,
+        key: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous_value: Option<&'a Value>,
+        timestamp: &'a Timestamp,
+        node_id: &'a str,
+    }
+
     #[test]
-    fn borrowed_entries_encode_exactly_like_journal_entries() {
-        let timestamp = Timestamp::new(1_700_000_000_000, 3, "client-1");
-        for (value, previous_value) in [
+    fn entries_encode_exactly_like_journal_entries() {
+        let long = "ü".repeat(40_000);
+        let cases = [
             (
+                42,
+                JournalEventType::Update,
                 Some(json!({"b": 1, "a": [true, null, "x"]})),
                 Some(json!("old")),
+                Timestamp::new(1_700_000_000_000, 3, "client-1"),
             ),
-            (None, Some(json!(1.5))),
-            (None, None),
-        ] {
-            let owned = JournalEntry {
-                sequence: "42".to_owned(),
-                event_type: JournalEventType::Update,
-                map_name: "m\"ap".to_owned(),
-                key: "ключ".to_owned(),
-                value: value.clone(),
-                previous_value: previous_value.clone(),
-                timestamp: timestamp.clone(),
-                node_id: "server".to_owned(),
-                metadata: None,
-            };
-            let borrowed = EntryRef {
-                sequence: "42".to_owned(),
-                event_type: JournalEventType::Update,
-                map_name: "m\"ap",
-                key: "ключ",
-                value: value.as_ref(),
-                previous_value: previous_value.as_ref(),
-                timestamp: &timestamp,
-                node_id: "server",
-            };
-            let json = serde_json::to_vec(&borrowed).unwrap();
-            assert_eq!(json, serde_json::to_vec(&owned).unwrap());
-            let packed = encode_entry(&borrowed).unwrap();
-            assert_eq!(packed, rmp_serde::to_vec_named(&owned).unwrap());
-            assert_ne!(packed.first(), Some(&b'{'));
-            // Rows written as JSON by earlier versions still read.
-            assert_eq!(decode_entry(42, &json).as_ref(), Some(&owned));
-            assert_eq!(decode_entry(42, &packed), Some(owned));
+            (
+                1,
+                JournalEventType::Put,
+                Some(json!({"n": 123, "pad": "x".repeat(100)})),
+                None,
+                Timestamp::new(1_795_698_229_131, 0, "c"),
+            ),
+            (
+                u64::MAX,
+                JournalEventType::Delete,
+                None,
+                Some(json!(1.5)),
+                Timestamp::new(u64::MAX, u32::MAX, long.clone()),
+            ),
+            (
+                0,
+                JournalEventType::Delete,
+                None,
+                None,
+                Timestamp::new(0, 0, ""),
+            ),
+            (
+                7,
+                JournalEventType::Update,
+                Some(json!([long.clone(), i64::MIN, u64::MAX, -0.25])),
+                Some(json!({"k": {"deep": [null]}})),
+                Timestamp::new(5, 70_000, "n"),
+            ),
+        ];
+        for (sequence, event_type, value, previous_value, timestamp) in cases {
+            for (map_name, key, node_id) in [("m\"ap", "ключ", "server"), ("", &*long, &*long)]
+            {
+                let owned = JournalEntry {
+                    sequence: sequence.to_string(),
+                    event_type,
+                    map_name: map_name.to_owned(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    previous_value: previous_value.clone(),
+                    timestamp: timestamp.clone(),
+                    node_id: node_id.to_owned(),
+                    metadata: None,
+                };
+                let borrowed = EntryRef {
+                    sequence: sequence.to_string(),
+                    event_type,
+                    map_name,
+                    key,
+                    value: value.as_ref(),
+                    previous_value: previous_value.as_ref(),
+                    timestamp: &timestamp,
+                    node_id,
+                };
+                let change = ChangeRef {
+                    map_name,
+                    key,
+                    event_type,
+                    value: value.as_ref(),
+                    previous_value: previous_value.as_ref(),
+                    timestamp: None,
+                };
+                let json = serde_json::to_vec(&borrowed).unwrap();
+                assert_eq!(json, serde_json::to_vec(&owned).unwrap());
+                let by_serde = rmp_serde::to_vec_named(&borrowed).unwrap();
+                assert_eq!(by_serde, rmp_serde::to_vec_named(&owned).unwrap());
+                let packed = encode_entry(sequence, &change, &timestamp, node_id).unwrap();
+                assert_eq!(packed, by_serde, "sequence {sequence}");
+                assert!(
+                    packed.len() <= entry_capacity(&change, &timestamp, node_id),
+                    "the buffer had to grow for sequence {sequence}"
+                );
+                assert_ne!(packed.first(), Some(&b'{'));
+                // Rows written as JSON by earlier versions still read.
+                assert_eq!(decode_entry(sequence, &json).as_ref(), Some(&owned));
+                assert_eq!(decode_entry(sequence, &packed), Some(owned));
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The on-disk value encoding shared by durable backends: MessagePack with named fields
-//! (`rmp_serde::to_vec_named`), which stays readable when optional fields such as `ttlMs` are
+//! (what `rmp_serde::to_vec_named` writes; the hot records are written by hand, [`Stored`],
+//! and everything is decoded by rmp_serde), which stays readable when optional fields such as `ttlMs` are
 //! skipped or new optional fields are added, plus the one-byte map-kind codes, plus the compact
 //! binary form of a batch's mutations that a write-ahead log record carries
 //! ([`encode_mutations`] / [`decode_mutations`]).
@@ -9,18 +10,81 @@
 
 use std::fmt;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{MapKind, Mutation, StoreError};
+use super::{CounterSnapshot, MapKind, Mutation, StoreError};
 use crate::hlc::Timestamp;
+use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError, str_len, value_len};
+use crate::record::{LwwRecord, OrMapRecord};
+
+/// A value the store keeps. The records every write carries are written by hand
+/// ([`MsgpackWriter`]), the rest through rmp_serde; either way the bytes are exactly what
+/// `rmp_serde::to_vec_named` gives, so stores written before read the same.
+pub(crate) trait Stored {
+    /// Appends the value; the message says why it could not be written.
+    fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String>;
+
+    /// An upper bound of the encoded size, so that [`encode`] allocates once (0: unknown).
+    fn size_bound(&self) -> usize {
+        0
+    }
+}
+
+/// Bytes of a record besides its value, node id and tag: field names, map headers, the
+/// timestamp's integers and a TTL at their widest.
+const RECORD_FIXED_BYTES: usize = 80;
+
+impl Stored for LwwRecord {
+    fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String> {
+        out.lww_record(self).map_err(|e: WriteError| e.to_string())
+    }
+
+    fn size_bound(&self) -> usize {
+        RECORD_FIXED_BYTES
+            + self.value.as_ref().map_or(1, value_len)
+            + str_len(&self.timestamp.node_id)
+    }
+}
+
+impl Stored for Vec<OrMapRecord> {
+    fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String> {
+        out.or_records(self).map_err(|e| e.to_string())
+    }
+
+    fn size_bound(&self) -> usize {
+        let record = |r: &OrMapRecord| {
+            RECORD_FIXED_BYTES
+                + value_len(&r.value)
+                + str_len(&r.timestamp.node_id)
+                + str_len(&r.tag)
+        };
+        5 + self.iter().map(record).sum::<usize>()
+    }
+}
+
+impl Stored for CounterSnapshot {
+    fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String> {
+        rmp_serde::encode::write_named(out.as_mut_vec(), self).map_err(|e| e.to_string())
+    }
+}
 
 /// Encodes a stored value.
-pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Encode {
-        what,
-        message: e.to_string(),
-    })
+pub(crate) fn encode<T: Stored>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::with_capacity(value.size_bound());
+    write_stored(&mut bytes, what, value)?;
+    Ok(bytes)
+}
+
+/// Appends a stored value to `out`.
+fn write_stored<T: Stored>(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let mut writer = MsgpackWriter::from_vec(std::mem::take(out));
+    let written = value.write_stored(&mut writer);
+    *out = writer.into_vec();
+    written.map_err(|message| StoreError::Encode { what, message })
 }
 
 /// Decodes a stored value; `key` names where it was stored, for the error message.
@@ -180,17 +244,14 @@ fn write_len(out: &mut Vec<u8>, len: usize) -> Result<(), StoreError> {
 }
 
 /// Writes a stored value's MessagePack in place behind its length, sparing a temporary buffer.
-fn write_value<T: Serialize>(
+fn write_value<T: Stored>(
     out: &mut Vec<u8>,
     what: &'static str,
     value: &T,
 ) -> Result<(), StoreError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    rmp_serde::encode::write_named(out, value).map_err(|e| StoreError::Encode {
-        what,
-        message: e.to_string(),
-    })?;
+    write_stored(out, what, value)?;
     let len = out.len() - start - 4;
     let len = u32::try_from(len).map_err(|_| StoreError::Encode {
         what,
@@ -534,6 +595,42 @@ mod tests {
 
     proptest! {
         #[test]
+        fn lww_records_encode_exactly_like_rmp_serde(
+            value in proptest::option::of(json_value()),
+            ttl in proptest::option::of(any::<u64>()),
+            millis in any::<u64>(),
+            counter in any::<u32>(),
+            node in ".{0,300}",
+        ) {
+            let record = LwwRecord { value, timestamp: Timestamp::new(millis, counter, node), ttl_ms: ttl };
+            let bytes = encode("record", &record).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&record).unwrap());
+            prop_assert!(bytes.len() <= record.size_bound());
+            let mut logged = vec![0xaa];
+            write_value(&mut logged, "record", &record).unwrap();
+            prop_assert_eq!(&logged[1..5], &(bytes.len() as u32).to_le_bytes());
+            prop_assert_eq!(&logged[5..], &bytes[..]);
+            // A null value and a tombstone are the same bytes.
+            let value = record.value.clone().filter(|v| !v.is_null());
+            prop_assert_eq!(decode::<LwwRecord>("record", "k", &bytes).unwrap(), LwwRecord { value, ..record });
+        }
+
+        #[test]
+        fn or_records_encode_exactly_like_rmp_serde(
+            values in prop::collection::vec(json_value(), 0..5),
+            ttl in proptest::option::of(any::<u64>()),
+            tag in ".{0,300}",
+        ) {
+            let records: Vec<OrMapRecord> = values
+                .into_iter()
+                .map(|value| OrMapRecord { value, timestamp: Timestamp::new(u64::MAX, u32::MAX, "n"), tag: tag.clone(), ttl_ms: ttl })
+                .collect();
+            let bytes = encode("records", &records).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&records).unwrap());
+            prop_assert!(bytes.len() <= records.size_bound());
+        }
+
+        #[test]
         fn or_records_round_trip_any_json(value in json_value(), ttl in proptest::option::of(1u64..)) {
             let records = vec![OrMapRecord {
                 value,
@@ -550,6 +647,7 @@ mod tests {
                                n in prop::collection::btree_map(".*", 0f64..1e12, 0..5)) {
             let state = CounterSnapshot { p, n };
             let bytes = encode("counter", &state).unwrap();
+            prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&state).unwrap());
             prop_assert_eq!(decode::<CounterSnapshot>("counter", "c", &bytes).unwrap(), state);
         }
     }
