@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 
 use crate::auth::Principal;
 use crate::hlc::Timestamp;
-use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError, str_len, value_len};
+use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError};
 use crate::protocol::{
     JournalEntry, JournalEvent, JournalEventType, JournalRead, JournalReadResponse,
     JournalSubscribe, JournalUnsubscribe, Message,
@@ -49,6 +49,8 @@ pub const DEFAULT_READ_LIMIT: usize = 100;
 pub const MAX_READ_LIMIT: usize = 1_000;
 /// Most journal subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
+/// The largest entry-encoding buffer the journal keeps between entries.
+const MAX_KEPT_SCRATCH: usize = 64 << 10;
 /// Entries fetched from the store per round trip while scanning.
 const STORE_CHUNK: usize = 512;
 
@@ -209,15 +211,26 @@ impl Numbered {
 
 /// Encodes a numbered change for the store and the ring: MessagePack with named fields,
 /// several times cheaper than JSON for the values it carries. Written by hand, byte for byte
-/// what `rmp_serde::to_vec_named` makes of the same [`JournalEntry`] (tests pin it), into one
-/// buffer allocated at an upper bound of its size.
+/// what `rmp_serde::to_vec_named` makes of the same [`JournalEntry`] (tests pin it).
 pub fn encode_entry(
     sequence: u64,
     change: &ChangeRef<'_>,
     timestamp: &Timestamp,
     node_id: &str,
 ) -> Result<Vec<u8>, WriteError> {
-    let mut out = MsgpackWriter::with_capacity(entry_capacity(change, timestamp, node_id));
+    let mut out = MsgpackWriter::with_capacity(256);
+    write_entry(&mut out, sequence, change, timestamp, node_id)?;
+    Ok(out.into_vec())
+}
+
+/// [`encode_entry`] appending to `out`.
+fn write_entry(
+    out: &mut MsgpackWriter,
+    sequence: u64,
+    change: &ChangeRef<'_>,
+    timestamp: &Timestamp,
+    node_id: &str,
+) -> Result<(), WriteError> {
     let optional =
         usize::from(change.value.is_some()) + usize::from(change.previous_value.is_some());
     out.map_len(6 + optional)?;
@@ -240,8 +253,7 @@ pub fn encode_entry(
     out.raw(&field::TIMESTAMP);
     out.timestamp(timestamp)?;
     out.raw(&field::NODE_ID);
-    out.str(node_id)?;
-    Ok(out.into_vec())
+    out.str(node_id)
 }
 
 /// The entry's field names, as [`JournalEntry`]'s serde derive names them.
@@ -255,21 +267,6 @@ mod field {
     pub(super) const PREVIOUS_VALUE: [u8; 14] = fixstr("previousValue");
     pub(super) const TIMESTAMP: [u8; 10] = fixstr("timestamp");
     pub(super) const NODE_ID: [u8; 7] = fixstr("nodeId");
-}
-
-/// Bytes of an entry besides its strings and values: the field names, the map headers, a
-/// 20-digit sequence, the longest type name and a timestamp's integers at their widest.
-const ENTRY_FIXED_BYTES: usize = 160;
-
-/// An upper bound of [`encode_entry`]'s output, so its buffer never grows.
-fn entry_capacity(change: &ChangeRef<'_>, timestamp: &Timestamp, node_id: &str) -> usize {
-    ENTRY_FIXED_BYTES
-        + str_len(change.map_name)
-        + str_len(change.key)
-        + change.value.map_or(0, value_len)
-        + change.previous_value.map_or(0, value_len)
-        + str_len(&timestamp.node_id)
-        + str_len(node_id)
 }
 
 /// The wire name of an event type, as its serde derive spells it.
@@ -334,6 +331,9 @@ struct Inner {
     ahead: u64,
     ring: VecDeque<Numbered>,
     subscribers: HashMap<(ConnId, String), Subscriber>,
+    /// Where entries are encoded before they are copied out at their exact size: sizing a
+    /// fresh buffer up front would mean walking every value twice.
+    scratch: MsgpackWriter,
 }
 
 impl Inner {
@@ -475,8 +475,21 @@ impl Journal {
             return false;
         }
         let sequence = inner.last_sequence + 1;
-        let encoded = match encode_entry(sequence, &change, timestamp, &self.node_id) {
-            Ok(encoded) => encoded,
+        let scratch = inner.scratch.as_mut_vec();
+        scratch.clear();
+        if scratch.capacity() > MAX_KEPT_SCRATCH {
+            // One huge value must not pin its buffer.
+            scratch.shrink_to(MAX_KEPT_SCRATCH);
+        }
+        let written = write_entry(
+            &mut inner.scratch,
+            sequence,
+            &change,
+            timestamp,
+            &self.node_id,
+        );
+        let encoded = match written {
+            Ok(()) => inner.scratch.as_mut_vec().clone(),
             Err(e) => {
                 // Nothing else can fail here; the sequence stays unused.
                 tracing::error!(sequence, error = %e, "journal entry not encodable: not journaled");
@@ -1021,10 +1034,6 @@ mod tests {
                 assert_eq!(by_serde, rmp_serde::to_vec_named(&owned).unwrap());
                 let packed = encode_entry(sequence, &change, &timestamp, node_id).unwrap();
                 assert_eq!(packed, by_serde, "sequence {sequence}");
-                assert!(
-                    packed.len() <= entry_capacity(&change, &timestamp, node_id),
-                    "the buffer had to grow for sequence {sequence}"
-                );
                 assert_ne!(packed.first(), Some(&b'{'));
                 // Rows written as JSON by earlier versions still read.
                 assert_eq!(decode_entry(sequence, &json).as_ref(), Some(&owned));
