@@ -383,6 +383,8 @@ fn merge_ops(
 ) -> (Vec<Result<(), OpFailure>>, MapChanges) {
     let mut changes = MapChanges {
         numbering,
+        // An applied LWW op writes its record and its journal entry.
+        mutations: WriteBatch::with_capacity(2 * checked.len()),
         ..MapChanges::default()
     };
     let mut outcomes = Vec::with_capacity(checked.len());

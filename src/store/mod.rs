@@ -302,6 +302,13 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// An empty batch with room for `mutations` without regrowing.
+    pub fn with_capacity(mutations: usize) -> Self {
+        Self {
+            mutations: Vec::with_capacity(mutations),
+        }
+    }
+
     /// Appends a mutation; mutations apply in the order they were pushed.
     pub fn push(&mut self, mutation: Mutation) -> &mut Self {
         self.mutations.push(mutation);
