@@ -690,7 +690,7 @@ impl Writer {
             Some(base) => base,
             empty => {
                 let frozen = self.background.as_ref().map(|b| Arc::clone(&b.frozen));
-                empty.insert(Base::open(&self.db, frozen)?)
+                empty.insert(Base::new(&self.db, frozen))
             }
         };
         self.overlay.prefetch(&batch, base)?;
@@ -876,7 +876,7 @@ impl Writer {
             )?);
             let base = match &mut base {
                 Some(base) => base,
-                empty => empty.insert(Base::open(&self.db, None)?),
+                empty => empty.insert(Base::new(&self.db, None)),
             };
             self.overlay.prefetch(&batch, base)?;
             // The batch passed this check when it was logged, against the same state.
