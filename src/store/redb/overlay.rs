@@ -82,6 +82,17 @@ impl MapState {
         self.lww.len() + self.or_records.len() + self.tombstones.len()
     }
 
+    /// Records the map's kind; kinds were validated, so this never changes an existing one.
+    fn claim(&mut self, kind: MapKind) {
+        if !self
+            .kind
+            .as_ref()
+            .is_some_and(|slot| slot.value == Some(kind))
+        {
+            self.kind = Some(Slot::dirty(Some(kind)));
+        }
+    }
+
     fn mark_clean(&mut self) {
         self.cleared = false;
         if let Some(kind) = &mut self.kind {
@@ -465,12 +476,7 @@ impl Overlay {
     fn apply_one(&mut self, mutation: Mutation) {
         match mutation {
             Mutation::SetMapKind { map, kind } => self.claim(&map, kind),
-            Mutation::PutLww { map, key, record } => {
-                self.claim(&map, MapKind::Lww);
-                if crate::store::lww_replaces(self.lww(&map, &key), &record) {
-                    self.set_lww(&map, key, Some(record));
-                }
-            }
+            Mutation::PutLww { map, key, record } => self.put_lww(map, key, record),
             Mutation::DeleteLww { map, key } => {
                 if self.lww(&map, &key).is_some_and(LwwRecord::is_tombstone) {
                     self.set_lww(&map, key, None);
@@ -527,13 +533,24 @@ impl Overlay {
 
     /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
     fn claim(&mut self, map: &str, kind: MapKind) {
-        let state = self.state(map);
-        if !state
-            .kind
-            .as_ref()
-            .is_some_and(|slot| slot.value == Some(kind))
-        {
-            state.kind = Some(Slot::dirty(Some(kind)));
+        self.state(map).claim(kind);
+    }
+
+    /// The hottest mutation: one lookup of the map and one of the key, with the mutation's
+    /// own strings moved in (no copies of them).
+    fn put_lww(&mut self, map: String, key: String, record: LwwRecord) {
+        let state = self.maps.entry(map).or_default();
+        state.claim(MapKind::Lww);
+        match state.lww.entry(key) {
+            Entry::Occupied(mut occupied) => {
+                if crate::store::lww_replaces(occupied.get().value.as_ref(), &record) {
+                    occupied.insert(Slot::dirty(Some(record)));
+                }
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot::dirty(Some(record)));
+                self.map_rows += 1;
+            }
         }
     }
 
