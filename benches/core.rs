@@ -20,6 +20,7 @@ use topgun::protocol::validate;
 use topgun::protocol::{ClientOp, Message, OpBatch, OpBatchPayload, OpType};
 use topgun::record::{LwwRecord, OrMapRecord};
 use topgun::replica::LwwReplica;
+use topgun::store::{Mutation, RedbOptions, RedbStore, Store, WriteBatch};
 
 /// The same allocator as the `topgun` binary, so the figures are the server's.
 #[global_allocator]
@@ -236,10 +237,122 @@ fn bench_ingress_of(c: &mut Criterion, name: &str, ops: usize, message: &Message
     group.finish();
 }
 
+/// Rows of each kind in one `store_writer` batch, as the server commits an `OP_BATCH` of 10
+/// LWW puts: each put plus its journal entry.
+const STORE_BATCH_ROWS: usize = 10;
+/// Keys the `store_writer` puts cycle through, as `topgun bench write` does.
+const STORE_KEYS: u64 = 10_000;
+
+/// One write batch: [`STORE_BATCH_ROWS`] LWW puts of 100-byte values and as many journal
+/// appends, numbered from `first`.
+fn store_batch(first: u64) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    for i in first..first + STORE_BATCH_ROWS as u64 {
+        let value = format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES);
+        batch.push(Mutation::PutLww {
+            map: "bench".into(),
+            key: format!("key-{}", i % STORE_KEYS),
+            record: LwwRecord {
+                value: Some(json!({ "v": value })),
+                timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
+                ttl_ms: None,
+            },
+        });
+        batch.push(Mutation::AppendJournal {
+            sequence: i + 1,
+            event: vec![0xa5; 160],
+        });
+    }
+    batch
+}
+
+/// The store writer's cost per batch of APPLIED writes: `iters` queued commits (as the server
+/// makes for APPLIED / FIRE_AND_FORGET writes), then one waited commit, so the time covers the
+/// writer staging, logging and syncing every batch (background checkpoints run meanwhile).
+/// Once with the default sync delay, once syncing every drained group (delay zero).
+fn bench_store_writer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store_writer");
+    group.throughput(Throughput::Elements(1));
+    let default = RedbOptions::default();
+    for (name, options) in [
+        ("queued_batch_10_puts_10_journal", default),
+        (
+            "queued_batch_10_puts_10_journal (sync every group)",
+            RedbOptions {
+                queued_sync_delay: Duration::ZERO,
+                ..default
+            },
+        ),
+    ] {
+        let (Ok(runtime), Ok(dir)) = (tokio::runtime::Runtime::new(), tempfile::tempdir()) else {
+            eprintln!("cannot set up the store_writer bench");
+            return;
+        };
+        let store = match RedbStore::open_with(dir.path(), options) {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("cannot open the store: {error}");
+                return;
+            }
+        };
+        let mut next = 0u64;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let started = std::time::Instant::now();
+                    for _ in 0..iters {
+                        if let Err(error) = store.commit_queued(store_batch(next)).await {
+                            eprintln!("queued commit failed: {error}");
+                        }
+                        next += STORE_BATCH_ROWS as u64;
+                    }
+                    if let Err(error) = store.commit(store_batch(next)).await {
+                        eprintln!("commit failed: {error}");
+                    }
+                    next += STORE_BATCH_ROWS as u64;
+                    started.elapsed()
+                })
+            })
+        });
+        let stats = store.stats();
+        let cpu = writer_cpu_seconds().map_or_else(
+            || "unknown".to_owned(),
+            |seconds| format!("{:.1} us", seconds * 1e6 / stats.batches.max(1) as f64),
+        );
+        eprintln!(
+            "store_writer ({name}): {} batches, {} log flushes, {} checkpoints; \
+             writer thread CPU per batch: {cpu}",
+            stats.batches, stats.flushes, stats.checkpoints
+        );
+    }
+    group.finish();
+}
+
+/// CPU time (user + system) of the live store writer thread so far, from `/proc` (Linux):
+/// unlike the wall time above, other load on the machine does not inflate it.
+fn writer_cpu_seconds() -> Option<f64> {
+    /// Linux reports thread times in USER_HZ ticks, 100 per second.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != "topgun-store-wr" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name start at field 3 (state); utime and stime are
+        // fields 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        return Some((utime + stime) / TICKS_PER_SECOND);
+    }
+    None
+}
+
 criterion_group! {
     name = benches;
     config = configure();
-    targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress
+    targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress, bench_store_writer
 }
 criterion_main!(benches, encode_benches);
 

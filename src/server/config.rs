@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// Embedded store: the database file's page cache, in MiB.
     #[arg(long, env = "TOPGUN_STORE_CACHE_MIB", default_value_t = 128)]
     pub store_cache_mib: usize,
+    /// Embedded store: most milliseconds an APPLIED / FIRE_AND_FORGET write waits in memory
+    /// before the write-ahead log is synced (the window a crash can lose it in); 0 syncs at
+    /// once. PERSISTED writes are always synced before they are acknowledged.
+    #[arg(long, env = "TOPGUN_QUEUED_SYNC_MS", default_value_t = 5)]
+    pub queued_sync_ms: u64,
     /// JWT secret: an HS256 shared secret, or a PEM public key for RS256. Required in
     /// production (at least 32 bytes for HS256); development falls back to a dev secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -104,6 +109,7 @@ impl ServeArgs {
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             max_overlay_rows: self.max_overlay_rows.max(1),
             cache_bytes: self.store_cache_mib.max(1).saturating_mul(1 << 20),
+            queued_sync_delay: Duration::from_millis(self.queued_sync_ms),
             ..RedbOptions::default()
         }
     }
@@ -277,6 +283,10 @@ mod tests {
             RedbOptions::default().max_overlay_rows
         );
         assert_eq!(options.cache_bytes, RedbOptions::default().cache_bytes);
+        assert_eq!(
+            options.queued_sync_delay,
+            RedbOptions::default().queued_sync_delay
+        );
         let tuned = <EnvOnly as clap::Parser>::parse_from([
             "topgun",
             "--checkpoint-interval-ms",
@@ -285,12 +295,15 @@ mod tests {
             "5000",
             "--store-cache-mib",
             "64",
+            "--queued-sync-ms",
+            "0",
         ])
         .args
         .redb_options();
         assert_eq!(tuned.checkpoint_interval, Duration::from_millis(250));
         assert_eq!(tuned.max_overlay_rows, 5_000);
         assert_eq!(tuned.cache_bytes, 64 << 20);
+        assert_eq!(tuned.queued_sync_delay, Duration::ZERO);
         assert_eq!(tuned.max_log_bytes, RedbOptions::default().max_log_bytes);
     }
 

@@ -16,6 +16,14 @@
 //! leaves no trace while the rest of its group still commits. `commit_queued` resolves as soon
 //! as its batch is queued; the writer logs a failure of such a batch itself.
 //!
+//! Nobody waits for a queued batch's fsync, so a run of queued batches only stays buffered in
+//! memory: the buffer is written and synced (with one `fdatasync` for all of it) when a
+//! waiting `commit` joins it, before a read or checkpoint, when it grows past
+//! `MAX_UNSYNCED_LOG_BYTES`, on close, and at the latest
+//! [`RedbOptions::queued_sync_delay`] after its first batch. That delay is how much of the
+//! APPLIED writes a crash can lose; syncing thousands of groups a second that nobody awaits
+//! cost the server more CPU than it bought.
+//!
 //! Checkpoints: every [`RedbOptions::checkpoint_interval`], or sooner when the overlay holds
 //! more than [`RedbOptions::max_overlay_rows`] rows or the log segment exceeds
 //! [`RedbOptions::max_log_bytes`], the writer seals the log segment, freezes the overlay and
@@ -38,7 +46,7 @@
 //! a new or quiet map never stalls the writer.
 //! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
-//! whose `commit` has not resolved.
+//! whose `commit` has not resolved, and queued batches younger than the sync delay.
 
 mod overlay;
 mod wal;
@@ -107,6 +115,11 @@ pub struct RedbOptions {
     /// redb's page cache. redb's own default (1 GiB) let a server with a full journal sit at
     /// ~700 MiB resident; the OS page cache still holds the file behind a smaller one.
     pub cache_bytes: usize,
+    /// Longest time a batch committed with `commit_queued` (nobody awaits its durability)
+    /// stays buffered before the log is written and synced: the window in which a crash can
+    /// lose an acknowledged APPLIED / FIRE_AND_FORGET write. A waiting `commit`, a read, a
+    /// checkpoint or close syncs sooner. Zero syncs every drained group, as `commit` does.
+    pub queued_sync_delay: Duration,
 }
 
 impl Default for RedbOptions {
@@ -118,6 +131,7 @@ impl Default for RedbOptions {
             max_overlay_rows: 100_000,
             max_log_bytes: 64 << 20,
             cache_bytes: 128 << 20,
+            queued_sync_delay: Duration::from_millis(5),
         }
     }
 }
@@ -127,7 +141,7 @@ impl Default for RedbOptions {
 pub struct GroupCommitStats {
     /// Batches made durable by log flushes.
     pub batches: u64,
-    /// Log flushes (one `fdatasync` each).
+    /// Log flushes (one `write` and `fdatasync` each).
     pub flushes: u64,
     /// Checkpoints committed to redb (one durable transaction each).
     pub checkpoints: u64,
@@ -154,8 +168,12 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 /// Work for the writer thread, in queue order.
 #[derive(Debug)]
 enum Job {
-    /// Commit a batch; reply once it is durable.
-    Write { batch: WriteBatch, reply: Reply },
+    /// Commit a batch; reply once it is durable. Without a reply nobody waits (a queued
+    /// commit): the batch may stay buffered for up to the sync delay, and a failure is logged.
+    Write {
+        batch: WriteBatch,
+        reply: Option<Reply>,
+    },
     /// Checkpoint everything queued before; reply once redb holds it (a read follows).
     /// With `only_for`, skip the checkpoint when redb already holds everything of that map
     /// (a map load then costs no checkpoint, which matters when maps are touched often).
@@ -203,6 +221,7 @@ impl RedbStore {
             background: None,
             stats: Arc::clone(&stats),
             failed: None,
+            unsynced: Unsynced::default(),
         };
         writer.replay(records, checkpointed)?;
         writer.checkpoint_now()?;
@@ -261,15 +280,18 @@ impl RedbStore {
         &self,
         job: impl FnOnce(Reply) -> Job,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        let queue = self.queue()?;
         let (reply, outcome) = oneshot::channel();
-        queue
-            .send(job(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // Holding the sender while waiting would keep a closing writer alive for nothing.
-        drop(queue);
+        self.send(job(reply)).await?;
         Ok(outcome)
+    }
+
+    /// Queues `job` for the writer, waiting for room. The sender is dropped on return:
+    /// holding it while waiting for an outcome would keep a closing writer alive for nothing.
+    async fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.queue()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Has the writer checkpoint everything queued so far, then runs `read` in a read
@@ -426,18 +448,18 @@ impl Store for RedbStore {
 
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let outcome = self.enqueue(|reply| Job::Write { batch, reply }).await?;
+            let outcome = self
+                .enqueue(|reply| Job::Write {
+                    batch,
+                    reply: Some(reply),
+                })
+                .await?;
             outcome.await.map_err(|_| StoreError::WriterStopped)?
         })
     }
 
     fn commit_queued(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
-        // Dropping the outcome tells the writer nobody waits: it logs a failure itself.
-        Box::pin(async move {
-            self.enqueue(|reply| Job::Write { batch, reply })
-                .await
-                .map(drop)
-        })
+        Box::pin(self.send(Job::Write { batch, reply: None }))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -506,6 +528,8 @@ struct Writer {
     stats: Arc<StatCounters>,
     /// Why the writer stopped accepting work: a log append or checkpoint failed.
     failed: Option<StoreError>,
+    /// Staged records not yet written to the log, and who waits for them.
+    unsynced: Unsynced,
 }
 
 /// A checkpoint on its own thread, writing an overlay the writer no longer changes.
@@ -520,12 +544,33 @@ const BACKGROUND_POLL: Duration = Duration::from_millis(5);
 /// The largest log buffer kept for the next group: one huge batch must not pin its memory.
 const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
 
-/// Where one group's accepted batches wait for the log flush.
+/// Buffered log bytes of queued batches that force a flush before the sync delay is up: bounds
+/// the buffer's memory and the size of one write.
+const MAX_UNSYNCED_LOG_BYTES: usize = 1 << 20;
+
+/// Accepted batches whose log records wait for the next flush.
+#[derive(Default)]
+struct Unsynced {
+    /// Their framed log records.
+    framed: Vec<u8>,
+    /// The callers waiting for durability.
+    replies: Vec<Reply>,
+    /// Batches nobody waits for (queued commits).
+    queued: u64,
+    /// When the oldest of them was staged.
+    since: Option<Instant>,
+}
+
+impl Unsynced {
+    fn batches(&self) -> u64 {
+        self.replies.len() as u64 + self.queued
+    }
+}
+
+/// One drained run of jobs: base rows are read from one snapshot per group; the end of a
+/// checkpoint invalidates it.
 #[derive(Default)]
 struct Group {
-    framed: Vec<u8>,
-    replies: Vec<Reply>,
-    /// Base rows are read from one snapshot per group; the end of a checkpoint invalidates it.
     base: Option<Base>,
 }
 
@@ -536,20 +581,7 @@ impl Writer {
         let mut received = Vec::with_capacity(max_group);
         let mut group = Group::default();
         loop {
-            let wait = if self.failed.is_some() {
-                None
-            } else if self.background.is_some() {
-                Some(BACKGROUND_POLL)
-            } else if self.overlay.is_dirty() {
-                Some(
-                    self.options
-                        .checkpoint_interval
-                        .saturating_sub(self.last_checkpoint.elapsed()),
-                )
-            } else {
-                None
-            };
-            let count = match wait {
+            let count = match self.next_wake() {
                 Some(wait) => {
                     tokio::time::timeout(wait, jobs.recv_many(&mut received, max_group)).await
                 }
@@ -560,6 +592,7 @@ impl Writer {
                 Ok(_) => self.process(&mut received, &mut group),
                 Err(_elapsed) => {}
             }
+            self.flush_if_due();
             if self
                 .background
                 .as_ref()
@@ -573,17 +606,66 @@ impl Writer {
         let _ = self.checkpoint_now();
     }
 
+    /// How long the writer may wait for jobs before it has to act: sync buffered queued
+    /// batches, look after its background checkpoint, or start one. `None`: until a job comes.
+    fn next_wake(&self) -> Option<Duration> {
+        let sync = self.unsynced.since.map(|since| {
+            self.options
+                .queued_sync_delay
+                .saturating_sub(since.elapsed())
+        });
+        let checkpoint = if self.failed.is_some() {
+            None
+        } else if self.background.is_some() {
+            Some(BACKGROUND_POLL)
+        } else if self.overlay.is_dirty() {
+            Some(
+                self.options
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed()),
+            )
+        } else {
+            None
+        };
+        match (sync, checkpoint) {
+            (Some(sync), Some(checkpoint)) => Some(sync.min(checkpoint)),
+            (sync, checkpoint) => sync.or(checkpoint),
+        }
+    }
+
+    /// Flushes the buffered records when someone waits for them, they outgrew their bound,
+    /// the oldest reached the sync delay, or the store failed (their callers learn it now).
+    fn flush_if_due(&mut self) {
+        let unsynced = &self.unsynced;
+        let due = !unsynced.replies.is_empty()
+            || unsynced.framed.len() > MAX_UNSYNCED_LOG_BYTES
+            || unsynced
+                .since
+                .is_some_and(|since| since.elapsed() >= self.options.queued_sync_delay)
+            || self.failed.is_some();
+        if due {
+            self.flush();
+        }
+    }
+
     /// Handles one drained run of jobs in order. `group` is reused so its buffers keep
     /// their capacity from one run to the next.
     fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) {
         for job in jobs.drain(..) {
             match job {
                 Job::Write { batch, reply } => match self.stage(batch, group) {
-                    Ok(()) => group.replies.push(reply),
+                    Ok(()) => {
+                        let unsynced = &mut self.unsynced;
+                        unsynced.since.get_or_insert_with(Instant::now);
+                        match reply {
+                            Some(reply) => unsynced.replies.push(reply),
+                            None => unsynced.queued += 1,
+                        }
+                    }
                     Err(error) => answer(reply, Err(error)),
                 },
                 Job::Checkpoint { reply, only_for } => {
-                    self.flush(group);
+                    self.flush();
                     group.base = None;
                     let outcome = match only_for {
                         Some(map) if !self.has_unwritten(&map) => self.healthy(),
@@ -594,12 +676,8 @@ impl Writer {
                 }
             }
         }
-        self.flush(group);
         // The snapshot must not outlive the background checkpoint, which may end next.
         group.base = None;
-        if group.framed.capacity() > MAX_KEPT_LOG_BUFFER {
-            group.framed = Vec::new();
-        }
     }
 
     /// Validates `batch`, merges it into the overlay and frames its log record. A batch
@@ -612,12 +690,12 @@ impl Writer {
             Some(base) => base,
             empty => {
                 let frozen = self.background.as_ref().map(|b| Arc::clone(&b.frozen));
-                empty.insert(Base::open(&self.db, frozen)?)
+                empty.insert(Base::new(&self.db, frozen))
             }
         };
         self.overlay.prefetch(&batch, base)?;
         batch.check_kinds(|map| Ok(self.overlay.kind(map)))?;
-        wal::frame_record(&mut group.framed, self.next_sequence, |out| {
+        wal::frame_record(&mut self.unsynced.framed, self.next_sequence, |out| {
             encode_mutations(batch.mutations(), out)
         })?;
         self.overlay.apply(batch);
@@ -625,29 +703,39 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes the group's records durable with one log flush, then answers their callers.
-    fn flush(&mut self, group: &mut Group) {
-        if group.replies.is_empty() {
+    /// Makes the buffered records durable with one log write and `fdatasync`, then answers
+    /// their callers.
+    fn flush(&mut self) {
+        let batches = self.unsynced.batches();
+        if batches == 0 {
             return;
         }
         let outcome = match &self.failed {
             Some(error) => Err(error.clone()),
-            None => self.wal.append_durably(&group.framed),
+            None => self.wal.append_durably(&self.unsynced.framed),
         };
-        group.framed.clear();
+        let unsynced = &mut self.unsynced;
+        unsynced.framed.clear();
+        if unsynced.framed.capacity() > MAX_KEPT_LOG_BUFFER {
+            unsynced.framed = Vec::new();
+        }
+        unsynced.since = None;
+        let queued = std::mem::take(&mut unsynced.queued);
+        let replies = std::mem::take(&mut unsynced.replies);
         match outcome {
             Ok(()) => {
-                self.stats
-                    .batches
-                    .fetch_add(group.replies.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(batches, Ordering::Relaxed);
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                for reply in group.replies.drain(..) {
-                    answer(reply, Ok(()));
+                for reply in replies {
+                    answer(Some(reply), Ok(()));
                 }
             }
             Err(error) => {
                 self.fail(&error);
-                for reply in group.replies.drain(..) {
+                if queued > 0 {
+                    tracing::error!(%error, batches = queued, "queued store commits failed");
+                }
+                for reply in replies {
                     // Logged once by `fail`.
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -688,6 +776,9 @@ impl Writer {
 
     /// Seals the log segment, freezes the overlay, and writes it to redb on a new thread.
     fn start_background(&mut self) -> Result<(), StoreError> {
+        // The sealed segment must hold every record the frozen overlay covers.
+        self.flush();
+        self.healthy()?;
         self.wal.rotate()?;
         let frozen = Arc::new(std::mem::take(&mut self.overlay));
         let covered = self.next_sequence - 1;
@@ -744,6 +835,7 @@ impl Writer {
     /// Makes redb hold every staged batch before returning (for a read, recovery or close):
     /// waits for a background checkpoint, then checkpoints the overlay on this thread.
     fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        self.flush();
         self.finish_background();
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -784,7 +876,7 @@ impl Writer {
             )?);
             let base = match &mut base {
                 Some(base) => base,
-                empty => empty.insert(Base::open(&self.db, None)?),
+                empty => empty.insert(Base::new(&self.db, None)),
             };
             self.overlay.prefetch(&batch, base)?;
             // The batch passed this check when it was logged, against the same state.
@@ -817,8 +909,12 @@ fn write_checkpoint(db: &Database, overlay: &Overlay, covered: u64) -> Result<()
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
 /// logged here, so it is never lost silently.
-fn answer(reply: Reply, outcome: Result<(), StoreError>) {
-    if let Err(Err(error)) = reply.send(outcome) {
+fn answer(reply: Option<Reply>, outcome: Result<(), StoreError>) {
+    let unanswered = match reply {
+        Some(reply) => reply.send(outcome).err(),
+        None => Some(outcome),
+    };
+    if let Some(Err(error)) = unanswered {
         tracing::error!(%error, "a queued store commit failed");
     }
 }
@@ -1630,6 +1726,126 @@ mod tests {
         assert_eq!(store.stats().checkpoints, before + 1);
     }
 
+    /// Options under which only the tests' own triggers sync queued batches or checkpoint.
+    fn queued_sync_after(delay: Duration) -> RedbOptions {
+        RedbOptions {
+            queued_sync_delay: delay,
+            ..never_by_time()
+        }
+    }
+
+    /// Queues one put per key `k00..`, `count` of them, pausing after each so the writer
+    /// drains them one by one (each drained group used to cost a flush).
+    async fn commit_queued_one_by_one(store: &RedbStore, count: u64) {
+        for i in 0..count {
+            store
+                .commit_queued(WriteBatch::from(vec![put("m", &format!("k{i:02}"), i)]))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_commits_share_one_flush_until_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            RedbStore::open_with(dir.path(), queued_sync_after(Duration::from_secs(3600))).unwrap();
+        commit_queued_one_by_one(&store, CRASH_COMMITS).await;
+        assert_eq!(store.stats().flushes, 0);
+        assert_eq!(wal_len(dir.path()), 0, "nothing written before a sync");
+        // A read makes them durable (and checkpoints them) before it is answered.
+        assert_eq!(
+            lww_keys_async(&store, "m").await.len() as u64,
+            CRASH_COMMITS
+        );
+        let stats = store.stats();
+        assert_eq!(
+            (stats.batches, stats.flushes, stats.checkpoints),
+            (CRASH_COMMITS, 1, 1)
+        );
+
+        // With the default delay a burst still shares flushes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        commit_queued_one_by_one(&store, CRASH_COMMITS).await;
+        store
+            .commit(WriteBatch::from(vec![put("m", "waited", 1)]))
+            .await
+            .unwrap();
+        let stats = store.stats();
+        assert_eq!(stats.batches, CRASH_COMMITS + 1);
+        assert!(stats.flushes <= CRASH_COMMITS / 2, "{stats:?}");
+    }
+
+    #[test]
+    fn a_waiting_commit_makes_the_queued_ones_before_it_durable() {
+        let dir = after_crashing_child(
+            "a_waiting_commit_makes_the_queued_ones_before_it_durable",
+            async |dir| {
+                let options = queued_sync_after(Duration::from_secs(3600));
+                let store = RedbStore::open_with(dir, options).unwrap();
+                commit_queued_one_by_one(&store, CRASH_COMMITS).await;
+                store
+                    .commit(WriteBatch::from(vec![put("m", "waited", 1)]))
+                    .await
+                    .unwrap();
+                let stats = store.stats();
+                assert_eq!((stats.batches, stats.flushes), (CRASH_COMMITS + 1, 1));
+                Arc::new(store)
+            },
+        );
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut expected: Vec<String> = (0..CRASH_COMMITS).map(|i| format!("k{i:02}")).collect();
+        expected.push("waited".into());
+        assert_eq!(lww_keys(&store, "m"), expected);
+    }
+
+    #[tokio::test]
+    async fn an_idle_store_syncs_a_queued_commit_after_the_delay() {
+        const DELAY: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), queued_sync_after(DELAY)).unwrap();
+        let started = Instant::now();
+        store
+            .commit_queued(WriteBatch::from(vec![put("m", "k", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(store.stats().flushes, 0);
+        let deadline = started + DELAY + Duration::from_secs(5);
+        while store.stats().flushes == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let synced_after = started.elapsed();
+        assert_eq!(store.stats().flushes, 1);
+        assert!(synced_after >= DELAY, "synced after {synced_after:?}");
+        assert!(wal_len(dir.path()) > 0);
+    }
+
+    #[test]
+    fn a_queued_commit_survives_a_crash_after_the_delay() {
+        let dir = after_crashing_child(
+            "a_queued_commit_survives_a_crash_after_the_delay",
+            async |dir| {
+                let options = queued_sync_after(Duration::from_millis(20));
+                let store = RedbStore::open_with(dir, options).unwrap();
+                store
+                    .commit_queued(WriteBatch::from(vec![put("m", "k", 1)]))
+                    .await
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while store.stats().flushes == 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Arc::new(store)
+            },
+        );
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(lww_keys(&store, "m"), ["k"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_see_queued_and_committed_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1821,7 +2037,12 @@ mod tests {
             let expected = reference.commit(batch.clone()).await.is_ok();
             let store = Arc::clone(&store);
             // Concurrent commits form groups, but their queue order is the commit order.
-            let queued = store.enqueue(|reply| Job::Write { batch, reply }).await;
+            let queued = store
+                .enqueue(|reply| Job::Write {
+                    batch,
+                    reply: Some(reply),
+                })
+                .await;
             pending.push((i, expected, queued.unwrap()));
             if pending.len() == 16 {
                 for (i, expected, outcome) in pending.drain(..) {

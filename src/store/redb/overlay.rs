@@ -16,10 +16,15 @@
 //! A background checkpoint writes a frozen overlay while the writer fills a fresh one; until
 //! it commits, base rows come from the frozen overlay first and redb second ([`Base`]), and
 //! afterwards its rows become the fresh overlay's clean cache ([`Overlay::absorb`]).
+//!
+//! The hash maps are keyed by map names, keys and tags: they use `foldhash`, randomly seeded,
+//! rather than std's SipHash, which stood out in the writer's profile.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
@@ -77,6 +82,17 @@ impl MapState {
         self.lww.len() + self.or_records.len() + self.tombstones.len()
     }
 
+    /// Records the map's kind; kinds were validated, so this never changes an existing one.
+    fn claim(&mut self, kind: MapKind) {
+        if !self
+            .kind
+            .as_ref()
+            .is_some_and(|slot| slot.value == Some(kind))
+        {
+            self.kind = Some(Slot::dirty(Some(kind)));
+        }
+    }
+
     fn mark_clean(&mut self) {
         self.cleared = false;
         if let Some(kind) = &mut self.kind {
@@ -93,9 +109,16 @@ impl MapState {
 }
 
 /// Where a batch's base rows come from: the overlay a background checkpoint is writing (its
-/// rows are newer than redb's), then map-scoped redb tables in one read transaction.
+/// rows are newer than redb's), then map-scoped redb tables in one read transaction, begun
+/// only when a row is missing from both overlays (hot keys never need it).
 pub(super) struct Base {
+    db: Arc<Database>,
     frozen: Option<Arc<Overlay>>,
+    tables: Option<BaseTables>,
+}
+
+/// The map-scoped redb tables, open in one read transaction.
+struct BaseTables {
     kinds: ReadOnlyTable<&'static str, u8>,
     lww: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     or_records: ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
@@ -103,20 +126,35 @@ pub(super) struct Base {
 }
 
 impl Base {
-    /// A snapshot of redb as it is now, behind `frozen` (the overlay being checkpointed, if
-    /// any). Must not outlive the end of a checkpoint, which would leave it stale.
-    pub(super) fn open(db: &Database, frozen: Option<Arc<Overlay>>) -> Result<Self, StoreError> {
-        let txn = db
-            .begin_read()
-            .map_err(backend("begin a read transaction"))?;
-        let open_error = backend("open a table for reading");
-        Ok(Self {
+    /// Base rows from `db` behind `frozen` (the overlay being checkpointed, if any). Must not
+    /// outlive the end of that checkpoint, which would leave it stale. Until then, whenever
+    /// its redb snapshot is taken, it agrees with `frozen` on every row `frozen` lacks.
+    pub(super) fn new(db: &Arc<Database>, frozen: Option<Arc<Overlay>>) -> Self {
+        Self {
+            db: Arc::clone(db),
             frozen,
-            kinds: txn.open_table(KINDS).map_err(open_error.clone())?,
-            lww: txn.open_table(LWW).map_err(open_error.clone())?,
-            or_records: txn.open_table(OR_RECORDS).map_err(open_error.clone())?,
-            or_tombstones: txn.open_table(OR_TOMBSTONES).map_err(open_error)?,
-        })
+            tables: None,
+        }
+    }
+
+    /// The redb tables, opened on first use.
+    fn tables(&mut self) -> Result<&BaseTables, StoreError> {
+        match &mut self.tables {
+            Some(tables) => Ok(tables),
+            empty => {
+                let txn = self
+                    .db
+                    .begin_read()
+                    .map_err(backend("begin a read transaction"))?;
+                let open_error = backend("open a table for reading");
+                Ok(empty.insert(BaseTables {
+                    kinds: txn.open_table(KINDS).map_err(open_error.clone())?,
+                    lww: txn.open_table(LWW).map_err(open_error.clone())?,
+                    or_records: txn.open_table(OR_RECORDS).map_err(open_error.clone())?,
+                    or_tombstones: txn.open_table(OR_TOMBSTONES).map_err(open_error)?,
+                }))
+            }
+        }
     }
 
     /// What the frozen overlay says about a map: its state, or `None` to ask redb.
@@ -124,18 +162,19 @@ impl Base {
         self.frozen.as_ref().and_then(|frozen| frozen.maps.get(map))
     }
 
-    fn kind(&self, map: &str) -> Result<Option<MapKind>, StoreError> {
+    fn kind(&mut self, map: &str) -> Result<Option<MapKind>, StoreError> {
         if let Some(slot) = self.frozen(map).and_then(|state| state.kind.as_ref()) {
             return Ok(slot.value);
         }
-        self.kinds
+        self.tables()?
+            .kinds
             .get(map)
             .map_err(backend("read a map kind"))?
             .map(|code| kind_from_code(map, code.value()))
             .transpose()
     }
 
-    fn lww(&self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
+    fn lww(&mut self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
         if let Some(state) = self.frozen(map) {
             if let Some(slot) = state.lww.get(key) {
                 return Ok(slot.value.clone());
@@ -144,14 +183,15 @@ impl Base {
                 return Ok(None);
             }
         }
-        self.lww
+        self.tables()?
+            .lww
             .get((map, key))
             .map_err(backend("read an LWW record"))?
             .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
             .transpose()
     }
 
-    fn or_records(&self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
+    fn or_records(&mut self, map: &str, key: &str) -> Result<Vec<OrMapRecord>, StoreError> {
         if let Some(state) = self.frozen(map) {
             if let Some(slot) = state.or_records.get(key) {
                 return Ok(slot.value.clone());
@@ -161,6 +201,7 @@ impl Base {
             }
         }
         Ok(self
+            .tables()?
             .or_records
             .get((map, key))
             .map_err(backend("read OR records"))?
@@ -169,7 +210,7 @@ impl Base {
             .unwrap_or_default())
     }
 
-    fn tombstoned(&self, map: &str, tag: &str) -> Result<bool, StoreError> {
+    fn tombstoned(&mut self, map: &str, tag: &str) -> Result<bool, StoreError> {
         if let Some(state) = self.frozen(map) {
             if let Some(slot) = state.tombstones.get(tag) {
                 return Ok(slot.value);
@@ -179,6 +220,7 @@ impl Base {
             }
         }
         Ok(self
+            .tables()?
             .or_tombstones
             .get((map, tag))
             .map_err(backend("read an OR tombstone"))?
@@ -233,7 +275,11 @@ impl Overlay {
     }
 
     /// Loads from `base` every row `batch` may consult that the overlay does not know yet.
-    pub(super) fn prefetch(&mut self, batch: &WriteBatch, base: &Base) -> Result<(), StoreError> {
+    pub(super) fn prefetch(
+        &mut self,
+        batch: &WriteBatch,
+        base: &mut Base,
+    ) -> Result<(), StoreError> {
         for mutation in batch.mutations() {
             if let Some((map, _)) = mutation.kind_effect() {
                 self.load_kind(map, base)?;
@@ -372,7 +418,7 @@ impl Overlay {
         }
     }
 
-    fn load_kind(&mut self, map: &str, base: &Base) -> Result<(), StoreError> {
+    fn load_kind(&mut self, map: &str, base: &mut Base) -> Result<(), StoreError> {
         if self.maps.get(map).is_some_and(|state| state.kind.is_some()) {
             return Ok(());
         }
@@ -381,11 +427,11 @@ impl Overlay {
         Ok(())
     }
 
-    fn load_lww(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
+    fn load_lww(&mut self, map: &str, key: &str, base: &mut Base) -> Result<(), StoreError> {
         self.load_row(map, key, |state| &mut state.lww, || base.lww(map, key))
     }
 
-    fn load_or_records(&mut self, map: &str, key: &str, base: &Base) -> Result<(), StoreError> {
+    fn load_or_records(&mut self, map: &str, key: &str, base: &mut Base) -> Result<(), StoreError> {
         self.load_row(
             map,
             key,
@@ -394,7 +440,7 @@ impl Overlay {
         )
     }
 
-    fn load_tombstone(&mut self, map: &str, tag: &str, base: &Base) -> Result<(), StoreError> {
+    fn load_tombstone(&mut self, map: &str, tag: &str, base: &mut Base) -> Result<(), StoreError> {
         self.load_row(
             map,
             tag,
@@ -430,12 +476,7 @@ impl Overlay {
     fn apply_one(&mut self, mutation: Mutation) {
         match mutation {
             Mutation::SetMapKind { map, kind } => self.claim(&map, kind),
-            Mutation::PutLww { map, key, record } => {
-                self.claim(&map, MapKind::Lww);
-                if crate::store::lww_replaces(self.lww(&map, &key), &record) {
-                    self.set_lww(&map, key, Some(record));
-                }
-            }
+            Mutation::PutLww { map, key, record } => self.put_lww(map, key, record),
             Mutation::DeleteLww { map, key } => {
                 if self.lww(&map, &key).is_some_and(LwwRecord::is_tombstone) {
                     self.set_lww(&map, key, None);
@@ -492,13 +533,24 @@ impl Overlay {
 
     /// Records `map`'s kind; kinds were validated, so this never changes an existing one.
     fn claim(&mut self, map: &str, kind: MapKind) {
-        let state = self.state(map);
-        if !state
-            .kind
-            .as_ref()
-            .is_some_and(|slot| slot.value == Some(kind))
-        {
-            state.kind = Some(Slot::dirty(Some(kind)));
+        self.state(map).claim(kind);
+    }
+
+    /// The hottest mutation: one lookup of the map and one of the key, with the mutation's
+    /// own strings moved in (no copies of them).
+    fn put_lww(&mut self, map: String, key: String, record: LwwRecord) {
+        let state = self.maps.entry(map).or_default();
+        state.claim(MapKind::Lww);
+        match state.lww.entry(key) {
+            Entry::Occupied(mut occupied) => {
+                if crate::store::lww_replaces(occupied.get().value.as_ref(), &record) {
+                    occupied.insert(Slot::dirty(Some(record)));
+                }
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot::dirty(Some(record)));
+                self.map_rows += 1;
+            }
         }
     }
 
@@ -642,18 +694,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(super::super::RedbStore::open(dir.path()).unwrap());
         let db = Database::create(dir.path().join(super::super::FILE_NAME)).unwrap();
-        let base = Base::open(&db, None).unwrap();
+        let mut base = Base::new(&Arc::new(db), None);
 
         let mut overlay = Overlay::default();
         let batch = WriteBatch::from((0..20).map(|i| put(&i.to_string())).collect::<Vec<_>>());
-        overlay.prefetch(&batch, &base).unwrap();
+        overlay.prefetch(&batch, &mut base).unwrap();
         assert_eq!((overlay.rows(), overlay.is_dirty()), (20, false));
         overlay.trim_cache(30);
         assert_eq!(overlay.rows(), 20);
         overlay.trim_cache(10);
         assert_eq!(overlay.rows(), 0);
 
-        overlay.prefetch(&batch, &base).unwrap();
+        overlay.prefetch(&batch, &mut base).unwrap();
         overlay.apply(batch);
         overlay.trim_cache(10);
         assert_eq!((overlay.rows(), overlay.is_dirty()), (20, true));
