@@ -61,7 +61,7 @@ use ::redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::overlay::{Base, Overlay};
 use self::wal::{LogRecord, Wal};
@@ -160,6 +160,8 @@ pub struct RedbStore {
 struct Open {
     db: Arc<Database>,
     queue: mpsc::Sender<Job>,
+    /// Cuts the writer's linger short: someone waits for a job just queued.
+    urgent: Arc<Notify>,
     writer: JoinHandle<()>,
 }
 
@@ -222,6 +224,7 @@ impl RedbStore {
             stats: Arc::clone(&stats),
             failed: None,
             unsynced: Unsynced::default(),
+            urgent: Arc::new(Notify::new()),
         };
         writer.replay(records, checkpointed)?;
         writer.checkpoint_now()?;
@@ -230,13 +233,19 @@ impl RedbStore {
             .build()
             .map_err(|e| io_error("start the writer runtime for", &path, e))?;
         let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let urgent = Arc::clone(&writer.urgent);
         let writer = std::thread::Builder::new()
             .name("topgun-store-writer".into())
             .spawn(move || runtime.block_on(writer.run(jobs)))
             .map_err(|e| io_error("start the writer thread for", &path, e))?;
         Ok(Self {
             path,
-            open: Mutex::new(Some(Open { db, queue, writer })),
+            open: Mutex::new(Some(Open {
+                db,
+                queue,
+                urgent,
+                writer,
+            })),
             stats,
         })
     }
@@ -276,13 +285,23 @@ impl RedbStore {
     }
 
     /// Queues `job` for the writer (waiting for room) and returns where its outcome arrives.
+    /// The caller will wait for it, so a lingering writer is woken at once.
     async fn enqueue(
         &self,
         job: impl FnOnce(Reply) -> Job,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, outcome) = oneshot::channel();
+        let urgent = self.urgent()?;
         self.send(job(reply)).await?;
+        urgent.notify_one();
         Ok(outcome)
+    }
+
+    fn urgent(&self) -> Result<Arc<Notify>, StoreError> {
+        self.lock_open()
+            .as_ref()
+            .map(|open| Arc::clone(&open.urgent))
+            .ok_or(StoreError::Closed)
     }
 
     /// Queues `job` for the writer, waiting for room. The sender is dropped on return:
@@ -334,8 +353,15 @@ impl Open {
     /// Stops accepting batches, waits for the writer to finish the queued ones and
     /// checkpoint, and releases the file (once no read is still running).
     fn shut_down(self) -> Result<(), StoreError> {
-        let Self { db, queue, writer } = self;
+        let Self {
+            db,
+            queue,
+            urgent,
+            writer,
+        } = self;
         drop(queue);
+        // A lingering writer notices the closed queue at once.
+        urgent.notify_one();
         let joined = writer.join();
         drop(db);
         joined.map_err(|_| StoreError::Task("the store writer thread panicked".into()))
@@ -530,6 +556,8 @@ struct Writer {
     failed: Option<StoreError>,
     /// Staged records not yet written to the log, and who waits for them.
     unsynced: Unsynced,
+    /// Notified when a job somebody waits for was queued (see [`QUEUED_LINGER`]).
+    urgent: Arc<Notify>,
 }
 
 /// A checkpoint on its own thread, writing an overlay the writer no longer changes.
@@ -540,6 +568,12 @@ struct Background {
 
 /// How often an otherwise idle writer looks whether its background checkpoint finished.
 const BACKGROUND_POLL: Duration = Duration::from_millis(5);
+
+/// How long the writer lets queued commits gather after a run of nothing but them, unless a
+/// waiting job arrives: under load, waking the writer for every batch (a futex wake on the
+/// sender's side, a context switch on the writer's) cost more than the work itself. Nobody
+/// waits for these batches, and the sync delay still bounds how long they stay unsynced.
+const QUEUED_LINGER: Duration = Duration::from_millis(1);
 
 /// The largest log buffer kept for the next group: one huge batch must not pin its memory.
 const MAX_KEPT_LOG_BUFFER: usize = 4 << 20;
@@ -587,9 +621,13 @@ impl Writer {
                 }
                 None => Ok(jobs.recv_many(&mut received, max_group).await),
             };
+            let mut linger = false;
             match count {
                 Ok(0) => break,
-                Ok(_) => self.process(&mut received, &mut group),
+                Ok(drained) => {
+                    let anyone_waits = self.process(&mut received, &mut group);
+                    linger = !anyone_waits && drained < max_group;
+                }
                 Err(_elapsed) => {}
             }
             self.flush_if_due();
@@ -601,6 +639,13 @@ impl Writer {
                 self.finish_background();
             }
             self.start_background_if_due();
+            if linger && !self.options.queued_sync_delay.is_zero() {
+                let wait = self
+                    .next_wake()
+                    .map_or(QUEUED_LINGER, |w| w.min(QUEUED_LINGER));
+                // Either way the loop goes on to drain what gathered.
+                let _ = tokio::time::timeout(wait, self.urgent.notified()).await;
+            }
         }
         // Reported through `failed`'s log line; nothing is left to answer.
         let _ = self.checkpoint_now();
@@ -649,8 +694,9 @@ impl Writer {
     }
 
     /// Handles one drained run of jobs in order. `group` is reused so its buffers keep
-    /// their capacity from one run to the next.
-    fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) {
+    /// their capacity from one run to the next. True when some job had a caller waiting.
+    fn process(&mut self, jobs: &mut Vec<Job>, group: &mut Group) -> bool {
+        let mut anyone_waits = false;
         for job in jobs.drain(..) {
             match job {
                 Job::Write { batch, reply } => match self.stage(batch, group) {
@@ -658,13 +704,20 @@ impl Writer {
                         let unsynced = &mut self.unsynced;
                         unsynced.since.get_or_insert_with(Instant::now);
                         match reply {
-                            Some(reply) => unsynced.replies.push(reply),
+                            Some(reply) => {
+                                anyone_waits = true;
+                                unsynced.replies.push(reply);
+                            }
                             None => unsynced.queued += 1,
                         }
                     }
-                    Err(error) => answer(reply, Err(error)),
+                    Err(error) => {
+                        anyone_waits |= reply.is_some();
+                        answer(reply, Err(error));
+                    }
                 },
                 Job::Checkpoint { reply, only_for } => {
+                    anyone_waits = true;
                     self.flush();
                     group.base = None;
                     let outcome = match only_for {
@@ -678,6 +731,7 @@ impl Writer {
         }
         // The snapshot must not outlive the background checkpoint, which may end next.
         group.base = None;
+        anyone_waits
     }
 
     /// Validates `batch`, merges it into the overlay and frames its log record. A batch
