@@ -1,7 +1,8 @@
 //! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`, with a
 //! write-ahead log, `<dir>/topgun.wal`, in front of it.
 //!
-//! Layout: one table per kind of data (the journal is keyed by sequence), never one per map,
+//! Layout: one table per kind of data (the journal in runs keyed by their first sequence,
+//! `journal_chunks`), never one per map,
 //! so map names need no grammar
 //! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
@@ -48,6 +49,7 @@
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
 //! whose `commit` has not resolved, and queued batches younger than the sync delay.
 
+mod journal_chunks;
 mod overlay;
 mod wal;
 
@@ -74,9 +76,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The database file inside the store directory.
 const FILE_NAME: &str = "topgun.redb";
 /// The layout and encoding version this build writes and reads. Version 2 added the
-/// write-ahead log and the checkpoint row; a version 1 store (no log) opens and is upgraded.
-const FORMAT_VERSION: u32 = 2;
-const UPGRADABLE_FORMAT_VERSION: u32 = 1;
+/// write-ahead log and the checkpoint row; version 3 stores the journal in runs of entries.
+const FORMAT_VERSION: u32 = 3;
+/// Formats opened and upgraded in place: 1 had no write-ahead log; 2 kept one journal row per
+/// entry (those rows stay readable, see `journal_chunks`).
+const UPGRADABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 const FORMAT_KEY: &str = "version";
 
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("store_format");
@@ -87,7 +91,10 @@ const OR_TOMBSTONES: TableDefinition<(&str, &str), ()> = TableDefinition::new("o
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 const FENCING: TableDefinition<&str, u64> = TableDefinition::new("fencing_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Format 2's journal, one entry per row: read and trimmed, never written.
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// The journal in runs of entries (see `journal_chunks`).
+const JOURNAL_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_chunks");
 /// One row, [`JOURNAL_HEAD_KEY`] → the highest sequence ever appended.
 const JOURNAL_HEAD: TableDefinition<&str, u64> = TableDefinition::new("journal_head");
 const JOURNAL_HEAD_KEY: &str = "last";
@@ -435,19 +442,10 @@ impl Store for RedbStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
         self.read(move |txn| {
-            let table = txn
-                .open_table(JOURNAL)
-                .map_err(backend("open the journal"))?;
-            let mut entries = Vec::new();
-            for entry in table
-                .range(from_sequence..)
-                .map_err(backend("read the journal"))?
-                .take(limit)
-            {
-                let (sequence, event) = entry.map_err(backend("read the journal"))?;
-                entries.push((sequence.value(), event.value().to_vec()));
-            }
-            Ok(entries)
+            let open_error = backend("open the journal");
+            let single = txn.open_table(JOURNAL).map_err(open_error.clone())?;
+            let chunks = txn.open_table(JOURNAL_CHUNKS).map_err(open_error)?;
+            journal_chunks::read(&single, &chunks, from_sequence, limit)
         })
     }
 
@@ -515,7 +513,12 @@ fn initialise(db: &Database) -> Result<u64, StoreError> {
             .map_err(backend("read the format version"))?
             .map(|v| v.value());
         match found {
-            None | Some(UPGRADABLE_FORMAT_VERSION) => {
+            None => {
+                format
+                    .insert(FORMAT_KEY, FORMAT_VERSION)
+                    .map_err(backend("write the format version"))?;
+            }
+            Some(found) if UPGRADABLE_FORMAT_VERSIONS.contains(&found) => {
                 format
                     .insert(FORMAT_KEY, FORMAT_VERSION)
                     .map_err(backend("write the format version"))?;
@@ -983,6 +986,7 @@ struct WriteTables<'txn> {
     fencing: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, &'static [u8]>,
     journal: Table<'txn, u64, &'static [u8]>,
+    journal_chunks: Table<'txn, u64, &'static [u8]>,
     journal_head: Table<'txn, &'static str, u64>,
 }
 
@@ -998,6 +1002,7 @@ impl<'txn> WriteTables<'txn> {
             fencing: txn.open_table(FENCING).map_err(open_error.clone())?,
             meta: txn.open_table(META).map_err(open_error.clone())?,
             journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
+            journal_chunks: txn.open_table(JOURNAL_CHUNKS).map_err(open_error.clone())?,
             journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
         })
     }
@@ -2002,20 +2007,86 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(RedbStore::open(dir.path()).unwrap());
         let path = dir.path().join(FILE_NAME);
-        let db = Database::create(&path).unwrap();
+        set_format_version(&path, 1);
+
+        drop(RedbStore::open(dir.path()).unwrap());
+        assert_eq!(format_version(&path), FORMAT_VERSION);
+    }
+
+    fn set_format_version(path: &Path, version: u32) {
+        let db = Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(FORMAT)
             .unwrap()
-            .insert(FORMAT_KEY, UPGRADABLE_FORMAT_VERSION)
+            .insert(FORMAT_KEY, version)
             .unwrap();
         txn.commit().unwrap();
-        drop(db);
+    }
 
-        drop(RedbStore::open(dir.path()).unwrap());
-        let db = Database::create(&path).unwrap();
+    fn format_version(path: &Path) -> u32 {
+        let db = Database::create(path).unwrap();
         let txn = db.begin_read().unwrap();
         let format = txn.open_table(FORMAT).unwrap();
-        assert_eq!(format.get(FORMAT_KEY).unwrap().unwrap().value(), 2);
+        format.get(FORMAT_KEY).unwrap().unwrap().value()
+    }
+
+    /// Format 2 kept one journal row per entry: after the upgrade those rows are read before
+    /// the newer runs, and trimming reaches both.
+    #[tokio::test]
+    async fn a_version_2_journal_stays_readable_and_trimmable() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(dir.path()).unwrap());
+        let path = dir.path().join(FILE_NAME);
+        set_format_version(&path, 2);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(JOURNAL).unwrap();
+                for sequence in 1..=5u64 {
+                    old.insert(sequence, format!("old-{sequence}").as_bytes())
+                        .unwrap();
+                }
+                txn.open_table(JOURNAL_HEAD)
+                    .unwrap()
+                    .insert(JOURNAL_HEAD_KEY, 5)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::new();
+        for sequence in 6..=8u64 {
+            batch.push(Mutation::AppendJournal {
+                sequence,
+                event: format!("new-{sequence}").into_bytes(),
+            });
+        }
+        store.commit(batch).await.unwrap();
+        let names = |rows: Vec<JournalRow>| -> Vec<String> {
+            rows.into_iter()
+                .map(|(sequence, event)| {
+                    format!("{sequence}:{}", String::from_utf8(event).unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(store.read_journal(4, 4).await.unwrap()),
+            ["4:old-4", "5:old-5", "6:new-6", "7:new-7"]
+        );
+        store
+            .commit(WriteBatch::from(vec![Mutation::TrimJournal { below: 7 }]))
+            .await
+            .unwrap();
+        assert_eq!(
+            names(store.read_journal(0, 10).await.unwrap()),
+            ["7:new-7", "8:new-8"]
+        );
+        assert_eq!(store.last_journal_sequence().await.unwrap(), 8);
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(format_version(&path), FORMAT_VERSION);
     }
 
     /// Random batches against a store that checkpoints in the background all the time must

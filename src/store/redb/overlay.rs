@@ -28,7 +28,7 @@ use foldhash::{HashMap, HashSet};
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
-use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend};
+use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend, journal_chunks};
 use crate::record::{LwwRecord, OrMapRecord};
 use crate::store::codec::{decode, encode, kind_code, kind_from_code};
 use crate::store::{CounterSnapshot, MapKind, Mutation, StoreError, WriteBatch};
@@ -348,17 +348,18 @@ impl Overlay {
                 .map_err(backend("write metadata"))?;
         }
         if self.trim_below > 0 {
-            tables
-                .journal
-                .retain_in(..self.trim_below, |_, _| false)
-                .map_err(backend("trim the journal"))?;
+            journal_chunks::trim(
+                &mut tables.journal,
+                &mut tables.journal_chunks,
+                self.trim_below,
+            )?;
         }
-        for (sequence, event) in &self.journal {
-            tables
-                .journal
-                .insert(*sequence, event.as_slice())
-                .map_err(backend("write a journal entry"))?;
-        }
+        journal_chunks::write(
+            &mut tables.journal_chunks,
+            self.journal
+                .iter()
+                .map(|(sequence, entry)| (*sequence, entry.as_slice())),
+        )?;
         tables.raise_journal_head(self.journal_head)
     }
 
