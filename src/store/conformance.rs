@@ -32,6 +32,7 @@ macro_rules! store_conformance_tests {
             close_rejects_later_calls,
             journal_reads_in_sequence_order_from_a_cursor,
             journal_trim_keeps_the_last_sequence,
+            journal_appends_replace_stored_entries,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
@@ -724,6 +725,46 @@ pub(crate) async fn journal_trim_keeps_the_last_sequence(store: &dyn Store) {
     // A late, lower append does not lower the head either.
     commit(store, vec![append(2, b"late")]).await.unwrap();
     assert_eq!(store.last_journal_sequence().await.unwrap(), 5);
+}
+
+/// An append over a stored sequence replaces that entry (the client's op log marks dropped
+/// ops so), and one into a gap between stored sequences joins them in order.
+pub(crate) async fn journal_appends_replace_stored_entries(store: &dyn Store) {
+    commit(
+        store,
+        (1..=200).step_by(2).map(|s| append(s, b"op")).collect(),
+    )
+    .await
+    .unwrap();
+    // Read once so a write-behind backend has written the first entries durably.
+    assert_eq!(store.read_journal(0, 1).await.unwrap().len(), 1);
+    commit(
+        store,
+        vec![
+            append(3, b"dropped"),
+            append(4, b"gap"),
+            append(199, b"last"),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut expected: Vec<(u64, Vec<u8>)> = (1..=200)
+        .step_by(2)
+        .map(|s| journal_entry(s, b"op"))
+        .collect();
+    expected[1] = journal_entry(3, b"dropped");
+    expected.insert(2, journal_entry(4, b"gap"));
+    *expected.last_mut().unwrap() = journal_entry(199, b"last");
+    assert_eq!(store.read_journal(0, 1_000).await.unwrap(), expected);
+    assert_eq!(
+        store.read_journal(3, 3).await.unwrap(),
+        vec![
+            journal_entry(3, b"dropped"),
+            journal_entry(4, b"gap"),
+            journal_entry(5, b"op")
+        ]
+    );
+    assert_eq!(store.last_journal_sequence().await.unwrap(), 199);
 }
 
 /// Commits can reach the store out of order (background persistence); the store keeps the

@@ -9,6 +9,10 @@
 //! A run's bytes: per entry its sequence (u64), its length (u32), both little-endian, then the
 //! entry. Sequences rise within a run and from one run to the next, but need not be
 //! consecutive (a sequence whose entry could not be encoded is never used).
+//!
+//! The server only appends, but `AppendJournal` may also replace a stored entry (the client's
+//! op log marks a dropped op that way): such an entry is written in place, into the format-2
+//! row or the run that holds its sequence, so runs never overlap.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +29,112 @@ pub(super) const MAX_CHUNK_BYTES: usize = 64 << 10;
 /// Bytes before each entry: its sequence and its length.
 const ENTRY_HEADER: usize = 12;
 
-/// Writes `entries` (ascending, all newer than every stored run) as runs.
+/// Stores `entries` (ascending): those at or below the highest stored sequence replace or
+/// join what is stored in place, the rest are appended as new runs.
 pub(super) fn write<'a>(
+    single: &mut Table<'_, u64, &'static [u8]>,
+    chunks: &mut Table<'_, u64, &'static [u8]>,
+    entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+) -> Result<(), StoreError> {
+    let tails = Tails::read(single, chunks)?;
+    let mut entries = entries.into_iter().peekable();
+    while let Some((sequence, entry)) = entries.next_if(|(s, _)| *s <= tails.highest()) {
+        write_in_place(single, chunks, &tails, sequence, entry)?;
+    }
+    append(chunks, entries)
+}
+
+/// The highest sequences stored: in the format-2 table, and in the runs (with the first
+/// sequence of the lowest run).
+struct Tails {
+    single: u64,
+    runs: u64,
+    first_run: Option<u64>,
+}
+
+impl Tails {
+    fn read(
+        single: &Table<'_, u64, &'static [u8]>,
+        chunks: &Table<'_, u64, &'static [u8]>,
+    ) -> Result<Self, StoreError> {
+        let failed = backend("read the journal's end");
+        let single = single
+            .last()
+            .map_err(failed.clone())?
+            .map_or(0, |(sequence, _)| sequence.value());
+        let runs = match chunks.last().map_err(failed.clone())? {
+            Some((first, bytes)) => entries(first.value(), bytes.value())?
+                .last()
+                .map_or(first.value(), |(sequence, _)| *sequence),
+            None => 0,
+        };
+        let first_run = chunks
+            .first()
+            .map_err(failed)?
+            .map(|(first, _)| first.value());
+        Ok(Self {
+            single,
+            runs,
+            first_run,
+        })
+    }
+
+    fn highest(&self) -> u64 {
+        self.single.max(self.runs)
+    }
+}
+
+/// Stores one entry at or below the highest stored sequence without breaking the order:
+/// into the format-2 table where it holds that sequence or the entry sorts before every run,
+/// into the run whose range covers it, else as a run of its own in the gap between runs.
+fn write_in_place(
+    single: &mut Table<'_, u64, &'static [u8]>,
+    chunks: &mut Table<'_, u64, &'static [u8]>,
+    tails: &Tails,
+    sequence: u64,
+    entry: &[u8],
+) -> Result<(), StoreError> {
+    let failed = backend("rewrite a journal entry");
+    let before_runs = tails.first_run.is_none_or(|first| sequence < first);
+    if before_runs && sequence <= tails.single
+        || single.get(sequence).map_err(failed.clone())?.is_some()
+    {
+        return single.insert(sequence, entry).map(drop).map_err(failed);
+    }
+    let covering = chunks
+        .range(..=sequence)
+        .map_err(failed.clone())?
+        .next_back()
+        .transpose()
+        .map_err(failed.clone())?
+        .map(|(first, bytes)| -> Result<_, StoreError> {
+            let mut run: BTreeMap<u64, Vec<u8>> = entries(first.value(), bytes.value())?
+                .into_iter()
+                .map(|(s, e)| (s, e.to_vec()))
+                .collect();
+            Ok((first.value(), run.last_key_value().map(|(s, _)| *s), {
+                run.insert(sequence, entry.to_vec());
+                run
+            }))
+        })
+        .transpose()?;
+    match covering {
+        Some((first, Some(last), run)) if last >= sequence => {
+            let mut bytes = Vec::new();
+            for (s, e) in &run {
+                push_entry(&mut bytes, *s, e)?;
+            }
+            chunks
+                .insert(first, bytes.as_slice())
+                .map(drop)
+                .map_err(failed)
+        }
+        _ => append(chunks, [(sequence, entry)]),
+    }
+}
+
+/// Writes `entries` (ascending, above every stored sequence) as new runs.
+fn append<'a>(
     chunks: &mut Table<'_, u64, &'static [u8]>,
     entries: impl IntoIterator<Item = (u64, &'a [u8])>,
 ) -> Result<(), StoreError> {
@@ -165,7 +273,8 @@ pub(super) fn trim(
         .transpose()?;
     chunks.retain_in(..below, |_, _| false).map_err(failed)?;
     match straddling {
-        Some(kept) => write(chunks, kept.iter().map(|(s, e)| (*s, e.as_slice()))),
+        // Below every remaining run, and the format-2 table is empty below the line too.
+        Some(kept) => append(chunks, kept.iter().map(|(s, e)| (*s, e.as_slice()))),
         None => Ok(()),
     }
 }
@@ -201,7 +310,12 @@ mod tests {
             }
             let mut chunks = txn.open_table(CHUNKS).unwrap();
             let entries: Vec<_> = new.iter().map(|&s| (s, entry(s))).collect();
-            write(&mut chunks, entries.iter().map(|(s, e)| (*s, e.as_slice()))).unwrap();
+            write(
+                &mut single,
+                &mut chunks,
+                entries.iter().map(|(s, e)| (*s, e.as_slice())),
+            )
+            .unwrap();
         }
         txn.commit().unwrap();
         (dir, db)
@@ -278,6 +392,52 @@ mod tests {
                 expected(all.filter(|s| *s >= below), usize::MAX),
                 "below {below}"
             );
+        }
+    }
+
+    /// Entries written over stored sequences (or into gaps among them) land in place: reads
+    /// return what a plain sequence → entry map holds, in order, without duplicates.
+    #[test]
+    fn rewrites_and_gap_entries_keep_the_journal_a_plain_sorted_map() {
+        let new = new_sequences();
+        let (_dir, db) = database(100..150, &new);
+        let mut model: BTreeMap<u64, Vec<u8>> = (100..150)
+            .chain(new.iter().copied())
+            .map(|s| (s, entry(s)))
+            .collect();
+        // A format-2 row, a gap before the runs, gaps and rows inside runs, the last row,
+        // a gap below everything, and new entries past the end, in three checkpoints.
+        let rounds: [&[u64]; 3] = [
+            &[5, 120, 160, 201, 202, 263, 300],
+            &[899, 900, 950],
+            &[1, 204, 901],
+        ];
+        for (round, sequences) in rounds.iter().enumerate() {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut single = txn.open_table(SINGLE).unwrap();
+                let mut chunks = txn.open_table(CHUNKS).unwrap();
+                let written: Vec<(u64, Vec<u8>)> = sequences
+                    .iter()
+                    .map(|&s| (s, format!("round {round} seq {s}").into_bytes()))
+                    .collect();
+                write(
+                    &mut single,
+                    &mut chunks,
+                    written.iter().map(|(s, e)| (*s, e.as_slice())),
+                )
+                .unwrap();
+                model.extend(written);
+            }
+            txn.commit().unwrap();
+            let expected: Vec<JournalRow> = model.clone().into_iter().collect();
+            assert_eq!(read_all(&db, 0, usize::MAX), expected, "round {round}");
+            let from_mid: Vec<JournalRow> = model
+                .range(202..)
+                .take(3)
+                .map(|(s, e)| (*s, e.clone()))
+                .collect();
+            assert_eq!(read_all(&db, 202, 3), from_mid, "round {round}");
         }
     }
 

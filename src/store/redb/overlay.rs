@@ -355,6 +355,7 @@ impl Overlay {
             )?;
         }
         journal_chunks::write(
+            &mut tables.journal,
             &mut tables.journal_chunks,
             self.journal
                 .iter()
