@@ -178,6 +178,9 @@ pub struct Limits {
     pub max_drift_ms: u64,
     /// Queued outbound messages per connection before it is considered too slow and closed.
     pub outbound_queue: usize,
+    /// Queued outbound bytes per connection before it is considered too slow and closed (one
+    /// larger frame still goes out when nothing else is queued).
+    pub outbound_queue_bytes: usize,
     /// Clients whose last sync is older than this must reset (`SYNC_RESET_REQUIRED`); tombstones
     /// older than this are pruned.
     pub gc_age_ms: u64,
@@ -219,6 +222,7 @@ impl Default for Limits {
             hlc_strict: false,
             max_drift_ms: 300_000,
             outbound_queue: 4_096,
+            outbound_queue_bytes: 64 << 20,
             gc_age_ms: 30 * 24 * 3_600_000,
             max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
             max_live_queries: 100_000,

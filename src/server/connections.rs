@@ -1,11 +1,12 @@
 //! The connection registry: who is connected, how to reach them, and who goes first when
 //! the server is full (requirement REF-13).
 //!
-//! Each connection owns a bounded outbound queue drained by its writer task. The registry is
+//! Each connection owns an outbound queue drained by its writer task, bounded in frames and in
+//! bytes (a peer that stops reading pins at most the byte bound). The registry is
 //! an LRU over connection activity: admitting a connection past `max_connections` evicts the
 //! least recently active one with a clear close code instead of refusing the newcomer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -31,6 +32,59 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+impl Outbound {
+    /// The bytes this frame holds while it waits in the queue.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Binary(bytes) => bytes.len(),
+            Self::Text(text) => text.len(),
+            Self::Close(..) => 0,
+        }
+    }
+
+    /// True for a frame that holds no bytes (a close, or an empty frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The bytes queued for one connection and not yet taken by its writer task.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+impl QueuedBytes {
+    fn new(max: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Counts `len` more bytes unless that passes the bound. A frame larger than the bound
+    /// still goes into an empty queue: one big response must not kill a reading peer.
+    fn reserve(&self, len: usize) -> bool {
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(len) > self.max {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The writer task took a frame of `len` bytes off the queue.
+    pub fn release(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes queued now.
+    pub fn get(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
 /// Why a message could not be queued for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -49,23 +103,42 @@ pub enum SendError {
 pub struct ConnHandle {
     pub id: ConnId,
     tx: mpsc::Sender<Outbound>,
+    queued: Arc<QueuedBytes>,
     kill: Arc<watch::Sender<bool>>,
 }
 
 impl ConnHandle {
-    /// Queues a frame without waiting; a full queue kills the connection.
+    /// Queues a frame without waiting; a queue full in frames or bytes kills the connection.
     pub fn send(&self, frame: Outbound) -> Result<(), SendError> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                tracing::warn!(
-                    conn = self.id,
-                    "outbound queue full: closing the slow connection"
-                );
-                self.kill();
-                SendError::Full
+        let len = frame.len();
+        if !self.queued.reserve(len) {
+            tracing::warn!(
+                conn = self.id,
+                queued_bytes = self.queued.get(),
+                "outbound bytes over the bound: closing the slow connection"
+            );
+            self.kill();
+            return Err(SendError::Full);
+        }
+        self.tx.try_send(frame).map_err(|e| {
+            self.queued.release(len);
+            match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    tracing::warn!(
+                        conn = self.id,
+                        "outbound queue full: closing the slow connection"
+                    );
+                    self.kill();
+                    SendError::Full
+                }
+                mpsc::error::TrySendError::Closed(_) => SendError::Gone,
             }
-            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
         })
+    }
+
+    /// The byte count the connection's writer task releases as it takes frames.
+    pub fn queued_bytes(&self) -> Arc<QueuedBytes> {
+        Arc::clone(&self.queued)
     }
 
     /// Queues a close frame behind what is already queued and ends the connection's read
@@ -90,14 +163,26 @@ impl ConnHandle {
     }
 }
 
-/// Creates a connection's outbound queue.
+/// Creates a connection's outbound queue of `capacity` frames, unbounded in bytes (for
+/// receivers that never release them; connections use [`bounded_outbound_queue`]).
 pub fn outbound_queue(id: ConnId, capacity: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+    bounded_outbound_queue(id, capacity, usize::MAX)
+}
+
+/// Creates a connection's outbound queue of at most `capacity` frames and `max_bytes` bytes;
+/// its reader must [`QueuedBytes::release`] each frame it takes.
+pub fn bounded_outbound_queue(
+    id: ConnId,
+    capacity: usize,
+    max_bytes: usize,
+) -> (ConnHandle, mpsc::Receiver<Outbound>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let (kill, _) = watch::channel(false);
     (
         ConnHandle {
             id,
             tx,
+            queued: Arc::new(QueuedBytes::new(max_bytes)),
             kill: Arc::new(kill),
         },
         rx,
@@ -216,6 +301,36 @@ mod tests {
             .await
             .expect("close returns although the queue is full");
         h.killed().await;
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_over_the_bound_kill_the_connection() {
+        let (h, mut rx) = bounded_outbound_queue(1, 100, 10);
+        let frame = |n: usize| Outbound::Binary(Bytes::from(vec![0u8; n]));
+        // One frame larger than the bound still fits an empty queue.
+        assert_eq!(h.send(frame(25)), Ok(()));
+        let taken = rx.recv().await.unwrap();
+        h.queued_bytes().release(taken.len());
+        assert_eq!(h.send(frame(6)), Ok(()));
+        assert_eq!(h.send(frame(4)), Ok(()));
+        assert_eq!(h.queued_bytes().get(), 10);
+        assert_eq!(h.send(frame(1)), Err(SendError::Full));
+        assert_eq!(h.queued_bytes().get(), 10, "a refused frame is not counted");
+        tokio::time::timeout(std::time::Duration::from_secs(1), h.killed())
+            .await
+            .expect("too many queued bytes kill the connection");
+    }
+
+    #[tokio::test]
+    async fn released_bytes_make_room_again() {
+        let (h, mut rx) = bounded_outbound_queue(1, 100, 10);
+        for _ in 0..5 {
+            assert_eq!(h.send(Outbound::Text("12345678".into())), Ok(()));
+            let taken = rx.recv().await.unwrap();
+            h.queued_bytes().release(taken.len());
+        }
+        assert_eq!(h.queued_bytes().get(), 0);
+        assert_eq!(Outbound::Close(1000, "x".into()).len(), 0);
     }
 
     #[test]

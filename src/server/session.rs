@@ -23,7 +23,9 @@ use crate::protocol::{
 };
 
 use super::Shared;
-use super::connections::{CLOSE_EVICTED, ConnHandle, ConnId, EVICTED_REASON, Outbound, SendError};
+use super::connections::{
+    CLOSE_EVICTED, ConnHandle, ConnId, EVICTED_REASON, Outbound, QueuedBytes, SendError,
+};
 use super::dispatch::{self, Flow};
 use super::http;
 use super::limits::{LogLimiter, TokenBucket};
@@ -257,7 +259,11 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
     .await;
     let (sink, mut source) = ws.split();
     let id = shared.connections.next_id();
-    let (handle, outbound) = super::connections::outbound_queue(id, shared.limits.outbound_queue);
+    let (handle, outbound) = super::connections::bounded_outbound_queue(
+        id,
+        shared.limits.outbound_queue,
+        shared.limits.outbound_queue_bytes,
+    );
     if let Some(evicted) = shared.connections.admit(handle.clone()) {
         Metrics::inc(&shared.metrics.connections_evicted);
         tracing::info!(
@@ -272,7 +278,7 @@ async fn run_websocket<S: Stream>(shared: Arc<Shared>, stream: S, rest: Vec<u8>,
         .metrics
         .connections_open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let writer = tokio::spawn(write_loop(sink, outbound));
+    let writer = tokio::spawn(write_loop(sink, outbound, handle.queued_bytes()));
 
     let mut session = Session::new(&shared, handle, peer);
     tracing::debug!(conn = id, %peer, "connection opened");
@@ -640,11 +646,14 @@ async fn reject_invalid(
 async fn write_loop<S: Stream>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>,
     mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
+    queued: Arc<QueuedBytes>,
 ) {
     // A peer that stops reading must not pin this task and its socket forever.
     while let Some(first) = outbound.recv().await {
         let mut next = Some(first);
         while let Some(frame) = next.take() {
+            // Off the queue: the frame now counts against the socket, not the bound.
+            queued.release(frame.len());
             let ws_message = match frame {
                 Outbound::Binary(bytes) => WsMessage::Binary(bytes),
                 Outbound::Text(text) => WsMessage::Text(text.into()),
