@@ -4,8 +4,10 @@
 //! Search is enabled per map by the config file (`[search.<map>] fields = [...]`). Each such
 //! map gets its index built lazily, from the map's content, by the first search that needs it.
 //! From then on the write path only *notes* which keys changed ([`SearchService::note_writes`]
-//! is a channel send) and one indexing task per map updates the index and the live
-//! subscriptions, so a write is acknowledged without waiting for indexing.
+//! adds them to the map's pending set) and one indexing task per map updates the index and the
+//! live subscriptions, so a write is acknowledged without waiting for indexing. The pending
+//! set holds each key once however often it is rewritten, so an index that falls behind a
+//! write storm costs at most one entry per key of the map, not one per write.
 //!
 //! Read-your-writes goes through sequence numbers, not sleeps: every noted change carries the
 //! map's next write sequence, the indexing task publishes the last sequence it has applied,
@@ -28,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Principal;
 use crate::protocol::{
@@ -111,46 +113,78 @@ pub struct SearchService {
 }
 
 /// One searchable map: the feed into its indexing task and the state that task maintains.
+/// Dropping it ends the task.
 #[derive(Debug)]
 struct MapSearch {
-    feed: Mutex<Feed>,
+    feed: Arc<Feed>,
     indexed: watch::Receiver<u64>,
     live: Arc<Mutex<LiveIndex>>,
 }
 
-/// The sending side of an indexing task; sequence assignment and send happen under one lock
-/// so the channel carries sequences in increasing order.
+/// What the write path hands an indexing task: the keys changed since the task last looked,
+/// each once, and the sequence of the latest change. Both change under one lock, so whatever
+/// the task takes is complete up to the sequence it takes with it.
 #[derive(Debug)]
 struct Feed {
-    last_seq: u64,
-    tx: mpsc::UnboundedSender<NotedWrite>,
+    pending: Mutex<Pending>,
+    wake: Notify,
 }
 
-#[derive(Debug)]
-struct NotedWrite {
-    seq: u64,
-    key: String,
+#[derive(Debug, Default)]
+struct Pending {
+    last_seq: u64,
+    keys: BTreeSet<String>,
+    /// The map's search state was dropped: the task ends.
+    closed: bool,
+}
+
+impl Feed {
+    fn new(last_seq: u64) -> Self {
+        Self {
+            pending: Mutex::new(Pending {
+                last_seq,
+                ..Pending::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Everything noted since the last call and the sequence it is complete up to; `None`
+    /// once closed.
+    fn take(&self) -> Option<(BTreeSet<String>, u64)> {
+        let mut pending = lock(&self.pending);
+        if pending.closed {
+            return None;
+        }
+        Some((std::mem::take(&mut pending.keys), pending.last_seq))
+    }
 }
 
 impl MapSearch {
     fn note(&self, keys: impl Iterator<Item = String>) {
-        let mut feed = lock(&self.feed);
+        let mut pending = lock(&self.feed.pending);
         for key in keys {
-            feed.last_seq += 1;
-            let seq = feed.last_seq;
-            // A closed channel means the task is gone; searches then report the index as
-            // unavailable through the closed watch.
-            let _ = feed.tx.send(NotedWrite { seq, key });
+            pending.last_seq += 1;
+            pending.keys.insert(key);
         }
+        drop(pending);
+        self.feed.wake.notify_one();
     }
 
     fn written(&self) -> u64 {
-        lock(&self.feed).last_seq
+        lock(&self.feed.pending).last_seq
     }
 
     async fn caught_up(&self, target: u64) -> bool {
         let mut indexed = self.indexed.clone();
         indexed.wait_for(|&seq| seq >= target).await.is_ok()
+    }
+}
+
+impl Drop for MapSearch {
+    fn drop(&mut self) {
+        lock(&self.feed.pending).closed = true;
+        self.feed.wake.notify_one();
     }
 }
 
@@ -357,14 +391,11 @@ impl SearchService {
         }
         let index = SearchIndex::new(config.clone())
             .map_err(|_| SearchError::IndexUnavailable(handle.name().to_owned()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let feed = Arc::new(Feed::new(BUILD_SEQ));
         let (indexed_tx, indexed) = watch::channel(0);
         let live = Arc::new(Mutex::new(LiveIndex::new(index)));
         let search = Arc::new(MapSearch {
-            feed: Mutex::new(Feed {
-                last_seq: BUILD_SEQ,
-                tx,
-            }),
+            feed: feed.clone(),
             indexed,
             live: live.clone(),
         });
@@ -377,7 +408,7 @@ impl SearchService {
             live,
             indexed: indexed_tx,
         };
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run(feed));
         Ok(search)
     }
 }
@@ -535,15 +566,16 @@ struct IndexTask {
 }
 
 impl IndexTask {
-    async fn run(self, mut noted: mpsc::UnboundedReceiver<NotedWrite>) {
+    async fn run(self, feed: Arc<Feed>) {
         self.build();
-        while let Some(first) = noted.recv().await {
-            let mut last_seq = first.seq;
-            let mut keys = BTreeSet::from([first.key]);
-            // Everything already queued is applied as one batch.
-            while let Ok(next) = noted.try_recv() {
-                last_seq = next.seq;
-                keys.insert(next.key);
+        loop {
+            // A permit stored by a `note` while the last batch was applied wakes this at once.
+            feed.wake.notified().await;
+            let Some((keys, last_seq)) = feed.take() else {
+                return;
+            };
+            if keys.is_empty() {
+                continue;
             }
             let Some(shared) = self.shared.upgrade() else {
                 return;
@@ -699,7 +731,40 @@ fn failed(request_id: String, error: &SearchError) -> SearchRespPayload {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
+
+    /// However often keys are rewritten before the indexing task looks, each waits once; the
+    /// sequence still counts every write, so read-your-writes waits for all of them.
+    #[tokio::test]
+    async fn a_write_storm_keeps_one_pending_entry_per_key() {
+        let index = SearchIndex::new(SearchConfig::for_fields(["title"])).unwrap();
+        let (_indexed_tx, indexed) = watch::channel(0);
+        let search = MapSearch {
+            feed: Arc::new(Feed::new(BUILD_SEQ)),
+            indexed,
+            live: Arc::new(Mutex::new(LiveIndex::new(index))),
+        };
+        for round in 0..1_000 {
+            search.note([format!("k{}", round % 3), "hot".to_owned()].into_iter());
+        }
+        assert_eq!(search.written(), BUILD_SEQ + 2_000);
+        let feed = search.feed.clone();
+        let (keys, last_seq) = feed.take().unwrap();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["hot", "k0", "k1", "k2"].map(String::from))
+        );
+        assert_eq!(last_seq, BUILD_SEQ + 2_000);
+        assert_eq!(feed.take().unwrap().0, BTreeSet::new());
+        // Dropping the map's search state ends its task.
+        drop(search);
+        assert!(feed.take().is_none());
+        tokio::time::timeout(std::time::Duration::from_secs(1), feed.wake.notified())
+            .await
+            .expect("the task is woken to notice");
+    }
     use crate::clock::ManualClock;
     use crate::entropy::SeededEntropy;
     use crate::hlc::Timestamp;
