@@ -518,25 +518,5 @@ mod tests {
             prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&value).unwrap());
             prop_assert_eq!(value_len(&value), bytes.len());
         }
-
-        #[test]
-        fn any_or_records_encode_exactly_like_rmp_serde(
-            values in prop::collection::vec(json_value(), 0..4),
-            ttl in proptest::option::of(any::<u64>()),
-            tag in ".{0,40}",
-        ) {
-            let records: Vec<OrMapRecord> = values
-                .into_iter()
-                .map(|value| OrMapRecord {
-                    value,
-                    timestamp: Timestamp::new(5, 1, "n"),
-                    tag: tag.clone(),
-                    ttl_ms: ttl,
-                })
-                .collect();
-            let mut writer = MsgpackWriter::default();
-            writer.or_records(&records).unwrap();
-            prop_assert_eq!(writer.into_vec(), rmp_serde::to_vec_named(&records).unwrap());
-        }
     }
 }
