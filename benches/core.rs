@@ -360,7 +360,7 @@ criterion_main!(benches, encode_benches);
 /// encoding before issue 7) and through the direct writer, for a `topgun bench write` value
 /// (`{"n", "pad"}` with 100 bytes of padding) and a nested one.
 fn bench_encode(c: &mut Criterion) {
-    use topgun::protocol::codec::msgpack_writer::{MsgpackWriter, value_len};
+    use topgun::protocol::codec::msgpack_writer::MsgpackWriter;
     use topgun::protocol::journal::{JournalEntry, JournalEventType};
     use topgun::server::journal::{ChangeRef, encode_entry};
 
@@ -427,11 +427,12 @@ fn bench_encode(c: &mut Criterion) {
         });
         group.bench_function(format!("lww_record/{name}/writer"), |b| {
             b.iter(|| {
-                let record = black_box(&record);
-                // The store sizes its buffer the same way.
-                let bound = 80 + value_len(value) + record.timestamp.node_id.len() + 5;
-                let mut writer = MsgpackWriter::with_capacity(bound);
-                black_box(writer.lww_record(record).map(|()| writer.into_vec()))
+                let mut writer = MsgpackWriter::default();
+                black_box(
+                    writer
+                        .lww_record(black_box(&record))
+                        .map(|()| writer.into_vec()),
+                )
             })
         });
         // The write-ahead log appends records to one reused buffer.

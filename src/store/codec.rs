@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::{CounterSnapshot, MapKind, Mutation, StoreError};
 use crate::hlc::Timestamp;
-use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError, str_len, value_len};
+use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError};
 use crate::record::{LwwRecord, OrMapRecord};
 
 /// A value the store keeps. The records every write carries are written by hand
@@ -23,42 +23,17 @@ use crate::record::{LwwRecord, OrMapRecord};
 pub(crate) trait Stored {
     /// Appends the value; the message says why it could not be written.
     fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String>;
-
-    /// An upper bound of the encoded size, so that [`encode`] allocates once (0: unknown).
-    fn size_bound(&self) -> usize {
-        0
-    }
 }
-
-/// Bytes of a record besides its value, node id and tag: field names, map headers, the
-/// timestamp's integers and a TTL at their widest.
-const RECORD_FIXED_BYTES: usize = 80;
 
 impl Stored for LwwRecord {
     fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String> {
         out.lww_record(self).map_err(|e: WriteError| e.to_string())
-    }
-
-    fn size_bound(&self) -> usize {
-        RECORD_FIXED_BYTES
-            + self.value.as_ref().map_or(1, value_len)
-            + str_len(&self.timestamp.node_id)
     }
 }
 
 impl Stored for Vec<OrMapRecord> {
     fn write_stored(&self, out: &mut MsgpackWriter) -> Result<(), String> {
         out.or_records(self).map_err(|e| e.to_string())
-    }
-
-    fn size_bound(&self) -> usize {
-        let record = |r: &OrMapRecord| {
-            RECORD_FIXED_BYTES
-                + value_len(&r.value)
-                + str_len(&r.timestamp.node_id)
-                + str_len(&r.tag)
-        };
-        5 + self.iter().map(record).sum::<usize>()
     }
 }
 
@@ -70,9 +45,20 @@ impl Stored for CounterSnapshot {
 
 /// Encodes a stored value.
 pub(crate) fn encode<T: Stored>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = Vec::with_capacity(value.size_bound());
-    write_stored(&mut bytes, what, value)?;
+    let mut bytes = Vec::new();
+    encode_into(&mut bytes, what, value)?;
     Ok(bytes)
+}
+
+/// Encodes a stored value into `out`, replacing what it held: a caller writing many rows
+/// reuses one buffer.
+pub(crate) fn encode_into<T: Stored>(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    value: &T,
+) -> Result<(), StoreError> {
+    out.clear();
+    write_stored(out, what, value)
 }
 
 /// Appends a stored value to `out`.
@@ -432,7 +418,9 @@ mod tests {
     use crate::record::{LwwRecord, OrMapRecord};
     use crate::store::CounterSnapshot;
     use proptest::prelude::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
+
+    use crate::protocol::codec::msgpack_writer::tests::json_value;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -475,24 +463,6 @@ mod tests {
         for kind in [MapKind::Lww, MapKind::Or] {
             assert_eq!(kind_from_code("m", kind_code(kind)).unwrap(), kind);
         }
-    }
-
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            (-1e300f64..1e300).prop_map(Value::from),
-            ".*".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::vec((".*", inner), 0..4)
-                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
-            ]
-        })
     }
 
     fn one_of_each_mutation() -> Vec<Mutation> {
@@ -605,7 +575,6 @@ mod tests {
             let record = LwwRecord { value, timestamp: Timestamp::new(millis, counter, node), ttl_ms: ttl };
             let bytes = encode("record", &record).unwrap();
             prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&record).unwrap());
-            prop_assert!(bytes.len() <= record.size_bound());
             let mut logged = vec![0xaa];
             write_value(&mut logged, "record", &record).unwrap();
             prop_assert_eq!(&logged[1..5], &(bytes.len() as u32).to_le_bytes());
@@ -627,7 +596,6 @@ mod tests {
                 .collect();
             let bytes = encode("records", &records).unwrap();
             prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&records).unwrap());
-            prop_assert!(bytes.len() <= records.size_bound());
         }
 
         #[test]

@@ -30,7 +30,7 @@ use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend, journal_chunks};
 use crate::record::{LwwRecord, OrMapRecord};
-use crate::store::codec::{decode, encode, kind_code, kind_from_code};
+use crate::store::codec::{decode, encode, encode_into, kind_code, kind_from_code};
 use crate::store::{CounterSnapshot, MapKind, Mutation, StoreError, WriteBatch};
 
 /// One row as the overlay knows it.
@@ -328,8 +328,9 @@ impl Overlay {
 
     /// Writes every dirty row into `tables` (the checkpoint's transaction).
     pub(super) fn write_to(&self, tables: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        let mut scratch = Vec::new();
         for (map, state) in &self.maps {
-            write_map(tables, map, state)?;
+            write_map(tables, map, state, &mut scratch)?;
         }
         for (name, state) in &self.counters {
             let bytes = encode("counter", state)?;
@@ -613,7 +614,13 @@ fn absorb_rows<T>(rows: &mut HashMap<String, Slot<T>>, older: HashMap<String, Sl
 }
 
 /// Writes one map's dirty state: the wipe a `ClearMap` asked for, then its kind and rows.
-fn write_map(tables: &mut WriteTables<'_>, map: &str, state: &MapState) -> Result<(), StoreError> {
+/// Rows are encoded into `scratch`, one buffer for the whole checkpoint.
+fn write_map(
+    tables: &mut WriteTables<'_>,
+    map: &str,
+    state: &MapState,
+    scratch: &mut Vec<u8>,
+) -> Result<(), StoreError> {
     if state.cleared {
         tables.clear_map(map)?;
     }
@@ -630,10 +637,10 @@ fn write_map(tables: &mut WriteTables<'_>, map: &str, state: &MapState) -> Resul
     for (key, slot) in state.lww.iter().filter(|(_, slot)| slot.dirty) {
         match &slot.value {
             Some(record) => {
-                let bytes = encode("LWW record", record)?;
+                encode_into(scratch, "LWW record", record)?;
                 tables
                     .lww
-                    .insert((map, key.as_str()), bytes.as_slice())
+                    .insert((map, key.as_str()), scratch.as_slice())
                     .map_err(backend("write an LWW record"))?;
             }
             None => {
@@ -651,10 +658,10 @@ fn write_map(tables: &mut WriteTables<'_>, map: &str, state: &MapState) -> Resul
                 .remove((map, key.as_str()))
                 .map_err(backend("delete an OR key"))?;
         } else {
-            let bytes = encode("OR records", &slot.value)?;
+            encode_into(scratch, "OR records", &slot.value)?;
             tables
                 .or_records
-                .insert((map, key.as_str()), bytes.as_slice())
+                .insert((map, key.as_str()), scratch.as_slice())
                 .map_err(backend("write OR records"))?;
         }
     }
