@@ -101,21 +101,12 @@ fn write_in_place(
     {
         return single.insert(sequence, entry).map(drop).map_err(failed);
     }
-    let covering = chunks
-        .range(..=sequence)
-        .map_err(failed.clone())?
-        .next_back()
-        .transpose()
-        .map_err(failed.clone())?
-        .map(|(first, bytes)| -> Result<_, StoreError> {
-            let mut run: BTreeMap<u64, Vec<u8>> = entries(first.value(), bytes.value())?
-                .into_iter()
-                .map(|(s, e)| (s, e.to_vec()))
-                .collect();
-            Ok((first.value(), run.last_key_value().map(|(s, _)| *s), {
-                run.insert(sequence, entry.to_vec());
-                run
-            }))
+    let covering = last_run_start(chunks, sequence)?
+        .map(|first| -> Result<_, StoreError> {
+            let mut run = owned_run(chunks, first)?;
+            let last = run.last_key_value().map(|(s, _)| *s);
+            run.insert(sequence, entry.to_vec());
+            Ok((first, last, run))
         })
         .transpose()?;
     match covering {
@@ -206,6 +197,41 @@ pub(super) fn entries(first: u64, run: &[u8]) -> Result<Vec<(u64, &[u8])>, Store
     Ok(out)
 }
 
+/// The first sequence of the last run that starts at or below `sequence` (the run may also
+/// hold later sequences).
+fn last_run_start(
+    chunks: &impl ReadableTable<u64, &'static [u8]>,
+    sequence: u64,
+) -> Result<Option<u64>, StoreError> {
+    let failed = backend("find a journal run");
+    Ok(chunks
+        .range(..=sequence)
+        .map_err(failed.clone())?
+        .next_back()
+        .transpose()
+        .map_err(failed)?
+        .map(|(first, _)| first.value()))
+}
+
+/// The entries of the run stored under `first`, owned (the caller rewrites the run).
+fn owned_run(
+    chunks: &impl ReadableTable<u64, &'static [u8]>,
+    first: u64,
+) -> Result<BTreeMap<u64, Vec<u8>>, StoreError> {
+    let bytes = chunks
+        .get(first)
+        .map_err(backend("read a journal run"))?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "journal run",
+            key: first.to_string(),
+            message: "vanished while being rewritten".to_owned(),
+        })?;
+    Ok(entries(first, bytes.value())?
+        .into_iter()
+        .map(|(sequence, entry)| (sequence, entry.to_vec()))
+        .collect())
+}
+
 /// Up to `limit` entries from `from` on: format-2 rows first (they are all older), then runs.
 pub(super) fn read(
     single: &ReadOnlyTable<u64, &'static [u8]>,
@@ -220,13 +246,7 @@ pub(super) fn read(
         rows.push((sequence.value(), entry.value().to_vec()));
     }
     // The run holding `from` starts at or below it; later runs start above it.
-    let start = chunks
-        .range(..=from)
-        .map_err(failed.clone())?
-        .next_back()
-        .transpose()
-        .map_err(failed.clone())?
-        .map_or(from, |(first, _)| first.value());
+    let start = last_run_start(chunks, from)?.unwrap_or(from);
     for run in chunks.range(start..).map_err(failed.clone())? {
         if rows.len() >= limit {
             break;
@@ -256,21 +276,16 @@ pub(super) fn trim(
     single
         .retain_in(..below, |_, _| false)
         .map_err(failed.clone())?;
-    let straddling = chunks
-        .range(..below)
-        .map_err(failed.clone())?
-        .next_back()
-        .transpose()
-        .map_err(failed.clone())?
-        .map(|(first, bytes)| -> Result<_, StoreError> {
-            let kept: BTreeMap<u64, Vec<u8>> = entries(first.value(), bytes.value())?
-                .into_iter()
-                .filter(|(sequence, _)| *sequence >= below)
-                .map(|(sequence, entry)| (sequence, entry.to_vec()))
-                .collect();
-            Ok(kept)
-        })
-        .transpose()?;
+    let straddling = match below.checked_sub(1) {
+        Some(below_line) => last_run_start(chunks, below_line)?
+            .map(|first| -> Result<_, StoreError> {
+                let mut kept = owned_run(chunks, first)?;
+                kept.retain(|sequence, _| *sequence >= below);
+                Ok(kept)
+            })
+            .transpose()?,
+        None => None,
+    };
     chunks.retain_in(..below, |_, _| false).map_err(failed)?;
     match straddling {
         // Below every remaining run, and the format-2 table is empty below the line too.
