@@ -73,6 +73,18 @@ macro_rules! messages {
                 }
             }
 
+            /// Deserializes the message of type `type_name` from `input` (a map that may
+            /// still hold its `type` key); `None` when the type is unknown.
+            pub(crate) fn from_deserializer_of_type<'de, D: serde::Deserializer<'de>>(
+                type_name: &str,
+                input: D,
+            ) -> Option<Result<Message, D::Error>> {
+                match type_name {
+                    $($name => Some(<$ty as Deserialize>::deserialize(input).map(Message::$variant)),)*
+                    _ => None,
+                }
+            }
+
             /// Deserializes the message of type `type_name` from `value` (which may still
             /// contain its `type` key); `None` when the type is unknown.
             pub(crate) fn from_value_of_type(

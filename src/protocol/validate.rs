@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::codec::tape::{TapeJson, TapeNode};
 use super::schema::message_schema_values;
 
 /// One schema violation.
@@ -34,6 +35,31 @@ fn validators() -> &'static HashMap<&'static str, Compiled> {
             })
             .collect()
     })
+}
+
+/// The same validators over the msgpack fast path's tape ([`super::codec`]).
+fn tape_validators() -> &'static HashMap<&'static str, Option<jsonschema::Validator<TapeJson>>> {
+    static VALIDATORS: OnceLock<HashMap<&'static str, Option<jsonschema::Validator<TapeJson>>>> =
+        OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        message_schema_values()
+            .into_iter()
+            .map(|(name, schema)| {
+                let compiled = jsonschema::options_for::<TapeJson>().build(&schema).ok();
+                (name, compiled)
+            })
+            .collect()
+    })
+}
+
+/// Whether `message`, a tape node, conforms to the schema of `type_name`: the verdict
+/// [`validate`] gives for the same message as a `Value`. False also when there is no such
+/// schema; the caller then takes the general path, which says why.
+pub(crate) fn is_valid_tape(type_name: &str, message: TapeNode<'_>) -> bool {
+    tape_validators()
+        .get(type_name)
+        .and_then(Option::as_ref)
+        .is_some_and(|validator| validator.is_valid(message))
 }
 
 /// The static name of a known message type.

@@ -448,8 +448,16 @@ async fn handle_frame(shared: &Arc<Shared>, session: &mut Session, incoming: Inc
 }
 
 /// Decodes a frame, noting JS `undefined` in the decoder's own pass; only a frame the decoder
-/// refuses is walked again to look for it.
+/// refuses is walked again to look for it. msgpack frames try the codec's fast path first.
 fn decode_frame(frame: Frame<'_>, limits: &codec::Limits, validate: bool) -> Decoded {
+    if let Frame::Binary(bytes) = frame
+        && let Some(fast) = codec::decode_msgpack_fast(bytes, limits, validate)
+    {
+        return Decoded {
+            message: Ok(fast.message),
+            js_undefined: fast.js_undefined,
+        };
+    }
     match decode_object(frame, limits) {
         Ok(decoded) => Decoded {
             message: type_value(decoded.value, validate),

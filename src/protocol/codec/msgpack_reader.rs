@@ -64,8 +64,8 @@ impl From<DecodeError> for Failure {
     }
 }
 
-/// A cursor over the frame.
-struct Reader<'a> {
+/// A cursor over the frame (also the tape scanner's, [`super::tape`]).
+pub(super) struct Reader<'a> {
     input: &'a [u8],
     total: usize,
     max_depth: usize,
@@ -75,7 +75,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(input: &'a [u8], max_depth: usize) -> Self {
+    pub(super) fn new(input: &'a [u8], max_depth: usize) -> Self {
         Self {
             input,
             total: input.len(),
@@ -91,7 +91,7 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(super) fn finish(&self) -> Result<(), DecodeError> {
         if self.input.is_empty() {
             Ok(())
         } else {
@@ -99,7 +99,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn marker(&mut self) -> Result<Marker, DecodeError> {
+    pub(super) fn marker(&mut self) -> Result<Marker, DecodeError> {
         let Some((first, rest)) = self.input.split_first() else {
             return Err(self.truncated("a marker"));
         };
@@ -107,7 +107,7 @@ impl<'a> Reader<'a> {
         Ok(Marker::from_u8(*first))
     }
 
-    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if len > self.input.len() {
             return Err(self.truncated(&format!("{len} bytes of data")));
         }
@@ -117,7 +117,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The `N` bytes of a big-endian number that follows a marker.
-    fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(super) fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let Some((head, rest)) = self.input.split_first_chunk::<N>() else {
             return Err(self.truncated("a length or number"));
         };
@@ -127,7 +127,7 @@ impl<'a> Reader<'a> {
 
     /// The length a sized marker announces: items of an array, entries of a map, bytes of a
     /// str, bin or ext body (the ext type byte not included). Zero for other markers.
-    fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
+    pub(super) fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
         Ok(match marker {
             Marker::FixStr(n) | Marker::FixArray(n) | Marker::FixMap(n) => usize::from(n),
             Marker::Str8 | Marker::Bin8 | Marker::Ext8 => {

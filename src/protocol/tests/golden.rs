@@ -9,7 +9,7 @@ use crate::protocol::codec::{DecodeError, Frame, decode, decode_batch_data};
 
 const WIRE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/wire");
 
-fn hex(text: &str) -> Vec<u8> {
+pub(super) fn hex(text: &str) -> Vec<u8> {
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
@@ -17,7 +17,7 @@ fn hex(text: &str) -> Vec<u8> {
 }
 
 /// Every recorded frame of one client generation: (file, line record).
-fn frames(generation: &str) -> Vec<(String, Value)> {
+pub(super) fn frames(generation: &str) -> Vec<(String, Value)> {
     let dir = format!("{WIRE}/{generation}");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

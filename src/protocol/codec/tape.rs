@@ -1,0 +1,428 @@
+//! The msgpack fast path's document tape: one pass over a frame records every value as a
+//! [`Slot`] in document order, strings borrowed from the frame, already normalised the way
+//! [`super::decode_value`] normalises (JS `undefined` members absent and array items `null`,
+//! integral floats as integers, `bin` as an array of byte values).
+//!
+//! The schema validator reads the tape through [`schema`] and the typed decode through [`de`],
+//! so a message is validated and typed without building a `serde_json::Value` for its
+//! envelope; only user data still becomes one. The tape is an optimisation, never a second
+//! opinion: whatever it is unsure of (malformed or refused input, duplicate map keys) makes
+//! [`Tape::scan`] decline, and the caller falls back to the general decoder, which then
+//! reports or decodes the frame exactly as before.
+
+mod de;
+mod schema;
+
+pub(crate) use schema::TapeJson;
+
+use rmp::Marker;
+use serde_json::{Number, Value};
+
+use super::msgpack_reader::Reader;
+use super::normalise_float;
+
+/// One value of a scanned frame.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Slot<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(&'a str),
+    /// `len` items follow; the array's slots end just before slot `end`.
+    Array {
+        len: u32,
+        end: u32,
+    },
+    /// `len` members follow, each a `Str` key slot then the value's slots; they end just
+    /// before slot `end`.
+    Map {
+        len: u32,
+        end: u32,
+    },
+}
+
+/// A scanned msgpack frame whose top-level value is a map.
+#[derive(Debug)]
+pub(crate) struct Tape<'a> {
+    slots: Vec<Slot<'a>>,
+    js_undefined: bool,
+}
+
+/// The fast path declines the frame: the general decoder decides about it.
+#[derive(Debug)]
+pub(crate) struct Decline;
+
+impl<'a> Tape<'a> {
+    /// Scans `bytes`, or declines when the frame is not a well-formed, acceptable msgpack map
+    /// within `max_depth` levels (the message map is level 1) or has a map with a repeated key.
+    pub(crate) fn scan(bytes: &'a [u8], max_depth: usize) -> Result<Self, Decline> {
+        if u32::try_from(bytes.len()).is_err() {
+            return Err(Decline);
+        }
+        let mut scanner = Scanner {
+            reader: Reader::new(bytes, max_depth),
+            // A typical message spends a few bytes per value.
+            slots: Vec::with_capacity(bytes.len() / 6 + 4),
+            keys: Vec::new(),
+            max_depth,
+            js_undefined: false,
+        };
+        let present = scanner.value(1)?;
+        if !present || scanner.reader.finish().is_err() {
+            return Err(Decline);
+        }
+        if !matches!(scanner.slots.first(), Some(Slot::Map { .. })) {
+            return Err(Decline);
+        }
+        Ok(Self {
+            slots: scanner.slots,
+            js_undefined: scanner.js_undefined,
+        })
+    }
+
+    /// The message map.
+    pub(crate) fn root(&self) -> TapeNode<'_> {
+        TapeNode::At {
+            slots: &self.slots,
+            index: 0,
+        }
+    }
+
+    /// True when some value was JS `undefined` in its fixext1 form (`d4 00 00`), which only
+    /// the 2026-01 client sends.
+    pub(crate) fn saw_js_undefined(&self) -> bool {
+        self.js_undefined
+    }
+}
+
+/// A value on a tape, or a lone string (a property name the validator checks on its own).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TapeNode<'a> {
+    At { slots: &'a [Slot<'a>], index: usize },
+    Name(&'a str),
+}
+
+/// What a [`TapeNode`] holds.
+pub(crate) enum Shape<'a> {
+    Null,
+    Bool(bool),
+    Number(&'a Number),
+    Str(&'a str),
+    Array(Children<'a>),
+    Map(Children<'a>),
+}
+
+impl<'a> TapeNode<'a> {
+    pub(crate) fn shape(&self) -> Shape<'a> {
+        let (slots, index) = match *self {
+            TapeNode::Name(name) => return Shape::Str(name),
+            TapeNode::At { slots, index } => (slots, index),
+        };
+        match slots.get(index) {
+            None | Some(Slot::Null) => Shape::Null,
+            Some(Slot::Bool(value)) => Shape::Bool(*value),
+            Some(Slot::Number(number)) => Shape::Number(number),
+            Some(Slot::Str(text)) => Shape::Str(text),
+            Some(Slot::Array { len, end }) => Shape::Array(Children {
+                slots,
+                next: index + 1,
+                end: *end as usize,
+                len: *len as usize,
+            }),
+            Some(Slot::Map { len, end }) => Shape::Map(Children {
+                slots,
+                next: index + 1,
+                end: *end as usize,
+                len: *len as usize,
+            }),
+        }
+    }
+
+    /// The member `key` of a map node.
+    pub(crate) fn get(&self, key: &str) -> Option<TapeNode<'a>> {
+        match self.shape() {
+            Shape::Map(members) => members
+                .into_members()
+                .find(|(name, _)| *name == key)
+                .map(|(_, value)| value),
+            _ => None,
+        }
+    }
+
+    /// The node as a `serde_json::Value` (for error reports and other cold paths).
+    pub(crate) fn to_value(self) -> Value {
+        match self.shape() {
+            Shape::Null => Value::Null,
+            Shape::Bool(value) => Value::Bool(value),
+            Shape::Number(number) => Value::Number(number.clone()),
+            Shape::Str(text) => Value::String(text.to_owned()),
+            Shape::Array(items) => Value::Array(items.map(|item| item.to_value()).collect()),
+            Shape::Map(members) => Value::Object(
+                members
+                    .into_members()
+                    .map(|(name, value)| (name.to_owned(), value.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The items of an array node (as nodes), or the members of a map node (through
+/// [`Children::into_members`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Children<'a> {
+    slots: &'a [Slot<'a>],
+    next: usize,
+    end: usize,
+    len: usize,
+}
+
+impl<'a> Children<'a> {
+    /// How many items or members there are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The members of a map node.
+    pub(crate) fn into_members(self) -> Members<'a> {
+        Members(self)
+    }
+
+    /// The slot after the value that starts at `index`.
+    fn after(&self, index: usize) -> usize {
+        match self.slots.get(index) {
+            Some(Slot::Array { end, .. } | Slot::Map { end, .. }) => *end as usize,
+            _ => index + 1,
+        }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = TapeNode<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let index = self.next;
+        self.next = self.after(index);
+        Some(TapeNode::At {
+            slots: self.slots,
+            index,
+        })
+    }
+}
+
+/// The members of a map node: name and value.
+#[derive(Debug, Clone)]
+pub(crate) struct Members<'a>(Children<'a>);
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a str, TapeNode<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let children = &mut self.0;
+        if children.next >= children.end {
+            return None;
+        }
+        let name = match children.slots.get(children.next) {
+            Some(Slot::Str(name)) => *name,
+            _ => return None,
+        };
+        let index = children.next + 1;
+        children.next = children.after(index);
+        Some((
+            name,
+            TapeNode::At {
+                slots: children.slots,
+                index,
+            },
+        ))
+    }
+}
+
+/// Builds a tape.
+struct Scanner<'a> {
+    reader: Reader<'a>,
+    slots: Vec<Slot<'a>>,
+    /// The keys of the maps being scanned, innermost map last (for the repeated-key check).
+    keys: Vec<&'a str>,
+    max_depth: usize,
+    js_undefined: bool,
+}
+
+/// Pairwise comparison is cheaper than sorting up to about this many keys.
+const PAIRWISE_KEYS: usize = 16;
+
+impl<'a> Scanner<'a> {
+    /// Records one value; false when it is JS `undefined` (nothing recorded).
+    fn value(&mut self, depth: usize) -> Result<bool, Decline> {
+        let marker = self.reader.marker().map_err(|_| Decline)?;
+        let slot = match marker {
+            Marker::Null | Marker::Reserved => Slot::Null,
+            Marker::True => Slot::Bool(true),
+            Marker::False => Slot::Bool(false),
+            Marker::FixPos(n) => Slot::Number(n.into()),
+            Marker::FixNeg(n) => Slot::Number(n.into()),
+            Marker::U8 => Slot::Number(u8::from_be_bytes(self.be()?).into()),
+            Marker::U16 => Slot::Number(u16::from_be_bytes(self.be()?).into()),
+            Marker::U32 => Slot::Number(u32::from_be_bytes(self.be()?).into()),
+            Marker::U64 => Slot::Number(u64::from_be_bytes(self.be()?).into()),
+            Marker::I8 => Slot::Number(i8::from_be_bytes(self.be()?).into()),
+            Marker::I16 => Slot::Number(i16::from_be_bytes(self.be()?).into()),
+            Marker::I32 => Slot::Number(i32::from_be_bytes(self.be()?).into()),
+            Marker::I64 => Slot::Number(i64::from_be_bytes(self.be()?).into()),
+            Marker::F32 => float(f64::from(f32::from_be_bytes(self.be()?)))?,
+            Marker::F64 => float(f64::from_be_bytes(self.be()?))?,
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                let len = self.length(marker)?;
+                Slot::Str(self.utf8(len)?)
+            }
+            Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+                let len = self.length(marker)?;
+                let bytes = self.reader.take(len).map_err(|_| Decline)?;
+                let start = self.open(Slot::Null);
+                self.slots
+                    .extend(bytes.iter().map(|byte| Slot::Number((*byte).into())));
+                self.close(start, Slot::Array { len: 0, end: 0 }, bytes.len())?;
+                return Ok(true);
+            }
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+                let len = self.length(marker)?;
+                self.array(len, depth)?;
+                return Ok(true);
+            }
+            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+                let len = self.length(marker)?;
+                self.map(len, depth)?;
+                return Ok(true);
+            }
+            Marker::FixExt1
+            | Marker::FixExt2
+            | Marker::FixExt4
+            | Marker::FixExt8
+            | Marker::FixExt16
+            | Marker::Ext8
+            | Marker::Ext16
+            | Marker::Ext32 => {
+                let len = self.length(marker)?;
+                let ext_type = i8::from_be_bytes(self.be()?);
+                let data = self.reader.take(len).map_err(|_| Decline)?;
+                if ext_type != 0 || data != [0] {
+                    return Err(Decline);
+                }
+                self.js_undefined |= marker == Marker::FixExt1;
+                return Ok(false);
+            }
+        };
+        self.slots.push(slot);
+        Ok(true)
+    }
+
+    fn array(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
+        self.check_depth(depth)?;
+        let start = self.open(Slot::Null);
+        for _ in 0..len {
+            if !self.value(depth + 1)? {
+                self.slots.push(Slot::Null);
+            }
+        }
+        self.close(start, Slot::Array { len: 0, end: 0 }, len)
+    }
+
+    fn map(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
+        self.check_depth(depth)?;
+        let start = self.open(Slot::Null);
+        let first_key = self.keys.len();
+        for _ in 0..len {
+            let marker = self.reader.marker().map_err(|_| Decline)?;
+            if !matches!(
+                marker,
+                Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32
+            ) {
+                return Err(Decline);
+            }
+            let key_len = self.length(marker)?;
+            let key = self.utf8(key_len)?;
+            let key_slot = self.slots.len();
+            self.slots.push(Slot::Str(key));
+            if self.value(depth + 1)? {
+                self.keys.push(key);
+            } else {
+                // An `undefined` member is absent.
+                self.slots.truncate(key_slot);
+            }
+        }
+        let present = self.keys.len() - first_key;
+        if has_repeats(&self.keys[first_key..]) {
+            return Err(Decline);
+        }
+        self.keys.truncate(first_key);
+        self.close(start, Slot::Map { len: 0, end: 0 }, present)
+    }
+
+    /// Reserves the slot of a container whose items follow.
+    fn open(&mut self, placeholder: Slot<'a>) -> usize {
+        self.slots.push(placeholder);
+        self.slots.len() - 1
+    }
+
+    /// Fills in the container slot at `start` now that its items are recorded.
+    fn close(&mut self, start: usize, kind: Slot<'a>, len: usize) -> Result<(), Decline> {
+        let len = u32::try_from(len).map_err(|_| Decline)?;
+        let end = u32::try_from(self.slots.len()).map_err(|_| Decline)?;
+        let filled = match kind {
+            Slot::Array { .. } => Slot::Array { len, end },
+            _ => Slot::Map { len, end },
+        };
+        match self.slots.get_mut(start) {
+            Some(slot) => {
+                *slot = filled;
+                Ok(())
+            }
+            None => Err(Decline),
+        }
+    }
+
+    fn check_depth(&self, depth: usize) -> Result<(), Decline> {
+        if depth > self.max_depth {
+            return Err(Decline);
+        }
+        Ok(())
+    }
+
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], Decline> {
+        self.reader.be().map_err(|_| Decline)
+    }
+
+    fn length(&mut self, marker: Marker) -> Result<usize, Decline> {
+        self.reader.length(marker).map_err(|_| Decline)
+    }
+
+    fn utf8(&mut self, len: usize) -> Result<&'a str, Decline> {
+        let bytes = self.reader.take(len).map_err(|_| Decline)?;
+        std::str::from_utf8(bytes).map_err(|_| Decline)
+    }
+}
+
+/// A msgpack float, normalised by the general decoder's own rule.
+fn float(value: f64) -> Result<Slot<'static>, Decline> {
+    match normalise_float(value) {
+        Ok(Value::Number(number)) => Ok(Slot::Number(number)),
+        _ => Err(Decline),
+    }
+}
+
+/// True when some key occurs twice (the general decoder keeps the last value at the first
+/// position; the fast path leaves that rare case to it).
+fn has_repeats(keys: &[&str]) -> bool {
+    if keys.len() <= PAIRWISE_KEYS {
+        return keys
+            .iter()
+            .enumerate()
+            .any(|(i, key)| keys[i + 1..].contains(key));
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|pair| pair[0] == pair[1])
+}
