@@ -265,7 +265,7 @@ fn store_batch(first: u64) -> WriteBatch {
         });
         batch.push(Mutation::AppendJournal {
             sequence: i + 1,
-            event: vec![0xa5; 160],
+            event: Arc::from([0xa5; 160].as_slice()),
         });
     }
     batch
@@ -363,7 +363,7 @@ fn journal_server(runtime: &tokio::runtime::Runtime) -> Result<Server, String> {
     let store = Arc::new(MemoryStore::new());
     let head = WriteBatch::from(vec![Mutation::AppendJournal {
         sequence: JOURNAL_HEAD,
-        event: vec![0x80],
+        event: vec![0x80].into(),
     }]);
     runtime
         .block_on(store.commit(head))
