@@ -5,7 +5,9 @@
 //! - The write path records [`Change`]s in its `MapChanges` (one call per applied change);
 //!   [`Journal::append`] numbers them, adds `Mutation::AppendJournal` to the same store batch
 //!   as the data they describe, keeps them in a bounded in-memory ring
-//!   (`Limits::journal_capacity`) and pushes them to matching subscribers, in order.
+//!   (`Limits::journal_capacity`) and pushes them to matching subscribers, in order. Each
+//!   entry is encoded once, before the journal lock, into one buffer the ring and the store
+//!   batch share.
 //! - Sequences continue after a restart from the store's `last_journal_sequence`, which never
 //!   goes back (not even when every entry was trimmed).
 //! - Reads older than the ring come from the store; the store keeps the newest
@@ -470,6 +472,8 @@ impl Journal {
                 let mut inner = self.lock();
                 inner.last_sequence = inner.last_sequence.max(last).max(reserved);
                 inner.reserved = inner.reserved.max(inner.last_sequence);
+                self.next_guess
+                    .store(inner.last_sequence.saturating_add(1), Ordering::Relaxed);
                 Ok(())
             })
             .await
@@ -1240,6 +1244,65 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_sequences_written_into_their_entries() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 2_000;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, (THREADS * EACH) as usize, 0);
+        let shared = running.shared();
+        shared
+            .journal
+            .prepare(shared, THREADS * EACH)
+            .await
+            .unwrap();
+        // All start together, so guesses go stale between encoding and numbering.
+        let start = std::sync::Barrier::new(THREADS as usize);
+        let batches: Vec<WriteBatch> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        let mut batch = WriteBatch::new();
+                        for n in 0..EACH {
+                            let change = put("m", &format!("t{thread}"), n);
+                            assert!(shared.journal.number(shared, change.as_ref(), &mut batch));
+                        }
+                        batch
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut sequences = Vec::new();
+        for (thread, batch) in batches.iter().enumerate() {
+            let mut last = 0;
+            for (n, mutation) in batch.mutations().iter().enumerate() {
+                let Mutation::AppendJournal { sequence, event } = mutation else {
+                    panic!("expected a journal entry, got {mutation:?}");
+                };
+                assert!(*sequence > last, "a writer's own entries are in order");
+                last = *sequence;
+                let entry = decode_entry(*sequence, event).unwrap();
+                assert_eq!(entry.sequence, sequence.to_string());
+                assert_eq!(entry.key, format!("t{thread}"));
+                assert_eq!(entry.value, Some(json!(n)));
+                sequences.push(*sequence);
+            }
+        }
+        sequences.sort_unstable();
+        assert_eq!(sequences, (1..=THREADS * EACH).collect::<Vec<_>>());
+        let ring: Vec<u64> = shared
+            .journal
+            .lock()
+            .ring
+            .iter()
+            .map(|n| n.sequence)
+            .collect();
+        assert_eq!(ring, sequences);
     }
 
     #[test]
