@@ -288,8 +288,8 @@ thread_local! {
 }
 
 /// An entry encoded and copied out before the journal lock, for a guessed sequence: under the
-/// lock only its head is corrected, so writers of other maps never wait for a value walk, an
-/// allocation or a copy.
+/// lock only its head is corrected, so writers of other maps do not wait for a value walk, an
+/// allocation or a copy (except when the sequence gains a digit).
 struct Draft {
     bytes: Arc<[u8]>,
     guess: u64,
@@ -588,7 +588,7 @@ impl Journal {
         let draft = match Draft::encode(scratch, guess, change, timestamp, &self.node_id) {
             Ok(draft) => draft,
             Err(e) => {
-                // Nothing else can fail here.
+                // Only a length past the MessagePack limit fails; no sequence is used.
                 tracing::error!(error = %e, "journal entry not encodable: not journaled");
                 return true;
             }
@@ -601,7 +601,7 @@ impl Journal {
         let encoded = match draft.finish(sequence, change, scratch) {
             Ok(encoded) => encoded,
             Err(e) => {
-                // The sequence stays unused.
+                // A head fits wherever its draft did; should it not, the sequence stays unused.
                 tracing::error!(sequence, error = %e, "journal entry not encodable: not journaled");
                 return true;
             }
