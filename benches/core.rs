@@ -12,6 +12,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::json;
 
 use topgun::clock::SystemClock;
+use topgun::entropy::SeededEntropy;
 use topgun::hlc::{Hlc, HlcConfig, Timestamp};
 use topgun::merkle::MerkleTree;
 use topgun::ormap::OrMap;
@@ -20,7 +21,11 @@ use topgun::protocol::validate;
 use topgun::protocol::{ClientOp, Message, OpBatch, OpBatchPayload, OpType};
 use topgun::record::{LwwRecord, OrMapRecord};
 use topgun::replica::LwwReplica;
-use topgun::store::{Mutation, RedbOptions, RedbStore, Store, WriteBatch};
+use topgun::security::Permissions;
+use topgun::server::config::Limits as ServerLimits;
+use topgun::server::journal::ChangeRef;
+use topgun::server::{Server, ServerOptions};
+use topgun::store::{MemoryStore, Mutation, RedbOptions, RedbStore, Store, WriteBatch};
 
 /// The same allocator as the `topgun` binary, so the figures are the server's.
 #[global_allocator]
@@ -260,7 +265,7 @@ fn store_batch(first: u64) -> WriteBatch {
         });
         batch.push(Mutation::AppendJournal {
             sequence: i + 1,
-            event: vec![0xa5; 160],
+            event: Arc::from([0xa5; 160].as_slice()),
         });
     }
     batch
@@ -349,10 +354,96 @@ fn writer_cpu_seconds() -> Option<f64> {
     None
 }
 
+/// The journal sequence the `journal` bench starts above: a server that has run a while.
+const JOURNAL_HEAD: u64 = 1_000_000;
+
+/// A server over a memory store whose journal already holds `JOURNAL_HEAD` and has sequences
+/// reserved for the whole run, so numbering never waits for a reservation.
+fn journal_server(runtime: &tokio::runtime::Runtime) -> Result<Server, String> {
+    let store = Arc::new(MemoryStore::new());
+    let head = WriteBatch::from(vec![Mutation::AppendJournal {
+        sequence: JOURNAL_HEAD,
+        event: vec![0x80].into(),
+    }]);
+    runtime
+        .block_on(store.commit(head))
+        .map_err(|e| e.to_string())?;
+    let options = ServerOptions {
+        node_id: "server-1".into(),
+        jwt_secret: "bench-secret-0123456789abcdef0123456789".into(),
+        permissions: Permissions::development_default(),
+        limits: ServerLimits::default(),
+        max_connections: 10,
+        debug: false,
+        default_combine: topgun::merkle::Combine::Fmix,
+        search: Default::default(),
+    };
+    let server = Server::new(
+        options,
+        store,
+        Arc::new(SystemClock),
+        Arc::new(SeededEntropy::new(1)),
+    )
+    .map_err(|e| e.to_string())?;
+    let shared = server.shared();
+    runtime
+        .block_on(shared.journal.prepare(shared, 1 << 40))
+        .map_err(|e| e.to_string())?;
+    Ok(server)
+}
+
+/// `Journal::number` as the write path calls it for one `topgun bench write` OP_BATCH: 10 LWW
+/// updates of 100-byte values numbered into one store batch, through a journal whose ring is
+/// full (every entry evicts one). The batch is dropped in the loop, so the time includes
+/// freeing what the store writer would free.
+fn bench_journal(c: &mut Criterion) {
+    let server = match tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| journal_server(&runtime))
+    {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("cannot set up the journal bench: {error}");
+            return;
+        }
+    };
+    let shared = server.shared();
+    let record = |i: u64| LwwRecord {
+        value: Some(json!({
+            "n": i,
+            "pad": format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES),
+        })),
+        timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
+        ttl_ms: None,
+    };
+    let keys: Vec<String> = (0..SMALL_BATCH_OPS).map(|i| format!("key-{i}")).collect();
+    let previous: Vec<LwwRecord> = (0..SMALL_BATCH_OPS as u64).map(record).collect();
+    let current: Vec<LwwRecord> = (0..SMALL_BATCH_OPS as u64).map(|i| record(i + 1)).collect();
+    let number_batch = || {
+        let mut batch = WriteBatch::new();
+        for ((key, record), previous) in keys.iter().zip(&current).zip(&previous) {
+            let change = ChangeRef::lww("bench", key, record, Some(previous));
+            black_box(shared.journal.number(shared, change, &mut batch));
+        }
+        batch
+    };
+    // Fill the ring, so that every entry the bench numbers evicts one.
+    for _ in 0..ServerLimits::default().journal_capacity / SMALL_BATCH_OPS {
+        drop(number_batch());
+    }
+    let mut group = c.benchmark_group("journal");
+    group.throughput(Throughput::Elements(SMALL_BATCH_OPS as u64));
+    group.bench_function("number_10_updates_into_a_batch", |b| {
+        b.iter(|| black_box(number_batch()))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = configure();
-    targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress, bench_store_writer
+    targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress, bench_store_writer,
+        bench_journal
 }
 criterion_main!(benches, encode_benches);
 

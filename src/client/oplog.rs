@@ -201,7 +201,7 @@ impl OpLog {
         let mut batch = WriteBatch::from(local);
         batch.push(Mutation::AppendJournal {
             sequence: id,
-            event,
+            event: event.into(),
         });
         self.next_id += 1;
         self.uncommitted.insert(id);
@@ -382,7 +382,7 @@ impl OpLog {
         if self.floor() <= id {
             batch.push(Mutation::AppendJournal {
                 sequence: id,
-                event: encode(id, &Entry::Dropped)?,
+                event: encode(id, &Entry::Dropped)?.into(),
             });
         }
         for mutation in Vec::<Mutation>::from(self.trim()) {

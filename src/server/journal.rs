@@ -5,7 +5,9 @@
 //! - The write path records [`Change`]s in its `MapChanges` (one call per applied change);
 //!   [`Journal::append`] numbers them, adds `Mutation::AppendJournal` to the same store batch
 //!   as the data they describe, keeps them in a bounded in-memory ring
-//!   (`Limits::journal_capacity`) and pushes them to matching subscribers, in order.
+//!   (`Limits::journal_capacity`) and pushes them to matching subscribers, in order. Each
+//!   entry is encoded once, before the journal lock, into one buffer the ring and the store
+//!   batch share.
 //! - Sequences continue after a restart from the store's `last_journal_sequence`, which never
 //!   goes back (not even when every entry was trimmed).
 //! - Reads older than the ring come from the store; the store keeps the newest
@@ -19,8 +21,10 @@
 //!   `hasMore` is exact. Live pushes are at most once: a subscriber whose outbound queue is
 //!   full misses events and recovers them with `JOURNAL_READ`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
@@ -196,11 +200,11 @@ struct Subscriber {
     filter: Filter,
 }
 
-/// A numbered entry, kept encoded (as stored): the ring costs one buffer per entry, and only
-/// readers and subscribers pay for decoding.
+/// A numbered entry, kept encoded (as stored): the ring shares its one buffer with the store
+/// batch, and only readers and subscribers pay for decoding.
 struct Numbered {
     sequence: u64,
-    encoded: Box<[u8]>,
+    encoded: Arc<[u8]>,
 }
 
 impl Numbered {
@@ -231,11 +235,32 @@ fn write_entry(
     timestamp: &Timestamp,
     node_id: &str,
 ) -> Result<(), WriteError> {
+    write_head(out, sequence, change)?;
+    write_tail(out, change, timestamp, node_id)
+}
+
+/// The entry's head, the only part that depends on the sequence: the map header and the
+/// `sequence` field (the first one).
+fn write_head(
+    out: &mut MsgpackWriter,
+    sequence: u64,
+    change: &ChangeRef<'_>,
+) -> Result<(), WriteError> {
     let optional =
         usize::from(change.value.is_some()) + usize::from(change.previous_value.is_some());
     out.map_len(6 + optional)?;
     out.raw(&field::SEQUENCE);
     out.decimal_str(sequence);
+    Ok(())
+}
+
+/// Every field after the sequence.
+fn write_tail(
+    out: &mut MsgpackWriter,
+    change: &ChangeRef<'_>,
+    timestamp: &Timestamp,
+    node_id: &str,
+) -> Result<(), WriteError> {
     out.raw(&field::TYPE);
     out.str(event_type_name(change.event_type))?;
     out.raw(&field::MAP_NAME);
@@ -254,6 +279,78 @@ fn write_entry(
     out.timestamp(timestamp)?;
     out.raw(&field::NODE_ID);
     out.str(node_id)
+}
+
+thread_local! {
+    /// Where this thread encodes journal entries before they are copied out at their exact
+    /// size: sizing a fresh buffer up front would mean walking every value twice.
+    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
+}
+
+/// An entry encoded and copied out before the journal lock, for a guessed sequence: under the
+/// lock only its head is corrected, so writers of other maps do not wait for a value walk, an
+/// allocation or a copy (except when the sequence gains a digit).
+struct Draft {
+    bytes: Arc<[u8]>,
+    guess: u64,
+    /// Length of the head written for `guess`.
+    head_len: usize,
+}
+
+impl Draft {
+    /// Encodes `change` for sequence `guess` in `scratch` and copies it out at its size.
+    fn encode(
+        scratch: &mut MsgpackWriter,
+        guess: u64,
+        change: &ChangeRef<'_>,
+        timestamp: &Timestamp,
+        node_id: &str,
+    ) -> Result<Self, WriteError> {
+        let buffer = scratch.as_mut_vec();
+        buffer.clear();
+        if buffer.capacity() > MAX_KEPT_SCRATCH {
+            // One huge value must not pin its buffer.
+            buffer.shrink_to(MAX_KEPT_SCRATCH);
+        }
+        write_head(scratch, guess, change)?;
+        let head_len = scratch.as_mut_vec().len();
+        write_tail(scratch, change, timestamp, node_id)?;
+        Ok(Self {
+            bytes: Arc::from(scratch.as_mut_vec().as_slice()),
+            guess,
+            head_len,
+        })
+    }
+
+    /// The entry for `sequence`: the draft itself when the guess was right, else with the
+    /// head rewritten in place, or, when the sequence has a different number of digits,
+    /// copied once more behind the new head (`scratch` is reused for the head).
+    fn finish(
+        self,
+        sequence: u64,
+        change: &ChangeRef<'_>,
+        scratch: &mut MsgpackWriter,
+    ) -> Result<Arc<[u8]>, WriteError> {
+        let Self {
+            mut bytes,
+            guess,
+            head_len,
+        } = self;
+        if sequence == guess {
+            return Ok(bytes);
+        }
+        scratch.as_mut_vec().clear();
+        write_head(scratch, sequence, change)?;
+        let head = scratch.as_mut_vec();
+        if head.len() == head_len
+            && let Some(unique) = Arc::get_mut(&mut bytes)
+        {
+            unique[..head_len].copy_from_slice(head);
+            return Ok(bytes);
+        }
+        head.extend_from_slice(&bytes[head_len..]);
+        Ok(Arc::from(head.as_slice()))
+    }
 }
 
 /// The entry's field names, as [`JournalEntry`]'s serde derive names them.
@@ -313,6 +410,9 @@ pub struct Journal {
     retention: u64,
     loaded: OnceCell<()>,
     inner: Arc<Mutex<Inner>>,
+    /// The sequence after the last one numbered, readable without the lock: entries are
+    /// encoded for it before the lock is taken (see [`Draft`]).
+    next_guess: AtomicU64,
     /// Held while a reservation commits: one at a time, so concurrent writers short of
     /// sequences wait for that one instead of each queueing a durable commit of its own.
     reserving: Arc<tokio::sync::Mutex<()>>,
@@ -331,9 +431,6 @@ struct Inner {
     ahead: u64,
     ring: VecDeque<Numbered>,
     subscribers: HashMap<(ConnId, String), Subscriber>,
-    /// Where entries are encoded before they are copied out at their exact size: sizing a
-    /// fresh buffer up front would mean walking every value twice.
-    scratch: MsgpackWriter,
 }
 
 impl Inner {
@@ -357,6 +454,7 @@ impl Journal {
                 block: RESERVE_BLOCK_MIN,
                 ..Inner::default()
             })),
+            next_guess: AtomicU64::new(1),
             reserving: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -374,6 +472,8 @@ impl Journal {
                 let mut inner = self.lock();
                 inner.last_sequence = inner.last_sequence.max(last).max(reserved);
                 inner.reserved = inner.reserved.max(inner.last_sequence);
+                self.next_guess
+                    .store(inner.last_sequence.saturating_add(1), Ordering::Relaxed);
                 Ok(())
             })
             .await
@@ -470,33 +570,45 @@ impl Journal {
                 &fresh
             }
         };
+        SCRATCH.with_borrow_mut(|scratch| {
+            self.number_encoded(shared, &change, timestamp, scratch, batch)
+        })
+    }
+
+    /// [`Journal::number`] with its timestamp settled, encoding in `scratch`.
+    fn number_encoded(
+        &self,
+        shared: &Shared,
+        change: &ChangeRef<'_>,
+        timestamp: &Timestamp,
+        scratch: &mut MsgpackWriter,
+        batch: &mut WriteBatch,
+    ) -> bool {
+        let guess = self.next_guess.load(Ordering::Relaxed);
+        let draft = match Draft::encode(scratch, guess, change, timestamp, &self.node_id) {
+            Ok(draft) => draft,
+            Err(e) => {
+                // Only a length past the MessagePack limit fails; no sequence is used.
+                tracing::error!(error = %e, "journal entry not encodable: not journaled");
+                return true;
+            }
+        };
         let mut inner = self.lock();
         if inner.last_sequence >= inner.reserved {
             return false;
         }
         let sequence = inner.last_sequence + 1;
-        let scratch = inner.scratch.as_mut_vec();
-        scratch.clear();
-        if scratch.capacity() > MAX_KEPT_SCRATCH {
-            // One huge value must not pin its buffer.
-            scratch.shrink_to(MAX_KEPT_SCRATCH);
-        }
-        let written = write_entry(
-            &mut inner.scratch,
-            sequence,
-            &change,
-            timestamp,
-            &self.node_id,
-        );
-        let encoded = match written {
-            Ok(()) => inner.scratch.as_mut_vec().clone(),
+        let encoded = match draft.finish(sequence, change, scratch) {
+            Ok(encoded) => encoded,
             Err(e) => {
-                // Nothing else can fail here; the sequence stays unused.
+                // A head fits wherever its draft did; should it not, the sequence stays unused.
                 tracing::error!(sequence, error = %e, "journal entry not encodable: not journaled");
                 return true;
             }
         };
         inner.last_sequence = sequence;
+        self.next_guess
+            .store(sequence.saturating_add(1), Ordering::Relaxed);
         if !inner.subscribers.is_empty()
             && let Some(entry) = decode_entry(sequence, &encoded)
         {
@@ -512,7 +624,7 @@ impl Journal {
         }
         inner.ring.push_back(Numbered {
             sequence,
-            encoded: Box::from(encoded.as_slice()),
+            encoded: Arc::clone(&encoded),
         });
         // One in, at most one out: the capacity never changes. The evicted entry is freed
         // after the lock is released, so other writers do not wait for the allocator.
@@ -1040,6 +1152,157 @@ mod tests {
                 assert_eq!(decode_entry(sequence, &packed), Some(owned));
             }
         }
+    }
+
+    #[test]
+    fn drafts_finish_as_the_entry_of_the_real_sequence() {
+        let value = json!({"n": 1, "pad": "x".repeat(100)});
+        let previous = json!([null, "old"]);
+        let timestamp = Timestamp::new(1_795_698_229_131, 2, "client");
+        let mut scratch = MsgpackWriter::default();
+        for (value, previous_value) in [(Some(&value), Some(&previous)), (None, None)] {
+            let change = ChangeRef {
+                map_name: "m",
+                key: "k",
+                event_type: JournalEventType::Update,
+                value,
+                previous_value,
+                timestamp: None,
+            };
+            for sequence in [1, 9, 10, 999_999, 1_000_000, 1_234_567, u64::MAX] {
+                let expected = encode_entry(sequence, &change, &timestamp, "server").unwrap();
+                let guesses = [
+                    sequence,
+                    sequence.saturating_sub(1),
+                    sequence.saturating_add(1),
+                    sequence / 10,
+                    sequence.saturating_mul(10),
+                    0,
+                    u64::MAX,
+                ];
+                for guess in guesses {
+                    let draft =
+                        Draft::encode(&mut scratch, guess, &change, &timestamp, "server").unwrap();
+                    let drafted = Arc::as_ptr(&draft.bytes);
+                    let finished = draft.finish(sequence, &change, &mut scratch).unwrap();
+                    assert_eq!(*finished, *expected, "sequence {sequence}, guess {guess}");
+                    // A guess with as many digits is corrected in the draft's own buffer.
+                    let same_digits = guess.to_string().len() == sequence.to_string().len();
+                    assert_eq!(
+                        std::ptr::eq(Arc::as_ptr(&finished), drafted),
+                        same_digits,
+                        "sequence {sequence}, guess {guess}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ring_and_the_store_batch_share_one_encoded_entry() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, 2, 0);
+        let shared = running.shared();
+        append(shared, vec![put("m", "a", 1)]).await;
+        shared.journal.prepare(shared, 3).await.unwrap();
+        let record = LwwRecord {
+            value: Some(json!({"v": "x".repeat(100)})),
+            timestamp: Timestamp::new(7, 0, "client"),
+            ttl_ms: None,
+        };
+        let previous = LwwRecord {
+            value: Some(json!("before")),
+            ..record.clone()
+        };
+        let change = ChangeRef::lww("m", "k", &record, Some(&previous));
+        // A stale guess (another writer numbered meanwhile) is corrected under the lock.
+        shared.journal.next_guess.store(9, Ordering::Relaxed);
+        let mut batch = WriteBatch::new();
+        for _ in 0..3 {
+            assert!(shared.journal.number(shared, change, &mut batch));
+        }
+        let inner = shared.journal.lock();
+        let ring: Vec<_> = inner
+            .ring
+            .iter()
+            .map(|n| (n.sequence, &n.encoded))
+            .collect();
+        let Mutation::AppendJournal { sequence, event } = &batch.mutations()[2] else {
+            panic!("expected a journal entry, got {:?}", batch.mutations());
+        };
+        assert_eq!(*sequence, 4);
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring[1].0, 4);
+        assert!(Arc::ptr_eq(ring[1].1, event));
+        for (mutation, sequence) in batch.mutations().iter().zip(2..) {
+            let expected = encode_entry(sequence, &change, &record.timestamp, "server-1").unwrap();
+            assert_eq!(
+                mutation,
+                &Mutation::AppendJournal {
+                    sequence,
+                    event: expected.into()
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_sequences_written_into_their_entries() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 2_000;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server(store, (THREADS * EACH) as usize, 0);
+        let shared = running.shared();
+        shared
+            .journal
+            .prepare(shared, THREADS * EACH)
+            .await
+            .unwrap();
+        // All start together, so guesses go stale between encoding and numbering.
+        let start = std::sync::Barrier::new(THREADS as usize);
+        let batches: Vec<WriteBatch> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        let mut batch = WriteBatch::new();
+                        for n in 0..EACH {
+                            let change = put("m", &format!("t{thread}"), n);
+                            assert!(shared.journal.number(shared, change.as_ref(), &mut batch));
+                        }
+                        batch
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut sequences = Vec::new();
+        for (thread, batch) in batches.iter().enumerate() {
+            let mut last = 0;
+            for (n, mutation) in batch.mutations().iter().enumerate() {
+                let Mutation::AppendJournal { sequence, event } = mutation else {
+                    panic!("expected a journal entry, got {mutation:?}");
+                };
+                assert!(*sequence > last, "a writer's own entries are in order");
+                last = *sequence;
+                let entry = decode_entry(*sequence, event).unwrap();
+                assert_eq!(entry.sequence, sequence.to_string());
+                assert_eq!(entry.key, format!("t{thread}"));
+                assert_eq!(entry.value, Some(json!(n)));
+                sequences.push(*sequence);
+            }
+        }
+        sequences.sort_unstable();
+        assert_eq!(sequences, (1..=THREADS * EACH).collect::<Vec<_>>());
+        let ring: Vec<u64> = shared
+            .journal
+            .lock()
+            .ring
+            .iter()
+            .map(|n| n.sequence)
+            .collect();
+        assert_eq!(ring, sequences);
     }
 
     #[test]

@@ -358,7 +358,7 @@ impl<'a> Reader<'a> {
             },
             tag::APPEND_JOURNAL => Mutation::AppendJournal {
                 sequence: u64::from_le_bytes(self.take()?),
-                event: self.bytes()?.to_vec(),
+                event: self.bytes()?.into(),
             },
             tag::TRIM_JOURNAL => Mutation::TrimJournal {
                 below: u64::from_le_bytes(self.take()?),
@@ -526,7 +526,7 @@ mod tests {
             Mutation::ClearMap { map: "m".into() },
             Mutation::AppendJournal {
                 sequence: 9,
-                event: b"e".to_vec(),
+                event: b"e".as_slice().into(),
             },
             Mutation::TrimJournal { below: 3 },
         ]

@@ -650,7 +650,7 @@ pub(crate) async fn close_rejects_later_calls(store: &dyn Store) {
 fn append(sequence: u64, event: &[u8]) -> Mutation {
     Mutation::AppendJournal {
         sequence,
-        event: event.to_vec(),
+        event: event.into(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::ready;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::record::{LwwRecord, OrMapRecord};
 
@@ -25,7 +25,7 @@ struct State {
     counters: BTreeMap<String, CounterSnapshot>,
     fencing_tokens: BTreeMap<String, u64>,
     meta: BTreeMap<String, Vec<u8>>,
-    journal: BTreeMap<u64, Vec<u8>>,
+    journal: BTreeMap<u64, Arc<[u8]>>,
     last_journal_sequence: u64,
 }
 
@@ -189,7 +189,7 @@ impl Store for MemoryStore {
                 .journal
                 .range(from_sequence..)
                 .take(limit)
-                .map(|(sequence, event)| (*sequence, event.clone()))
+                .map(|(sequence, event)| (*sequence, event.to_vec()))
                 .collect()
         })
     }

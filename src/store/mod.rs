@@ -211,8 +211,9 @@ pub enum Mutation {
     AppendJournal {
         /// The entry's sequence number.
         sequence: u64,
-        /// The encoded entry; the store does not interpret it.
-        event: Vec<u8>,
+        /// The encoded entry; the store does not interpret it. Shared, so the server's
+        /// in-memory journal and the store hold one copy of it.
+        event: Arc<[u8]>,
     },
     /// Drop every journal entry whose sequence is below `below` (retention).
     TrimJournal {

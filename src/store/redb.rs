@@ -1194,11 +1194,11 @@ mod tests {
             },
             Mutation::AppendJournal {
                 sequence: 7,
-                event: b"event-7".to_vec(),
+                event: b"event-7".as_slice().into(),
             },
             Mutation::AppendJournal {
                 sequence: 9,
-                event: b"event-9".to_vec(),
+                event: b"event-9".as_slice().into(),
             },
             Mutation::TrimJournal { below: 8 },
         ])
@@ -1594,11 +1594,11 @@ mod tests {
                     },
                     Mutation::AppendJournal {
                         sequence: 1,
-                        event: b"one".to_vec(),
+                        event: b"one".as_slice().into(),
                     },
                     Mutation::AppendJournal {
                         sequence: 2,
-                        event: b"two".to_vec(),
+                        event: b"two".as_slice().into(),
                     },
                 ]);
                 store.commit(WriteBatch::from(first)).await.unwrap();
@@ -1612,7 +1612,7 @@ mod tests {
                     Mutation::TrimJournal { below: 2 },
                     Mutation::AppendJournal {
                         sequence: 3,
-                        event: b"three".to_vec(),
+                        event: b"three".as_slice().into(),
                     },
                 ]);
                 store.commit(WriteBatch::from(second)).await.unwrap();
@@ -1914,7 +1914,7 @@ mod tests {
             batch.push(put("m", &format!("k{i:03}"), i));
             batch.push(Mutation::AppendJournal {
                 sequence: i + 1,
-                event: vec![i as u8],
+                event: vec![i as u8].into(),
             });
             store.commit_queued(batch).await.unwrap();
         }
@@ -2060,7 +2060,7 @@ mod tests {
         for sequence in 6..=8u64 {
             batch.push(Mutation::AppendJournal {
                 sequence,
-                event: format!("new-{sequence}").into_bytes(),
+                event: format!("new-{sequence}").into_bytes().into(),
             });
         }
         store.commit(batch).await.unwrap();
@@ -2155,7 +2155,7 @@ mod tests {
                     8 => Mutation::ClearMap { map: map.into() },
                     _ => Mutation::AppendJournal {
                         sequence: i,
-                        event: vec![1],
+                        event: vec![1].into(),
                     },
                 });
             }

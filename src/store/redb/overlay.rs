@@ -239,7 +239,7 @@ pub(super) struct Overlay {
     fencing: HashMap<String, u64>,
     meta: HashMap<String, Vec<u8>>,
     /// Journal entries appended (and not trimmed) since the last checkpoint.
-    journal: BTreeMap<u64, Vec<u8>>,
+    journal: BTreeMap<u64, Arc<[u8]>>,
     /// The highest `TrimJournal` bound since the last checkpoint (0: none).
     trim_below: u64,
     /// The highest journal sequence appended since the last checkpoint (0: none).
@@ -360,7 +360,7 @@ impl Overlay {
             &mut tables.journal_chunks,
             self.journal
                 .iter()
-                .map(|(sequence, entry)| (*sequence, entry.as_slice())),
+                .map(|(sequence, entry)| (*sequence, &**entry)),
         )?;
         tables.raise_journal_head(self.journal_head)
     }
