@@ -10,7 +10,7 @@
 //! errors that would outrank it.
 
 use rmp::Marker;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use super::{DecodeError, DecodedValue, Limits, Located, LocatedKind, normalise_float, token_len};
 
@@ -99,7 +99,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn marker(&mut self) -> Result<Marker, DecodeError> {
+    fn marker(&mut self) -> Result<Marker, DecodeError> {
         let Some((first, rest)) = self.input.split_first() else {
             return Err(self.truncated("a marker"));
         };
@@ -107,7 +107,7 @@ impl<'a> Reader<'a> {
         Ok(Marker::from_u8(*first))
     }
 
-    pub(super) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if len > self.input.len() {
             return Err(self.truncated(&format!("{len} bytes of data")));
         }
@@ -117,7 +117,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The `N` bytes of a big-endian number that follows a marker.
-    pub(super) fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let Some((head, rest)) = self.input.split_first_chunk::<N>() else {
             return Err(self.truncated("a length or number"));
         };
@@ -127,7 +127,7 @@ impl<'a> Reader<'a> {
 
     /// The length a sized marker announces: items of an array, entries of a map, bytes of a
     /// str, bin or ext body (the ext type byte not included). Zero for other markers.
-    pub(super) fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
+    fn length(&mut self, marker: Marker) -> Result<usize, DecodeError> {
         Ok(match marker {
             Marker::FixStr(n) | Marker::FixArray(n) | Marker::FixMap(n) => usize::from(n),
             Marker::Str8 | Marker::Bin8 | Marker::Ext8 => {
@@ -148,42 +148,38 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Reads one value at nesting `depth`; `None` is JS `undefined` (ext-0), i.e. absent.
-    fn value(&mut self, depth: usize) -> Result<Option<Value>, Failure> {
+    /// Reads one token: a scalar with its payload, or a container's header.
+    pub(super) fn token(&mut self) -> Result<Token<'a>, DecodeError> {
         let marker = self.marker()?;
-        let value = match marker {
+        Ok(match marker {
             // msgpack never uses 0xc1; it has always decoded as nil here, so it still does.
-            Marker::Null | Marker::Reserved => Value::Null,
-            Marker::True => Value::Bool(true),
-            Marker::False => Value::Bool(false),
-            Marker::FixPos(n) => Value::from(n),
-            Marker::FixNeg(n) => Value::from(n),
-            Marker::U8 => Value::from(u8::from_be_bytes(self.be()?)),
-            Marker::U16 => Value::from(u16::from_be_bytes(self.be()?)),
-            Marker::U32 => Value::from(u32::from_be_bytes(self.be()?)),
-            Marker::U64 => Value::from(u64::from_be_bytes(self.be()?)),
-            Marker::I8 => Value::from(i8::from_be_bytes(self.be()?)),
-            Marker::I16 => Value::from(i16::from_be_bytes(self.be()?)),
-            Marker::I32 => Value::from(i32::from_be_bytes(self.be()?)),
-            Marker::I64 => Value::from(i64::from_be_bytes(self.be()?)),
-            Marker::F32 => normalise_float(f64::from(f32::from_be_bytes(self.be()?)))?,
-            Marker::F64 => normalise_float(f64::from_be_bytes(self.be()?))?,
+            Marker::Null | Marker::Reserved => Token::Null,
+            Marker::True => Token::Bool(true),
+            Marker::False => Token::Bool(false),
+            Marker::FixPos(n) => Token::Integer(n.into()),
+            Marker::FixNeg(n) => Token::Integer(n.into()),
+            Marker::U8 => Token::Integer(u8::from_be_bytes(self.be()?).into()),
+            Marker::U16 => Token::Integer(u16::from_be_bytes(self.be()?).into()),
+            Marker::U32 => Token::Integer(u32::from_be_bytes(self.be()?).into()),
+            Marker::U64 => Token::Integer(u64::from_be_bytes(self.be()?).into()),
+            Marker::I8 => Token::Integer(i8::from_be_bytes(self.be()?).into()),
+            Marker::I16 => Token::Integer(i16::from_be_bytes(self.be()?).into()),
+            Marker::I32 => Token::Integer(i32::from_be_bytes(self.be()?).into()),
+            Marker::I64 => Token::Integer(i64::from_be_bytes(self.be()?).into()),
+            Marker::F32 => Token::Float(f64::from(f32::from_be_bytes(self.be()?))),
+            Marker::F64 => Token::Float(f64::from_be_bytes(self.be()?)),
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
                 let len = self.length(marker)?;
-                Value::String(self.utf8(len)?)
+                Token::Str(self.take(len)?)
             }
             Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
                 let len = self.length(marker)?;
-                Value::Array(self.take(len)?.iter().map(|b| Value::from(*b)).collect())
+                Token::Bin(self.take(len)?)
             }
             Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
-                let len = self.length(marker)?;
-                self.array(len, depth)?
+                Token::Array(self.length(marker)?)
             }
-            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
-                let len = self.length(marker)?;
-                self.map(len, depth)?
-            }
+            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => Token::Map(self.length(marker)?),
             Marker::FixExt1
             | Marker::FixExt2
             | Marker::FixExt4
@@ -193,20 +189,36 @@ impl<'a> Reader<'a> {
             | Marker::Ext16
             | Marker::Ext32 => {
                 let len = self.length(marker)?;
-                let undefined = self.ext(len)?;
-                self.saw_js_undefined |= marker == Marker::FixExt1;
-                return Ok(undefined);
+                let ext_type = i8::from_be_bytes(self.be()?);
+                Token::Ext(Ext {
+                    ext_type,
+                    data: self.take(len)?,
+                    fixext1: marker == Marker::FixExt1,
+                })
+            }
+        })
+    }
+
+    /// Reads one value at nesting `depth`; `None` is JS `undefined` (ext-0), i.e. absent.
+    fn value(&mut self, depth: usize) -> Result<Option<Value>, Failure> {
+        let value = match self.token()? {
+            Token::Null => Value::Null,
+            Token::Bool(value) => Value::Bool(value),
+            Token::Integer(number) => Value::Number(number),
+            Token::Float(number) => normalise_float(number)?,
+            Token::Str(bytes) => Value::String(utf8(bytes)?.to_owned()),
+            Token::Bin(bytes) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
+            Token::Array(len) => self.array(len, depth)?,
+            Token::Map(len) => self.map(len, depth)?,
+            Token::Ext(ext) if ext.is_js_undefined() => {
+                self.saw_js_undefined |= ext.fixext1;
+                return Ok(None);
+            }
+            Token::Ext(ext) => {
+                return Err(Located::new(LocatedKind::UnsupportedExt(ext.ext_type)).into());
             }
         };
         Ok(Some(value))
-    }
-
-    fn utf8(&mut self, len: usize) -> Result<String, Failure> {
-        let bytes = self.take(len)?;
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(text.to_owned()),
-            Err(_) => Err(Located::new(LocatedKind::InvalidUtf8).into()),
-        }
     }
 
     fn check_depth(&self, depth: usize) -> Result<(), Failure> {
@@ -252,22 +264,45 @@ impl<'a> Reader<'a> {
         match marker {
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
                 let len = self.length(marker)?;
-                self.utf8(len)
+                Ok(utf8(self.take(len)?)?.to_owned())
             }
             _ => Err(Located::new(LocatedKind::NonStringKey).into()),
         }
     }
+}
 
-    /// An ext body of `len` bytes: ext-0 with the single byte 0 is `undefined` (always
-    /// `None`), the rest are refused.
-    fn ext(&mut self, len: usize) -> Result<Option<Value>, Failure> {
-        let ext_type = i8::from_be_bytes(self.be()?);
-        let data = self.take(len)?;
-        if ext_type == 0 && data == [0] {
-            return Ok(None);
-        }
-        Err(Located::new(LocatedKind::UnsupportedExt(ext_type)).into())
+/// One msgpack token: a scalar with its payload, or the header of a container whose items
+/// follow.
+pub(super) enum Token<'a> {
+    Null,
+    Bool(bool),
+    Integer(Number),
+    /// Not normalised yet.
+    Float(f64),
+    Str(&'a [u8]),
+    Bin(&'a [u8]),
+    Array(usize),
+    Map(usize),
+    Ext(Ext<'a>),
+}
+
+/// An ext value.
+pub(super) struct Ext<'a> {
+    pub(super) ext_type: i8,
+    pub(super) data: &'a [u8],
+    /// Written in the `d4` form of an ext of one byte.
+    pub(super) fixext1: bool,
+}
+
+impl Ext<'_> {
+    /// JS `undefined`: ext type 0 with the single byte 0.
+    pub(super) fn is_js_undefined(&self) -> bool {
+        self.ext_type == 0 && self.data == [0]
     }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, Failure> {
+    std::str::from_utf8(bytes).map_err(|_| Located::new(LocatedKind::InvalidUtf8).into())
 }
 
 /// Scans the whole frame for a malformed stream or trailing bytes, without building values

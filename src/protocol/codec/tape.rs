@@ -15,10 +15,9 @@ mod schema;
 
 pub(crate) use schema::TapeJson;
 
-use rmp::Marker;
 use serde_json::{Number, Value};
 
-use super::msgpack_reader::Reader;
+use super::msgpack_reader::{Reader, Token};
 use super::normalise_float;
 
 /// One value of a scanned frame.
@@ -257,63 +256,35 @@ const PAIRWISE_KEYS: usize = 16;
 impl<'a> Scanner<'a> {
     /// Records one value; false when it is JS `undefined` (nothing recorded).
     fn value(&mut self, depth: usize) -> Result<bool, Decline> {
-        let marker = self.reader.marker().map_err(|_| Decline)?;
-        let slot = match marker {
-            Marker::Null | Marker::Reserved => Slot::Null,
-            Marker::True => Slot::Bool(true),
-            Marker::False => Slot::Bool(false),
-            Marker::FixPos(n) => Slot::Number(n.into()),
-            Marker::FixNeg(n) => Slot::Number(n.into()),
-            Marker::U8 => Slot::Number(u8::from_be_bytes(self.be()?).into()),
-            Marker::U16 => Slot::Number(u16::from_be_bytes(self.be()?).into()),
-            Marker::U32 => Slot::Number(u32::from_be_bytes(self.be()?).into()),
-            Marker::U64 => Slot::Number(u64::from_be_bytes(self.be()?).into()),
-            Marker::I8 => Slot::Number(i8::from_be_bytes(self.be()?).into()),
-            Marker::I16 => Slot::Number(i16::from_be_bytes(self.be()?).into()),
-            Marker::I32 => Slot::Number(i32::from_be_bytes(self.be()?).into()),
-            Marker::I64 => Slot::Number(i64::from_be_bytes(self.be()?).into()),
-            Marker::F32 => float(f64::from(f32::from_be_bytes(self.be()?)))?,
-            Marker::F64 => float(f64::from_be_bytes(self.be()?))?,
-            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-                let len = self.length(marker)?;
-                Slot::Str(self.utf8(len)?)
-            }
-            Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
-                let len = self.length(marker)?;
-                let bytes = self.reader.take(len).map_err(|_| Decline)?;
-                let start = self.open(Slot::Null);
+        let slot = match self.reader.token().map_err(|_| Decline)? {
+            Token::Null => Slot::Null,
+            Token::Bool(value) => Slot::Bool(value),
+            Token::Integer(number) => Slot::Number(number),
+            Token::Float(number) => match normalise_float(number) {
+                Ok(Value::Number(number)) => Slot::Number(number),
+                _ => return Err(Decline),
+            },
+            Token::Str(bytes) => Slot::Str(utf8(bytes)?),
+            Token::Bin(bytes) => {
+                let start = self.open();
                 self.slots
                     .extend(bytes.iter().map(|byte| Slot::Number((*byte).into())));
                 self.close(start, Slot::Array { len: 0, end: 0 }, bytes.len())?;
                 return Ok(true);
             }
-            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
-                let len = self.length(marker)?;
+            Token::Array(len) => {
                 self.array(len, depth)?;
                 return Ok(true);
             }
-            Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
-                let len = self.length(marker)?;
+            Token::Map(len) => {
                 self.map(len, depth)?;
                 return Ok(true);
             }
-            Marker::FixExt1
-            | Marker::FixExt2
-            | Marker::FixExt4
-            | Marker::FixExt8
-            | Marker::FixExt16
-            | Marker::Ext8
-            | Marker::Ext16
-            | Marker::Ext32 => {
-                let len = self.length(marker)?;
-                let ext_type = i8::from_be_bytes(self.be()?);
-                let data = self.reader.take(len).map_err(|_| Decline)?;
-                if ext_type != 0 || data != [0] {
-                    return Err(Decline);
-                }
-                self.js_undefined |= marker == Marker::FixExt1;
+            Token::Ext(ext) if ext.is_js_undefined() => {
+                self.js_undefined |= ext.fixext1;
                 return Ok(false);
             }
+            Token::Ext(_) => return Err(Decline),
         };
         self.slots.push(slot);
         Ok(true)
@@ -321,7 +292,7 @@ impl<'a> Scanner<'a> {
 
     fn array(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
         self.check_depth(depth)?;
-        let start = self.open(Slot::Null);
+        let start = self.open();
         for _ in 0..len {
             if !self.value(depth + 1)? {
                 self.slots.push(Slot::Null);
@@ -332,18 +303,13 @@ impl<'a> Scanner<'a> {
 
     fn map(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
         self.check_depth(depth)?;
-        let start = self.open(Slot::Null);
+        let start = self.open();
         let first_key = self.keys.len();
         for _ in 0..len {
-            let marker = self.reader.marker().map_err(|_| Decline)?;
-            if !matches!(
-                marker,
-                Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32
-            ) {
+            let Token::Str(key) = self.reader.token().map_err(|_| Decline)? else {
                 return Err(Decline);
-            }
-            let key_len = self.length(marker)?;
-            let key = self.utf8(key_len)?;
+            };
+            let key = utf8(key)?;
             let key_slot = self.slots.len();
             self.slots.push(Slot::Str(key));
             if self.value(depth + 1)? {
@@ -362,8 +328,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reserves the slot of a container whose items follow.
-    fn open(&mut self, placeholder: Slot<'a>) -> usize {
-        self.slots.push(placeholder);
+    fn open(&mut self) -> usize {
+        self.slots.push(Slot::Null);
         self.slots.len() - 1
     }
 
@@ -390,27 +356,10 @@ impl<'a> Scanner<'a> {
         }
         Ok(())
     }
-
-    fn be<const N: usize>(&mut self) -> Result<[u8; N], Decline> {
-        self.reader.be().map_err(|_| Decline)
-    }
-
-    fn length(&mut self, marker: Marker) -> Result<usize, Decline> {
-        self.reader.length(marker).map_err(|_| Decline)
-    }
-
-    fn utf8(&mut self, len: usize) -> Result<&'a str, Decline> {
-        let bytes = self.reader.take(len).map_err(|_| Decline)?;
-        std::str::from_utf8(bytes).map_err(|_| Decline)
-    }
 }
 
-/// A msgpack float, normalised by the general decoder's own rule.
-fn float(value: f64) -> Result<Slot<'static>, Decline> {
-    match normalise_float(value) {
-        Ok(Value::Number(number)) => Ok(Slot::Number(number)),
-        _ => Err(Decline),
-    }
+fn utf8(bytes: &[u8]) -> Result<&str, Decline> {
+    std::str::from_utf8(bytes).map_err(|_| Decline)
 }
 
 /// True when some key occurs twice (the general decoder keeps the last value at the first
