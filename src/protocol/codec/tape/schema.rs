@@ -19,6 +19,8 @@ impl Json for TapeJson {
     type StringBuffer = ();
 
     const ACYCLIC: bool = true;
+    // A lookup scans the members, so one pass over them beats even two lookups.
+    const KEYS_PER_LOOKUP: usize = 16;
 
     fn prepare_key(key: &str) -> Box<str> {
         key.into()
