@@ -249,15 +249,18 @@ fn store_batch(first: u64) -> WriteBatch {
     let mut batch = WriteBatch::new();
     for i in first..first + STORE_BATCH_ROWS as u64 {
         let value = format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES);
-        batch.push(Mutation::PutLww {
-            map: "bench".into(),
-            key: format!("key-{}", i % STORE_KEYS),
-            record: LwwRecord {
-                value: Some(json!({ "v": value })),
-                timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
-                ttl_ms: None,
-            },
-        });
+        let record = LwwRecord {
+            value: Some(json!({ "v": value })),
+            timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
+            ttl_ms: None,
+        };
+        match Mutation::put_lww("bench", format!("key-{}", i % STORE_KEYS), &record) {
+            Ok(put) => batch.push(put),
+            Err(error) => {
+                eprintln!("cannot encode the bench record: {error}");
+                continue;
+            }
+        };
         batch.push(Mutation::AppendJournal {
             sequence: i + 1,
             event: vec![0xa5; 160],

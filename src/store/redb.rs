@@ -1144,15 +1144,12 @@ mod tests {
     });
 
     fn put(map: &str, key: &str, n: u64) -> Mutation {
-        Mutation::PutLww {
-            map: map.into(),
-            key: key.into(),
-            record: LwwRecord {
-                value: Some(json!({"n": n})),
-                timestamp: Timestamp::new(n, 0, "node"),
-                ttl_ms: None,
-            },
-        }
+        let record = LwwRecord {
+            value: Some(json!({"n": n})),
+            timestamp: Timestamp::new(n, 0, "node"),
+            ttl_ms: None,
+        };
+        Mutation::put_lww(map, key, &record).unwrap()
     }
 
     fn every_kind_of_mutation() -> WriteBatch {
@@ -2129,15 +2126,14 @@ mod tests {
                         map: map.into(),
                         key,
                     },
-                    5 => Mutation::PutLww {
-                        map: map.into(),
-                        key,
-                        record: LwwRecord {
+                    5 => {
+                        let tombstone = LwwRecord {
                             value: None,
                             timestamp: Timestamp::new(millis, 0, "node"),
                             ttl_ms: None,
-                        },
-                    },
+                        };
+                        Mutation::put_lww(map, key, &tombstone).unwrap()
+                    }
                     6 => Mutation::PutOrKey {
                         map: map.into(),
                         key,
