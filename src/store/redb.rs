@@ -6,7 +6,8 @@
 //! so map names need no grammar
 //! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
-//! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
+//! rows form a contiguous range. Values are MessagePack ([`super::codec`]); an LWW row arrives
+//! already encoded ([`super::EncodedLww`]), so the log frame and the checkpoint copy its bytes.
 //!
 //! Writes (write-behind): every `commit` queues its batch on a bounded channel (backpressure)
 //! to ONE writer thread. The writer drains whatever is queued and, per batch, checks its map
