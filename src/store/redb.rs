@@ -2011,6 +2011,42 @@ mod tests {
         assert_eq!(format_version(&path), FORMAT_VERSION);
     }
 
+    /// The row a checkpoint writes is the record exactly as rmp_serde names it, as every
+    /// store before rows travelled encoded holds it.
+    #[tokio::test]
+    async fn checkpointed_lww_rows_keep_their_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let records = [
+            LwwRecord {
+                value: Some(json!({"v": [1, "x", null]})),
+                timestamp: Timestamp::new(1_795_698_229_131, 4, "node-ü"),
+                ttl_ms: Some(70_000),
+            },
+            LwwRecord {
+                value: None,
+                timestamp: Timestamp::new(9, 0, "n"),
+                ttl_ms: None,
+            },
+        ];
+        let batch: Vec<Mutation> = ["live", "dead"]
+            .iter()
+            .zip(&records)
+            .map(|(key, record)| Mutation::put_lww("m", *key, record).unwrap())
+            .collect();
+        store.commit(WriteBatch::from(batch)).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(LWW).unwrap();
+        for (key, record) in ["live", "dead"].iter().zip(&records) {
+            let row = table.get(("m", *key)).unwrap().unwrap();
+            assert_eq!(row.value(), rmp_serde::to_vec_named(record).unwrap());
+        }
+    }
+
     fn set_format_version(path: &Path, version: u32) {
         let db = Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
