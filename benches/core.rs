@@ -25,7 +25,7 @@ use topgun::security::Permissions;
 use topgun::server::config::Limits as ServerLimits;
 use topgun::server::journal::ChangeRef;
 use topgun::server::{Server, ServerOptions};
-use topgun::store::{MemoryStore, Mutation, RedbOptions, RedbStore, Store, WriteBatch};
+use topgun::store::{EncodedLww, MemoryStore, Mutation, RedbOptions, RedbStore, Store, WriteBatch};
 
 /// The same allocator as the `topgun` binary, so the figures are the server's.
 #[global_allocator]
@@ -261,15 +261,18 @@ fn store_batch(first: u64) -> WriteBatch {
     let mut batch = WriteBatch::new();
     for i in first..first + STORE_BATCH_ROWS as u64 {
         let value = format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES);
-        batch.push(Mutation::PutLww {
-            map: "bench".into(),
-            key: format!("key-{}", i % STORE_KEYS),
-            record: LwwRecord {
-                value: Some(json!({ "v": value })),
-                timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
-                ttl_ms: None,
-            },
-        });
+        let record = LwwRecord {
+            value: Some(json!({ "v": value })),
+            timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
+            ttl_ms: None,
+        };
+        match Mutation::put_lww("bench", format!("key-{}", i % STORE_KEYS), &record) {
+            Ok(put) => batch.push(put),
+            Err(error) => {
+                eprintln!("cannot encode the bench record: {error}");
+                continue;
+            }
+        };
         batch.push(Mutation::AppendJournal {
             sequence: i + 1,
             event: Arc::from([0xa5; 160].as_slice()),
@@ -308,8 +311,13 @@ fn bench_store_writer(c: &mut Criterion) {
             }
         };
         let mut next = 0u64;
+        // CPU of every thread while batches are built and committed (not while criterion
+        // analyses), and how many batches that covered.
+        let (mut process_cpu, mut timed_batches) = (0.0, 0u64);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
+                let cpu_before = process_cpu_seconds();
+                timed_batches += iters + 1;
                 runtime.block_on(async {
                     let started = std::time::Instant::now();
                     for _ in 0..iters {
@@ -322,6 +330,9 @@ fn bench_store_writer(c: &mut Criterion) {
                         eprintln!("commit failed: {error}");
                     }
                     next += STORE_BATCH_ROWS as u64;
+                    if let (Some(before), Some(after)) = (cpu_before, process_cpu_seconds()) {
+                        process_cpu += after - before;
+                    }
                     started.elapsed()
                 })
             })
@@ -333,8 +344,11 @@ fn bench_store_writer(c: &mut Criterion) {
         );
         eprintln!(
             "store_writer ({name}): {} batches, {} log flushes, {} checkpoints; \
-             writer thread CPU per batch: {cpu}",
-            stats.batches, stats.flushes, stats.checkpoints
+             writer thread CPU per batch: {cpu}; all threads' CPU per timed batch: {:.1} us",
+            stats.batches,
+            stats.flushes,
+            stats.checkpoints,
+            process_cpu * 1e6 / timed_batches.max(1) as f64
         );
     }
     group.finish();
@@ -343,20 +357,12 @@ fn bench_store_writer(c: &mut Criterion) {
 /// CPU time (user + system) of the live store writer thread so far, from `/proc` (Linux):
 /// unlike the wall time above, other load on the machine does not inflate it.
 fn writer_cpu_seconds() -> Option<f64> {
-    /// Linux reports thread times in USER_HZ ticks, 100 per second.
-    const TICKS_PER_SECOND: f64 = 100.0;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
         if comm.trim() != "topgun-store-wr" {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // Fields after the parenthesised name start at field 3 (state); utime and stime are
-        // fields 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        return Some((utime + stime) / TICKS_PER_SECOND);
+        return stat_cpu_seconds(&task.path().join("stat"));
     }
     None
 }
@@ -446,6 +452,24 @@ fn bench_journal(c: &mut Criterion) {
     group.finish();
 }
 
+/// CPU time (user + system) of the whole process so far, every thread included.
+fn process_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds(std::path::Path::new("/proc/self/stat"))
+}
+
+/// The user + system time a `/proc` `stat` file reports.
+fn stat_cpu_seconds(path: &std::path::Path) -> Option<f64> {
+    /// Linux reports times in USER_HZ ticks, 100 per second.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised name start at field 3 (state); utime and stime are
+    // fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SECOND)
+}
+
 criterion_group! {
     name = benches;
     config = configure();
@@ -530,6 +554,25 @@ fn bench_encode(c: &mut Criterion) {
                     writer
                         .lww_record(black_box(&record))
                         .map(|()| writer.into_vec()),
+                )
+            })
+        });
+        // What `apply_lww` hands the store per put: a clone of the record before rows
+        // travelled encoded, the encoded row now (through a reused scratch buffer), and the
+        // alternative of encoding into a fresh buffer shrunk to size.
+        group.bench_function(format!("lww_row/{name}/clone_record"), |b| {
+            b.iter(|| black_box(black_box(&record).clone()))
+        });
+        group.bench_function(format!("lww_row/{name}/encoded_lww"), |b| {
+            b.iter(|| black_box(EncodedLww::new(black_box(&record))))
+        });
+        group.bench_function(format!("lww_row/{name}/fresh_buffer_shrunk"), |b| {
+            b.iter(|| {
+                let mut writer = MsgpackWriter::default();
+                black_box(
+                    writer
+                        .lww_record(black_box(&record))
+                        .map(|()| writer.into_vec().into_boxed_slice()),
                 )
             })
         });

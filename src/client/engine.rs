@@ -919,7 +919,13 @@ impl Engine {
                 if core.maps.kind_of(&map) == Some(MapKind::Or) {
                     continue;
                 }
-                mutations.push(lww_mutation(&map, &key, record.clone()));
+                match lww_mutation(&map, &key, &record) {
+                    Ok(put) => mutations.push(put),
+                    Err(e) => {
+                        tracing::warn!(map, key, error = %e, "server record not storable: skipped");
+                        continue;
+                    }
+                }
                 let applied = match core.maps.get_mut(&map).map(|open| &mut open.replica) {
                     Some(Replica::Lww(r)) => r.merge(&key, record).is_applied(),
                     _ => false,
@@ -1090,7 +1096,11 @@ fn persisted_state(map: &str, replica: &Replica, key: &str) -> Vec<Mutation> {
         Replica::Lww(r) => r
             .map()
             .record(key)
-            .map(|record| lww_mutation(map, key, record.clone()))
+            .and_then(|record| {
+                lww_mutation(map, key, record)
+                    .inspect_err(|e| tracing::warn!(map, key, error = %e, "record not storable"))
+                    .ok()
+            })
             .into_iter()
             .collect(),
         Replica::Or(r) => {

@@ -126,7 +126,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
             write_concern: None,
             timeout: None,
         };
-        let local = vec![lww_mutation(&self.name, key, record.clone())];
+        let local = vec![lww_mutation(&self.name, key, &record)?];
         let key = key.to_owned();
         self.engine
             .record(

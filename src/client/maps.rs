@@ -326,13 +326,9 @@ fn replica_from(snapshot: MapSnapshot) -> Replica {
     }
 }
 
-/// The store mutation that persists one LWW record.
-pub fn lww_mutation(map: &str, key: &str, record: LwwRecord) -> Mutation {
-    Mutation::PutLww {
-        map: map.to_owned(),
-        key: key.to_owned(),
-        record,
-    }
+/// The store mutation that persists one LWW record (encoded here, as the store keeps it).
+pub fn lww_mutation(map: &str, key: &str, record: &LwwRecord) -> Result<Mutation, StoreError> {
+    Mutation::put_lww(map, key, record)
 }
 
 /// The store mutations that persist OR records and removed tags of one key (the store
@@ -398,7 +394,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let mut batch = WriteBatch::new();
         for map in maps {
-            batch.push(lww_mutation(map, "k", record(json!(map), 10)));
+            batch.push(lww_mutation(map, "k", &record(json!(map), 10)).unwrap());
         }
         store.commit(batch).await.unwrap();
         store

@@ -511,11 +511,7 @@ mod tests {
     }
 
     fn put(key: &str) -> Mutation {
-        Mutation::PutLww {
-            map: "todos".into(),
-            key: key.into(),
-            record: record(key),
-        }
+        Mutation::put_lww("todos", key, &record(key)).unwrap()
     }
 
     /// One complete local write: append, commit, report the commit.

@@ -261,6 +261,14 @@ fn expire_lww(
             continue;
         }
         let tombstone = expiry_tombstone(record, node_id);
+        // Encoded before the merge, so no tombstone is applied without being stored.
+        let put = match Mutation::put_lww(map, key.as_str(), &tombstone) {
+            Ok(put) => put,
+            Err(error) => {
+                tracing::error!(map, key, %error, "expiry tombstone not storable: key kept");
+                continue;
+            }
+        };
         let expired = record.clone();
         if !replica.merge(key, tombstone.clone()).is_applied() {
             continue;
@@ -271,11 +279,7 @@ fn expire_lww(
             &tombstone,
             Some(&expired),
         ));
-        changes.batch.push(Mutation::PutLww {
-            map: map.to_owned(),
-            key: key.clone(),
-            record: tombstone.clone(),
-        });
+        changes.batch.push(put);
         changes.events.push(ServerEventPayload {
             map_name: map.to_owned(),
             key: key.clone(),

@@ -20,7 +20,7 @@ use crate::protocol::{
 };
 use crate::replica::{MapKind, Replica};
 use crate::security::Action;
-use crate::store::{Mutation, WriteBatch};
+use crate::store::{EncodedLww, Mutation, StoreError, WriteBatch};
 
 use super::Shared;
 use super::dispatch::Flow;
@@ -465,15 +465,15 @@ fn apply_lww(
                 // retries because it got no ack), so write it again: the store keeps the
                 // newest record, and a PERSISTED ack must mean the record is on disk, not
                 // merely in memory.
-                changes.mutations.push(Mutation::PutLww {
-                    map: op.map_name,
-                    key: op.key,
-                    record,
-                });
+                let put = Mutation::put_lww(op.map_name, op.key, &record).map_err(unstorable)?;
+                changes.mutations.push(put);
             }
             return Ok(());
         }
     };
+    // Encoded from the stored record, here on the worker, before anything is journaled: the
+    // store writer then only copies the row's bytes.
+    let row = EncodedLww::new(stored).map_err(unstorable)?;
     changes.journal_ref(journal::ChangeRef::lww(
         &op.map_name,
         &op.key,
@@ -499,9 +499,18 @@ fn apply_lww(
     changes.mutations.push(Mutation::PutLww {
         map: op.map_name,
         key: op.key,
-        record: stored.clone(),
+        record: row,
     });
     Ok(())
+}
+
+/// A record the store cannot encode: only a string, array or map beyond 4 GiB entries,
+/// which no frame can carry.
+fn unstorable(error: StoreError) -> OpFailure {
+    OpFailure::Rejected {
+        code: 413,
+        reason: error.to_string(),
+    }
 }
 
 fn apply_or_add(

@@ -254,15 +254,12 @@ mod tests {
     async fn concurrent_requests_share_one_load_and_see_the_full_map() {
         let store = flaky(0);
         let mut batch = WriteBatch::new();
-        batch.push(Mutation::PutLww {
-            map: "m".into(),
-            key: "k".into(),
-            record: LwwRecord {
-                value: Some(serde_json::json!(1)),
-                timestamp: Timestamp::new(1, 0, "n"),
-                ttl_ms: None,
-            },
-        });
+        let record = LwwRecord {
+            value: Some(serde_json::json!(1)),
+            timestamp: Timestamp::new(1, 0, "n"),
+            ttl_ms: None,
+        };
+        batch.push(Mutation::put_lww("m", "k", &record).unwrap());
         store.commit(batch).await.unwrap();
         let registry = MapRegistry::new(store.clone(), false);
         let (a, b) = tokio::join!(
@@ -317,15 +314,12 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let mut batch = WriteBatch::new();
         for i in 0..count {
-            batch.push(Mutation::PutLww {
-                map: "big".into(),
-                key: format!("key-{i}"),
-                record: LwwRecord {
-                    value: (i % 7 != 0).then(|| serde_json::json!({"n": i})),
-                    timestamp: Timestamp::new(1_000 + i as u64, (i % 3) as u32, "n"),
-                    ttl_ms: None,
-                },
-            });
+            let record = LwwRecord {
+                value: (i % 7 != 0).then(|| serde_json::json!({"n": i})),
+                timestamp: Timestamp::new(1_000 + i as u64, (i % 3) as u32, "n"),
+                ttl_ms: None,
+            };
+            batch.push(Mutation::put_lww("big", format!("key-{i}"), &record).unwrap());
         }
         store.commit(batch).await.unwrap();
         store

@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use super::{CounterSnapshot, MapKind, Mutation, StoreError};
+use super::{CounterSnapshot, EncodedLww, MapKind, Mutation, StoreError};
 use crate::hlc::Timestamp;
 use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError};
 use crate::record::{LwwRecord, OrMapRecord};
@@ -149,10 +149,11 @@ fn write_mutations(mutations: &[Mutation], out: &mut Vec<u8>) -> Result<(), Stor
                 out.push(kind_code(*kind));
             }
             Mutation::PutLww { map, key, record } => {
+                // The row's bytes behind their length: what `write_value` wrote for the record.
                 out.push(tag::PUT_LWW);
                 write_str(out, map)?;
                 write_str(out, key)?;
-                write_value(out, "LWW record", record)?;
+                write_bytes(out, record.bytes())?;
             }
             Mutation::DeleteLww { map, key } => {
                 out.push(tag::DELETE_LWW);
@@ -309,7 +310,8 @@ impl<'a> Reader<'a> {
             tag::PUT_LWW => {
                 let map = self.string()?;
                 let key = self.string()?;
-                let record = self.value("LWW record")?;
+                let record = EncodedLww::from_stored(self.bytes()?, format_args!("{map}/{key}"))
+                    .map_err(|e| e.to_string())?;
                 Mutation::PutLww { map, key, record }
             }
             tag::DELETE_LWW => Mutation::DeleteLww {
@@ -477,15 +479,16 @@ mod tests {
                 map: "m".into(),
                 kind: MapKind::Or,
             },
-            Mutation::PutLww {
-                map: "m/ü".into(),
-                key: "".into(),
-                record: LwwRecord {
+            Mutation::put_lww(
+                "m/ü",
+                "",
+                &LwwRecord {
                     value: None,
                     timestamp: Timestamp::new(u64::MAX, 3, "x"),
                     ttl_ms: Some(1),
                 },
-            },
+            )
+            .unwrap(),
             Mutation::DeleteLww {
                 map: "m".into(),
                 key: "k".into(),
@@ -579,6 +582,17 @@ mod tests {
             write_value(&mut logged, "record", &record).unwrap();
             prop_assert_eq!(&logged[1..5], &(bytes.len() as u32).to_le_bytes());
             prop_assert_eq!(&logged[5..], &bytes[..]);
+            // A PutLww carries exactly these bytes, and logs them as the record was logged
+            // before it travelled encoded: count, tag, map, key, then the record by length.
+            let put = Mutation::put_lww("m", "k", &record).unwrap();
+            let Mutation::PutLww { record: row, .. } = &put else { unreachable!() };
+            prop_assert_eq!(row.bytes(), &bytes[..]);
+            let mut log = Vec::new();
+            encode_mutations(std::slice::from_ref(&put), &mut log).unwrap();
+            let mut expected = vec![1, 0, 0, 0, tag::PUT_LWW, 1, 0, 0, 0, b'm', 1, 0, 0, 0, b'k'];
+            expected.extend_from_slice(&logged[1..]);
+            prop_assert_eq!(&log, &expected);
+            prop_assert_eq!(decode_mutations("r", &log).unwrap(), vec![put]);
             // A null value and a tombstone are the same bytes.
             let value = record.value.clone().filter(|v| !v.is_null());
             prop_assert_eq!(decode::<LwwRecord>("record", "k", &bytes).unwrap(), LwwRecord { value, ..record });

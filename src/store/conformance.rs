@@ -65,11 +65,7 @@ fn or_record(value: Value, millis: u64) -> OrMapRecord {
 }
 
 fn put_lww(map: &str, key: &str, record: LwwRecord) -> Mutation {
-    Mutation::PutLww {
-        map: map.into(),
-        key: key.into(),
-        record,
-    }
+    Mutation::put_lww(map, key, &record).unwrap()
 }
 
 fn put_or(map: &str, key: &str, records: Vec<OrMapRecord>) -> Mutation {

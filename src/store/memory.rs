@@ -61,13 +61,17 @@ impl MemoryStore {
 }
 
 impl State {
-    fn apply(&mut self, mutation: Mutation) {
+    /// Applies one mutation; a `PutLww` takes its record from `lww_records`, the batch's LWW
+    /// rows decoded in order by [`decode_lww_rows`].
+    fn apply(&mut self, mutation: Mutation, lww_records: &mut impl Iterator<Item = LwwRecord>) {
         match mutation {
             Mutation::SetMapKind { map, kind } => {
                 self.claim(map, kind);
             }
-            Mutation::PutLww { map, key, record } => {
-                if let MapSnapshot::Lww { records } = self.claim(map, MapKind::Lww)
+            Mutation::PutLww { map, key, .. } => {
+                let record = lww_records.next();
+                if let (MapSnapshot::Lww { records }, Some(record)) =
+                    (self.claim(map, MapKind::Lww), record)
                     && super::lww_replaces(records.get(&key), &record)
                 {
                     records.insert(key, record);
@@ -206,8 +210,9 @@ impl Store for MemoryStore {
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(ready(self.open_state().and_then(|mut state| {
             batch.check_kinds(|map| Ok(state.maps.get(map).map(MapSnapshot::kind)))?;
+            let mut lww_records = decode_lww_rows(&batch)?.into_iter();
             for mutation in Vec::from(batch) {
-                state.apply(mutation);
+                state.apply(mutation, &mut lww_records);
             }
             Ok(())
         })))
@@ -217,6 +222,19 @@ impl Store for MemoryStore {
         self.lock().closed = true;
         Box::pin(ready(Ok(())))
     }
+}
+
+/// The records of `batch`'s `PutLww` rows, in order: decoded before anything is applied, so a
+/// row that cannot be read fails the batch as a whole.
+fn decode_lww_rows(batch: &WriteBatch) -> Result<Vec<LwwRecord>, StoreError> {
+    batch
+        .mutations()
+        .iter()
+        .filter_map(|mutation| match mutation {
+            Mutation::PutLww { record, .. } => Some(record.decode()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Applies the store-side OR merge to one key, deleting it when nothing is left.

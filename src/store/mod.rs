@@ -23,6 +23,7 @@
 //! - Cancelling a `commit` future does not cancel a write already handed to the backend.
 
 mod codec;
+mod lww_row;
 pub mod memory;
 pub mod redb;
 
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{LwwRecord, OrMapRecord};
 
+pub use self::lww_row::EncodedLww;
 pub use self::memory::MemoryStore;
 pub use self::redb::{GroupCommitStats, RedbOptions, RedbStore};
 
@@ -129,14 +131,14 @@ pub enum Mutation {
         kind: MapKind,
     },
     /// Store an LWW record (a tombstone is a record with `value: None`) unless the stored one
-    /// is at least as new.
+    /// is at least as new. Built with [`Mutation::put_lww`]; the record travels encoded.
     PutLww {
         /// The map.
         map: String,
         /// The key.
         key: String,
-        /// The record that replaces any stored one.
-        record: LwwRecord,
+        /// The record that replaces any stored one, encoded as the stored row.
+        record: EncodedLww,
     },
     /// Remove an LWW key outright if it holds a tombstone (tombstone pruning); a live record
     /// written since the prune was decided is kept.
@@ -234,6 +236,19 @@ pub(crate) enum KindEffect {
 }
 
 impl Mutation {
+    /// A [`Mutation::PutLww`] of `record`, encoded here, on the caller's thread.
+    pub fn put_lww(
+        map: impl Into<String>,
+        key: impl Into<String>,
+        record: &LwwRecord,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::PutLww {
+            map: map.into(),
+            key: key.into(),
+            record: EncodedLww::new(record)?,
+        })
+    }
+
     /// The map this mutation touches and how it affects that map's kind, if it is map-scoped.
     pub(crate) fn kind_effect(&self) -> Option<(&str, KindEffect)> {
         use KindEffect::{Claim, Forget, Require};
@@ -501,15 +516,12 @@ mod tests {
     use super::*;
 
     fn put_lww(map: &str) -> Mutation {
-        Mutation::PutLww {
-            map: map.into(),
-            key: "k".into(),
-            record: LwwRecord {
-                value: None,
-                timestamp: crate::hlc::Timestamp::new(1, 0, "n"),
-                ttl_ms: None,
-            },
-        }
+        let record = LwwRecord {
+            value: None,
+            timestamp: crate::hlc::Timestamp::new(1, 0, "n"),
+            ttl_ms: None,
+        };
+        Mutation::put_lww(map, "k", &record).unwrap()
     }
 
     fn remove_tags(map: &str) -> Mutation {

@@ -6,7 +6,8 @@
 //! so map names need no grammar
 //! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
-//! rows form a contiguous range. Values are MessagePack ([`super::codec`]).
+//! rows form a contiguous range. Values are MessagePack ([`super::codec`]); an LWW row arrives
+//! already encoded ([`super::EncodedLww`]), so the log frame and the checkpoint copy its bytes.
 //!
 //! Writes (write-behind): every `commit` queues its batch on a bounded channel (backpressure)
 //! to ONE writer thread. The writer drains whatever is queued and, per batch, checks its map
@@ -1144,15 +1145,12 @@ mod tests {
     });
 
     fn put(map: &str, key: &str, n: u64) -> Mutation {
-        Mutation::PutLww {
-            map: map.into(),
-            key: key.into(),
-            record: LwwRecord {
-                value: Some(json!({"n": n})),
-                timestamp: Timestamp::new(n, 0, "node"),
-                ttl_ms: None,
-            },
-        }
+        let record = LwwRecord {
+            value: Some(json!({"n": n})),
+            timestamp: Timestamp::new(n, 0, "node"),
+            ttl_ms: None,
+        };
+        Mutation::put_lww(map, key, &record).unwrap()
     }
 
     fn every_kind_of_mutation() -> WriteBatch {
@@ -2013,6 +2011,42 @@ mod tests {
         assert_eq!(format_version(&path), FORMAT_VERSION);
     }
 
+    /// The row a checkpoint writes is the record exactly as rmp_serde names it, as every
+    /// store before rows travelled encoded holds it.
+    #[tokio::test]
+    async fn checkpointed_lww_rows_keep_their_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let records = [
+            LwwRecord {
+                value: Some(json!({"v": [1, "x", null]})),
+                timestamp: Timestamp::new(1_795_698_229_131, 4, "node-ü"),
+                ttl_ms: Some(70_000),
+            },
+            LwwRecord {
+                value: None,
+                timestamp: Timestamp::new(9, 0, "n"),
+                ttl_ms: None,
+            },
+        ];
+        let batch: Vec<Mutation> = ["live", "dead"]
+            .iter()
+            .zip(&records)
+            .map(|(key, record)| Mutation::put_lww("m", *key, record).unwrap())
+            .collect();
+        store.commit(WriteBatch::from(batch)).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(LWW).unwrap();
+        for (key, record) in ["live", "dead"].iter().zip(&records) {
+            let row = table.get(("m", *key)).unwrap().unwrap();
+            assert_eq!(row.value(), rmp_serde::to_vec_named(record).unwrap());
+        }
+    }
+
     fn set_format_version(path: &Path, version: u32) {
         let db = Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
@@ -2129,15 +2163,14 @@ mod tests {
                         map: map.into(),
                         key,
                     },
-                    5 => Mutation::PutLww {
-                        map: map.into(),
-                        key,
-                        record: LwwRecord {
+                    5 => {
+                        let tombstone = LwwRecord {
                             value: None,
                             timestamp: Timestamp::new(millis, 0, "node"),
                             ttl_ms: None,
-                        },
-                    },
+                        };
+                        Mutation::put_lww(map, key, &tombstone).unwrap()
+                    }
                     6 => Mutation::PutOrKey {
                         map: map.into(),
                         key,

@@ -78,11 +78,7 @@ impl Fixture {
             r.merge(key, record.clone());
         }
         let mut batch = WriteBatch::new();
-        batch.push(Mutation::PutLww {
-            map: map.to_owned(),
-            key: key.to_owned(),
-            record,
-        });
+        batch.push(Mutation::put_lww(map, key, &record).unwrap());
         self.store.commit(batch).await.unwrap();
     }
 

@@ -29,9 +29,9 @@ use foldhash::{HashMap, HashSet};
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend, journal_chunks};
-use crate::record::{LwwRecord, OrMapRecord};
+use crate::record::OrMapRecord;
 use crate::store::codec::{decode, encode, encode_into, kind_code, kind_from_code};
-use crate::store::{CounterSnapshot, MapKind, Mutation, StoreError, WriteBatch};
+use crate::store::{CounterSnapshot, EncodedLww, MapKind, Mutation, StoreError, WriteBatch};
 
 /// One row as the overlay knows it.
 #[derive(Debug, Clone)]
@@ -61,8 +61,8 @@ struct MapState {
     cleared: bool,
     /// The map's kind (`None`: unknown), once loaded or claimed.
     kind: Option<Slot<Option<MapKind>>>,
-    /// LWW records; `None` means no row.
-    lww: HashMap<String, Slot<Option<LwwRecord>>>,
+    /// LWW rows, kept encoded as they arrived; `None` means no row.
+    lww: HashMap<String, Slot<Option<EncodedLww>>>,
     /// OR records per key; empty means no row.
     or_records: HashMap<String, Slot<Vec<OrMapRecord>>>,
     /// OR tombstone tags; `false` means no row.
@@ -174,7 +174,7 @@ impl Base {
             .transpose()
     }
 
-    fn lww(&mut self, map: &str, key: &str) -> Result<Option<LwwRecord>, StoreError> {
+    fn lww(&mut self, map: &str, key: &str) -> Result<Option<EncodedLww>, StoreError> {
         if let Some(state) = self.frozen(map) {
             if let Some(slot) = state.lww.get(key) {
                 return Ok(slot.value.clone());
@@ -187,7 +187,7 @@ impl Base {
             .lww
             .get((map, key))
             .map_err(backend("read an LWW record"))?
-            .map(|bytes| decode("LWW record", format_args!("{map}/{key}"), bytes.value()))
+            .map(|bytes| EncodedLww::from_stored(bytes.value(), format_args!("{map}/{key}")))
             .transpose()
     }
 
@@ -481,7 +481,7 @@ impl Overlay {
             Mutation::SetMapKind { map, kind } => self.claim(&map, kind),
             Mutation::PutLww { map, key, record } => self.put_lww(map, key, record),
             Mutation::DeleteLww { map, key } => {
-                if self.lww(&map, &key).is_some_and(LwwRecord::is_tombstone) {
+                if self.lww(&map, &key).is_some_and(EncodedLww::is_tombstone) {
                     self.set_lww(&map, key, None);
                 }
             }
@@ -492,7 +492,7 @@ impl Overlay {
             } => {
                 if self
                     .lww(&map, &key)
-                    .is_some_and(|record| record.timestamp == timestamp)
+                    .is_some_and(|row| row.has_timestamp(&timestamp))
                 {
                     self.set_lww(&map, key, None);
                 }
@@ -540,31 +540,37 @@ impl Overlay {
     }
 
     /// The hottest mutation: one lookup of the map and one of the key, with the mutation's
-    /// own strings moved in (no copies of them).
-    fn put_lww(&mut self, map: String, key: String, record: LwwRecord) {
+    /// own strings and encoded row moved in (no copies of them). The stored row is replaced
+    /// only by a strictly newer one, as [`crate::store::lww_replaces`] rules.
+    fn put_lww(&mut self, map: String, key: String, row: EncodedLww) {
         let state = self.maps.entry(map).or_default();
         state.claim(MapKind::Lww);
         match state.lww.entry(key) {
             Entry::Occupied(mut occupied) => {
-                if crate::store::lww_replaces(occupied.get().value.as_ref(), &record) {
-                    occupied.insert(Slot::dirty(Some(record)));
+                let replaces = occupied
+                    .get()
+                    .value
+                    .as_ref()
+                    .is_none_or(|stored| row.is_newer_than(stored));
+                if replaces {
+                    occupied.insert(Slot::dirty(Some(row)));
                 }
             }
             Entry::Vacant(vacant) => {
-                vacant.insert(Slot::dirty(Some(record)));
+                vacant.insert(Slot::dirty(Some(row)));
                 self.map_rows += 1;
             }
         }
     }
 
-    fn lww(&self, map: &str, key: &str) -> Option<&LwwRecord> {
+    fn lww(&self, map: &str, key: &str) -> Option<&EncodedLww> {
         self.maps
             .get(map)
             .and_then(|state| state.lww.get(key))
             .and_then(|slot| slot.value.as_ref())
     }
 
-    fn set_lww(&mut self, map: &str, key: String, record: Option<LwwRecord>) {
+    fn set_lww(&mut self, map: &str, key: String, record: Option<EncodedLww>) {
         let state = self.state(map);
         if state.lww.insert(key, Slot::dirty(record)).is_none() {
             self.map_rows += 1;
@@ -614,7 +620,8 @@ fn absorb_rows<T>(rows: &mut HashMap<String, Slot<T>>, older: HashMap<String, Sl
 }
 
 /// Writes one map's dirty state: the wipe a `ClearMap` asked for, then its kind and rows.
-/// Rows are encoded into `scratch`, one buffer for the whole checkpoint.
+/// LWW rows are written as they are; OR rows are encoded into `scratch`, one buffer for the
+/// whole checkpoint.
 fn write_map(
     tables: &mut WriteTables<'_>,
     map: &str,
@@ -636,11 +643,10 @@ fn write_map(
     }
     for (key, slot) in state.lww.iter().filter(|(_, slot)| slot.dirty) {
         match &slot.value {
-            Some(record) => {
-                encode_into(scratch, "LWW record", record)?;
+            Some(row) => {
                 tables
                     .lww
-                    .insert((map, key.as_str()), scratch.as_slice())
+                    .insert((map, key.as_str()), row.bytes())
                     .map_err(backend("write an LWW record"))?;
             }
             None => {
@@ -685,25 +691,133 @@ fn write_map(
 mod tests {
     use super::*;
     use crate::hlc::Timestamp;
+    use crate::record::LwwRecord;
+    use serde_json::json;
 
     fn put(key: &str) -> Mutation {
-        Mutation::PutLww {
+        put_at(key, None, Timestamp::new(1, 0, "n"))
+    }
+
+    fn put_at(key: &str, value: Option<serde_json::Value>, timestamp: Timestamp) -> Mutation {
+        let record = LwwRecord {
+            value,
+            timestamp,
+            ttl_ms: None,
+        };
+        Mutation::put_lww("m", key, &record).unwrap()
+    }
+
+    fn empty_base(dir: &tempfile::TempDir) -> Base {
+        drop(super::super::RedbStore::open(dir.path()).unwrap());
+        let db = Database::create(dir.path().join(super::super::FILE_NAME)).unwrap();
+        Base::new(&Arc::new(db), None)
+    }
+
+    fn apply(overlay: &mut Overlay, base: &mut Base, mutations: Vec<Mutation>) {
+        let batch = WriteBatch::from(mutations);
+        overlay.prefetch(&batch, base).unwrap();
+        overlay.apply(batch);
+    }
+
+    fn stored(overlay: &Overlay, key: &str) -> Option<LwwRecord> {
+        overlay.lww("m", key).map(|row| row.decode().unwrap())
+    }
+
+    #[test]
+    fn an_encoded_row_is_replaced_only_by_a_strictly_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base = empty_base(&dir);
+        let mut overlay = Overlay::default();
+        let at = |millis, counter, node: &str| Timestamp::new(millis, counter, node);
+        // Each put against a row holding 5:1:"nb": later millis, counter and node id win;
+        // an equal or older timestamp leaves the row alone.
+        for (timestamp, wins) in [
+            (at(5, 1, "nb"), false),
+            (at(4, 9, "nz"), false),
+            (at(5, 0, "nz"), false),
+            (at(5, 1, "na"), false),
+            (at(5, 1, "nba"), true),
+            (at(5, 2, "a"), true),
+            (at(6, 0, ""), true),
+        ] {
+            apply(
+                &mut overlay,
+                &mut base,
+                vec![Mutation::ClearMap { map: "m".into() }],
+            );
+            apply(
+                &mut overlay,
+                &mut base,
+                vec![put_at("k", Some(json!("old")), at(5, 1, "nb"))],
+            );
+            apply(
+                &mut overlay,
+                &mut base,
+                vec![put_at("k", Some(json!("new")), timestamp.clone())],
+            );
+            let expected = if wins {
+                (json!("new"), timestamp)
+            } else {
+                (json!("old"), at(5, 1, "nb"))
+            };
+            let record = stored(&overlay, "k").unwrap();
+            assert_eq!((record.value.unwrap(), record.timestamp), expected);
+        }
+    }
+
+    #[test]
+    fn deletes_and_forgets_read_the_encoded_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base = empty_base(&dir);
+        let mut overlay = Overlay::default();
+        apply(
+            &mut overlay,
+            &mut base,
+            vec![
+                put_at("live", Some(json!(1)), Timestamp::new(1, 0, "n")),
+                put_at("dead", None, Timestamp::new(1, 0, "n")),
+                put_at("null", Some(json!(null)), Timestamp::new(1, 0, "n")),
+                put_at("mine", Some(json!(2)), Timestamp::new(3, 0, "n")),
+            ],
+        );
+        let delete = |key: &str| Mutation::DeleteLww {
             map: "m".into(),
             key: key.into(),
-            record: LwwRecord {
-                value: None,
-                timestamp: Timestamp::new(1, 0, "n"),
-                ttl_ms: None,
-            },
-        }
+        };
+        let forget = |key: &str, millis| Mutation::ForgetLww {
+            map: "m".into(),
+            key: key.into(),
+            timestamp: Timestamp::new(millis, 0, "n"),
+        };
+        apply(
+            &mut overlay,
+            &mut base,
+            vec![
+                delete("live"),
+                delete("dead"),
+                delete("null"),
+                forget("mine", 2),
+                forget("live", 1),
+            ],
+        );
+        assert_eq!(stored(&overlay, "dead"), None);
+        assert_eq!(
+            stored(&overlay, "null"),
+            None,
+            "a null value is stored as a tombstone"
+        );
+        assert_eq!(
+            stored(&overlay, "live"),
+            None,
+            "forgotten by its exact timestamp"
+        );
+        assert_eq!(stored(&overlay, "mine").unwrap().value, Some(json!(2)));
     }
 
     #[test]
     fn a_cache_of_rejected_batches_is_trimmed_but_dirty_rows_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        drop(super::super::RedbStore::open(dir.path()).unwrap());
-        let db = Database::create(dir.path().join(super::super::FILE_NAME)).unwrap();
-        let mut base = Base::new(&Arc::new(db), None);
+        let mut base = empty_base(&dir);
 
         let mut overlay = Overlay::default();
         let batch = WriteBatch::from((0..20).map(|i| put(&i.to_string())).collect::<Vec<_>>());
