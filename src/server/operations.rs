@@ -330,7 +330,7 @@ async fn check_op(
             reason: e.to_string(),
         })?;
     }
-    Ok(CheckedOp { op, map })
+    CheckedOp::new(op, map)
 }
 
 /// An op that passed its checks, with the map it merges into.
@@ -338,6 +338,20 @@ async fn check_op(
 struct CheckedOp {
     op: ClientOp,
     map: MapHandle,
+    /// An LWW op's record as the store row it becomes if it wins, encoded before the map
+    /// is locked: writers of the map do not wait for it, and a record the store cannot hold
+    /// is refused before it changes anything.
+    row: Option<EncodedLww>,
+}
+
+impl CheckedOp {
+    fn new(op: ClientOp, map: MapHandle) -> Result<Self, OpFailure> {
+        let row = match (&op.record, op.is_or_op()) {
+            (Some(record), false) => Some(EncodedLww::new(record).map_err(unstorable)?),
+            _ => None,
+        };
+        Ok(Self { op, map, row })
+    }
 }
 
 /// Merges the checked ops of a batch: on the worker pool when the batch is large, inline
@@ -400,14 +414,14 @@ fn merge_ops(
         let map = first.map;
         let mut guard = map.lock();
         changes.unheard = listeners.is_some_and(|shared| !shared.listens_to(map.name()));
-        outcomes.push(merge_op(&mut guard, first.op, &mut changes));
+        outcomes.push(merge_op(&mut guard, first.op, first.row, &mut changes));
         for _ in 1..slice.max(1) {
             let Some(Ok(same)) =
                 rest.next_if(|n| n.as_ref().is_ok_and(|c| c.map.is_same_map(&map)))
             else {
                 break;
             };
-            outcomes.push(merge_op(&mut guard, same.op, &mut changes));
+            outcomes.push(merge_op(&mut guard, same.op, same.row, &mut changes));
         }
     }
     changes.unheard = false;
@@ -418,12 +432,13 @@ fn merge_ops(
 fn merge_op(
     replica: &mut Replica,
     op: ClientOp,
+    row: Option<EncodedLww>,
     changes: &mut MapChanges,
 ) -> Result<(), OpFailure> {
     match op.op_type {
         Some(OpType::OrAdd) => apply_or_add(replica, op, changes),
         Some(OpType::OrRemove) => apply_or_remove(replica, op, changes),
-        _ => apply_lww(replica, op, changes),
+        _ => apply_lww(replica, op, row, changes),
     }
 }
 
@@ -448,12 +463,16 @@ fn missing(field: &str, op_type: &str) -> OpFailure {
     }
 }
 
+/// Merges an LWW op; `row` is its record encoded for the store ([`CheckedOp::row`]).
 fn apply_lww(
     replica: &mut Replica,
     op: ClientOp,
+    row: Option<EncodedLww>,
     changes: &mut MapChanges,
 ) -> Result<(), OpFailure> {
-    let record = op.record.ok_or_else(|| missing("record", "LWW"))?;
+    let (Some(record), Some(row)) = (op.record, row) else {
+        return Err(missing("record", "LWW"));
+    };
     let Replica::Lww(replica) = replica else {
         return Err(missing("an LWW map", "LWW"));
     };
@@ -465,15 +484,15 @@ fn apply_lww(
                 // retries because it got no ack), so write it again: the store keeps the
                 // newest record, and a PERSISTED ack must mean the record is on disk, not
                 // merely in memory.
-                let put = Mutation::put_lww(op.map_name, op.key, &record).map_err(unstorable)?;
-                changes.mutations.push(put);
+                changes.mutations.push(Mutation::PutLww {
+                    map: op.map_name,
+                    key: op.key,
+                    record: row,
+                });
             }
             return Ok(());
         }
     };
-    // Encoded from the stored record, here on the worker, before anything is journaled: the
-    // store writer then only copies the row's bytes.
-    let row = EncodedLww::new(stored).map_err(unstorable)?;
     changes.journal_ref(journal::ChangeRef::lww(
         &op.map_name,
         &op.key,
@@ -496,6 +515,7 @@ fn apply_lww(
             epoch: None,
         });
     }
+    // The stored record is the op's own (it won), so its row is the one encoded up front.
     changes.mutations.push(Mutation::PutLww {
         map: op.map_name,
         key: op.key,
@@ -942,7 +962,7 @@ mod tests {
                 })
             } else {
                 let map = maps.get(&op.map_name, kind, Some(kind)).await.unwrap();
-                Ok(CheckedOp { op, map })
+                CheckedOp::new(op, map)
             });
         }
         checked
@@ -1001,10 +1021,7 @@ mod tests {
                 timestamp: Timestamp::new(millis, 0, "client"),
                 ttl_ms: None,
             });
-            vec![Ok(CheckedOp {
-                op,
-                map: map.clone(),
-            })]
+            vec![CheckedOp::new(op, map.clone())]
         };
         let (_, mut first) = merge_checked(shared, write(10)).await.unwrap();
         let (_, mut second) = merge_checked(shared, write(20)).await.unwrap();
@@ -1125,10 +1142,7 @@ mod tests {
                     timestamp: Timestamp::new(1 + i as u64, 0, "c"),
                     ttl_ms: None,
                 });
-                Ok(CheckedOp {
-                    op,
-                    map: map.clone(),
-                })
+                CheckedOp::new(op, map.clone())
             })
             .collect();
         let pool = WorkerPool::new(1);
