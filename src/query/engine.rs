@@ -85,10 +85,7 @@ impl CompiledQuery {
 
     /// The result order of two `(key, value)` rows; total, ties broken by key.
     pub fn compare(&self, a: (&str, &Value), b: (&str, &Value)) -> Ordering {
-        self.order.compare(
-            &self.order.position(a.0, a.1),
-            &self.order.position(b.0, b.1),
-        )
+        self.order.compare_rows(a, b)
     }
 
     /// The maximum page size; `None` when unlimited (absent or 0 on the wire).

@@ -103,10 +103,30 @@ impl SortOrder {
 
     /// Compares two positions: each term in priority order, then the key.
     pub fn compare(&self, a: &Position<'_>, b: &Position<'_>) -> Ordering {
+        self.compare_by(a.key, b.key, |i, _| (cell(a, i), cell(b, i)))
+    }
+
+    /// Compares two rows exactly as [`SortOrder::compare`] compares their positions, resolving
+    /// each sort field only when the terms before it tie and without building the positions
+    /// (live windows compare a changed row against many held ones).
+    pub fn compare_rows(&self, a: (&str, &Value), b: (&str, &Value)) -> Ordering {
+        self.compare_by(a.0, b.0, |_, path| (path.resolve(a.1), path.resolve(b.1)))
+    }
+
+    /// The comparison itself; `cells(i, path)` yields both rows' values of sort term `i`.
+    fn compare_by<'v>(
+        &self,
+        a_key: &str,
+        b_key: &str,
+        cells: impl Fn(usize, &FieldPath) -> (Option<&'v Value>, Option<&'v Value>),
+    ) -> Ordering {
         for (i, term) in self.terms.iter().enumerate() {
-            let ordering = match term.target {
-                Target::Key => compare_code_units(a.key, b.key),
-                Target::Field(_) => compare_values(cell(a, i), cell(b, i)),
+            let ordering = match &term.target {
+                Target::Key => compare_code_units(a_key, b_key),
+                Target::Field(path) => {
+                    let (a, b) = cells(i, path);
+                    compare_values(a, b)
+                }
             };
             let ordering = if term.descending {
                 ordering.reverse()
@@ -117,7 +137,7 @@ impl SortOrder {
                 return ordering;
             }
         }
-        compare_code_units(a.key, b.key)
+        compare_code_units(a_key, b_key)
     }
 }
 
@@ -180,6 +200,31 @@ mod tests {
     fn key_pseudo_field_sorts_by_key() {
         let desc = order(json!([{"field": "_key", "direction": "desc"}]));
         assert_eq!(sorted_keys(&desc, &rows()), ["k4", "k3", "k2", "k1", "k0"]);
+    }
+
+    proptest::proptest! {
+        /// Comparing rows directly agrees with comparing their positions.
+        #[test]
+        fn rows_compare_like_their_positions(
+            a in crate::protocol::codec::msgpack_writer::tests::json_value(),
+            b in crate::protocol::codec::msgpack_writer::tests::json_value(),
+            keys in ("[a-c]{0,2}", "[a-c]{0,2}"),
+            desc in proptest::prelude::any::<bool>(),
+        ) {
+            let direction = if desc { "desc" } else { "asc" };
+            let wrap = |v: &Value| json!({"n": v.clone(), "m": {"at": v.clone()}});
+            let (a, b) = (wrap(&a), wrap(&b));
+            for spec in [
+                json!({}),
+                json!([{"field": "n", "direction": direction}]),
+                json!([{"field": "m.at", "direction": direction}, {"field": "_key", "direction": "desc"}]),
+            ] {
+                let order = order(spec);
+                let by_position =
+                    order.compare(&order.position(&keys.0, &a), &order.position(&keys.1, &b));
+                proptest::prop_assert_eq!(order.compare_rows((&keys.0, &a), (&keys.1, &b)), by_position);
+            }
+        }
     }
 
     #[test]
