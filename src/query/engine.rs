@@ -83,6 +83,12 @@ impl CompiledQuery {
         self.filter.matches(value)
     }
 
+    /// Whether rows are ordered by key alone (no sort fields), so a row's place does not
+    /// depend on its value.
+    pub fn orders_by_key(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// The result order of two `(key, value)` rows; total, ties broken by key.
     pub fn compare(&self, a: (&str, &Value), b: (&str, &Value)) -> Ordering {
         self.order.compare_rows(a, b)

@@ -73,7 +73,14 @@ impl LiveWindow {
         if self.after_cursor {
             return Step::Rerun;
         }
-        let was = self.rows.iter().position(|(k, _)| k == key);
+        let was = if query.orders_by_key() {
+            // The value takes no part in a key order, so each row's own stands in for it.
+            self.rows
+                .binary_search_by(|(k, v)| query.compare((k, v), (key, v)))
+                .ok()
+        } else {
+            self.rows.iter().position(|(k, _)| k == key)
+        };
         let now = value.filter(|v| query.matches(v));
         match (was, now) {
             (None, None) => Step::Changes(Vec::new()),
@@ -117,6 +124,24 @@ impl LiveWindow {
         })
     }
 
+    /// Whether the row at `index`, given `value`, still sorts between its neighbours and no
+    /// match outside the window can take its place.
+    fn stays_at(&self, query: &CompiledQuery, index: usize, value: &Value) -> bool {
+        let Some((key, _)) = self.rows.get(index) else {
+            return false;
+        };
+        let before = index
+            .checked_sub(1)
+            .and_then(|i| self.rows.get(i))
+            .is_none_or(|(k, v)| query.compare((k, v), (key, value)) == std::cmp::Ordering::Less);
+        // The last row of a window with more matches beyond it may be overtaken by one.
+        let after = match self.rows.get(index + 1) {
+            Some((k, v)) => query.compare((key, value), (k, v)) == std::cmp::Ordering::Less,
+            None => !self.has_more,
+        };
+        before && after
+    }
+
     fn leave(&mut self, query: &CompiledQuery, index: usize) -> Step {
         // The next match beyond the window must be promoted, and only the map knows it.
         if self.has_more && query.limit().is_some() {
@@ -147,6 +172,12 @@ impl LiveWindow {
     fn update(&mut self, query: &CompiledQuery, index: usize, value: &Value) -> Step {
         if &self.rows[index].1 == value {
             return Step::Changes(Vec::new());
+        }
+        if self.stays_at(query, index, value) {
+            // The common case (always, for a key order): no shifting of the rows after it.
+            let (key, held) = &mut self.rows[index];
+            *held = value.clone();
+            return Step::Changes(vec![WindowChange::Update(key.clone(), value.clone())]);
         }
         let (key, old) = self.rows.remove(index);
         let slot = self.slot(query, &key, value);

@@ -212,13 +212,21 @@ proptest! {
         ops in proptest::collection::vec(op(), 0..60),
         limit in 0u64..5,
         desc in any::<bool>(),
+        by_key in any::<bool>(),
     ) {
         let direction = if desc { "desc" } else { "asc" };
-        let query = json!({
-            "predicate": {"op": "gte", "attribute": "n", "value": -3},
-            "sort": [{"field": "n", "direction": direction}],
-            "limit": limit,
-        });
+        let query = if by_key {
+            json!({
+                "predicate": {"op": "gte", "attribute": "n", "value": -3},
+                "limit": limit,
+            })
+        } else {
+            json!({
+                "predicate": {"op": "gte", "attribute": "n", "value": -3},
+                "sort": [{"field": "n", "direction": direction}],
+                "limit": limit,
+            })
+        };
         let mut h = Harness::new(query, &[]);
         for op in ops {
             match op {
