@@ -106,8 +106,27 @@ pub fn relational(field: Option<&Value>, relation: Relation, operand: &Value) ->
 }
 
 /// Compares two strings by UTF-16 code units, as JS `<` does.
+///
+/// UTF-8 byte order is code point order, and that is UTF-16 order for every pair of
+/// characters below U+E000 (UTF-16 puts supplementary characters, as surrogates, before
+/// U+E000..U+FFFF). So the first differing byte decides unless a character there starts at
+/// or above U+E000 (lead byte 0xEE); only then are the code units compared.
 pub fn compare_code_units(a: &str, b: &str) -> Ordering {
-    a.encode_utf16().cmp(b.encode_utf16())
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let Some(at) = x.iter().zip(y).position(|(p, q)| p != q) else {
+        return x.len().cmp(&y.len());
+    };
+    // The characters that differ start at the last non-continuation byte up to `at`; before
+    // `at` both strings hold the same bytes.
+    let start = (0..=at)
+        .rev()
+        .find(|&i| x.get(i).is_some_and(|byte| byte & 0xC0 != 0x80))
+        .unwrap_or(0);
+    let below_e000 = |bytes: &[u8]| bytes.get(start).is_some_and(|lead| *lead < 0xEE);
+    match (x.get(at), y.get(at)) {
+        (Some(p), Some(q)) if below_e000(x) && below_e000(y) => p.cmp(q),
+        _ => a.encode_utf16().cmp(b.encode_utf16()),
+    }
 }
 
 /// Compares two JSON numbers exactly, whatever mix of integer and float they are.
@@ -419,6 +438,31 @@ mod tests {
                 .prop_map(|(h, m)| json!(format!("2020-01-01T0{h}:{m:02}:00+01:00"))),
             proptest::collection::vec(0i64..3, 0..2).prop_map(|v| json!(v)),
         ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        let char = prop_oneof![
+            any::<char>(),
+            Just('a'),
+            Just('\u{D7FF}'),
+            Just('\u{E000}'),
+            Just('\u{FFFF}'),
+            Just('\u{10000}'),
+            Just('\u{1F600}'),
+        ];
+        proptest::collection::vec(char, 0..5).prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn code_unit_order_is_utf16_order(a in text(), b in text()) {
+            prop_assert_eq!(compare_code_units(&a, &b), a.encode_utf16().cmp(b.encode_utf16()));
+            let shared = format!("k{a}");
+            prop_assert_eq!(
+                compare_code_units(&shared, &format!("k{b}")),
+                a.encode_utf16().cmp(b.encode_utf16())
+            );
+        }
     }
 
     proptest! {
