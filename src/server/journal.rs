@@ -53,8 +53,6 @@ pub const DEFAULT_READ_LIMIT: usize = 100;
 pub const MAX_READ_LIMIT: usize = 1_000;
 /// Most journal subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
-/// The largest entry-encoding buffer the journal keeps between entries.
-const MAX_KEPT_SCRATCH: usize = 64 << 10;
 /// Entries fetched from the store per round trip while scanning.
 const STORE_CHUNK: usize = 512;
 
@@ -306,12 +304,7 @@ impl Draft {
         timestamp: &Timestamp,
         node_id: &str,
     ) -> Result<Self, WriteError> {
-        let buffer = scratch.as_mut_vec();
-        buffer.clear();
-        if buffer.capacity() > MAX_KEPT_SCRATCH {
-            // One huge value must not pin its buffer.
-            buffer.shrink_to(MAX_KEPT_SCRATCH);
-        }
+        scratch.reset_scratch();
         write_head(scratch, guess, change)?;
         let head_len = scratch.as_mut_vec().len();
         write_tail(scratch, change, timestamp, node_id)?;

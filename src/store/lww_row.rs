@@ -19,14 +19,10 @@ use crate::hlc::Timestamp;
 use crate::protocol::codec::msgpack_writer::MsgpackWriter;
 use crate::record::LwwRecord;
 
-/// A scratch buffer bigger than this is not kept for the next record: one huge value must
-/// not pin its memory on a worker thread.
-const MAX_KEPT_SCRATCH: usize = 64 * 1024;
-
 thread_local! {
     /// Where [`EncodedLww::new`] encodes before copying the exact bytes out: one allocation
     /// per row, of the right size, without measuring the value first.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
 }
 
 /// One LWW record encoded as a store row, with what the store's merge rules need.
@@ -49,18 +45,14 @@ impl EncodedLww {
     /// Encodes `record` as a store row.
     pub fn new(record: &LwwRecord) -> Result<Self, StoreError> {
         SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            if scratch.capacity() > MAX_KEPT_SCRATCH {
-                scratch.shrink_to(MAX_KEPT_SCRATCH);
-            }
-            let mut writer = MsgpackWriter::from_vec(std::mem::take(scratch));
-            let written = record.write_stored(&mut writer);
-            *scratch = writer.into_vec();
-            written.map_err(|message| StoreError::Encode {
-                what: "LWW record",
-                message,
-            })?;
-            Self::with_bytes(scratch, record).ok_or_else(|| StoreError::Encode {
+            scratch.reset_scratch();
+            record
+                .write_stored(scratch)
+                .map_err(|message| StoreError::Encode {
+                    what: "LWW record",
+                    message,
+                })?;
+            Self::with_bytes(scratch.as_mut_vec(), record).ok_or_else(|| StoreError::Encode {
                 what: "LWW record",
                 message: "the encoded row does not end with its node id".to_owned(),
             })

@@ -1859,6 +1859,13 @@ mod tests {
         assert_eq!(lww_keys(&store, "m"), expected);
     }
 
+    /// Polls until the store has flushed its log once, or `deadline` passes.
+    async fn wait_for_a_flush(store: &RedbStore, deadline: Instant) {
+        while store.stats().flushes == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn an_idle_store_syncs_a_queued_commit_after_the_delay() {
         const DELAY: Duration = Duration::from_millis(300);
@@ -1870,10 +1877,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.stats().flushes, 0);
-        let deadline = started + DELAY + Duration::from_secs(5);
-        while store.stats().flushes == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_a_flush(&store, started + DELAY + Duration::from_secs(5)).await;
         let synced_after = started.elapsed();
         assert_eq!(store.stats().flushes, 1);
         assert!(synced_after >= DELAY, "synced after {synced_after:?}");
@@ -1891,10 +1895,7 @@ mod tests {
                     .commit_queued(WriteBatch::from(vec![put("m", "k", 1)]))
                     .await
                     .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while store.stats().flushes == 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                wait_for_a_flush(&store, Instant::now() + Duration::from_secs(5)).await;
                 Arc::new(store)
             },
         );

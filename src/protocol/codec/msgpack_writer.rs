@@ -26,6 +26,10 @@ pub struct WriteError {
     pub len: usize,
 }
 
+/// A writer reused as scratch keeps at most this much buffer between uses: one huge value must
+/// not pin its memory on the thread that keeps the writer.
+const MAX_KEPT_SCRATCH: usize = 64 << 10;
+
 /// Appends MessagePack to a growing buffer.
 #[derive(Debug, Default)]
 pub struct MsgpackWriter {
@@ -98,6 +102,16 @@ impl MsgpackWriter {
     /// Everything written, after whatever the buffer held before.
     pub fn into_vec(self) -> Vec<u8> {
         self.buf.into_vec()
+    }
+
+    /// Empties the writer for its next use as a scratch buffer, giving back memory a huge value
+    /// made it grow to.
+    pub fn reset_scratch(&mut self) {
+        let buffer = self.as_mut_vec();
+        buffer.clear();
+        if buffer.capacity() > MAX_KEPT_SCRATCH {
+            buffer.shrink_to(MAX_KEPT_SCRATCH);
+        }
     }
 
     /// The buffer itself, for the few stored types still written through serde.
