@@ -272,6 +272,35 @@ fn global_flags_may_follow_the_workload() {
 }
 
 #[test]
+fn the_generator_runs_on_one_thread_or_several() {
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let (url, server, task) = server_runtime.block_on(start_server());
+    assert_eq!(args(&url, &["write"]).threads, 1, "one thread by default");
+    for threads in ["1", "3"] {
+        let args = args(
+            &url,
+            &[
+                "--threads",
+                threads,
+                "write",
+                "--wait",
+                "--connections",
+                "2",
+                "--keys",
+                "10",
+            ],
+        );
+        let report = runtime(&args).unwrap().block_on(run(&args)).unwrap();
+        let write = report.write_wait.unwrap();
+        assert!(write.acked_ops > 0, "{threads} threads: {write:?}");
+        assert_eq!(write.errors, 0);
+    }
+    assert!(Cli::try_parse_from(["b", "--threads", "0", "write"]).is_err());
+    server_runtime.block_on(server.shutdown(Duration::from_secs(1)));
+    task.abort();
+}
+
+#[test]
 fn tokens_are_minted_per_connection_or_shared() {
     let minted = Context::new(&args("ws://x", &["write"]));
     assert_ne!(minted.token(0).unwrap(), minted.token(1).unwrap());

@@ -47,8 +47,9 @@ pub struct ServeArgs {
     /// log and memory before a checkpoint copies it into the database file.
     #[arg(long, env = "TOPGUN_CHECKPOINT_INTERVAL_MS", default_value_t = 1_000)]
     pub checkpoint_interval_ms: u64,
-    /// Embedded store: rows kept in memory between checkpoints (changed plus cached) before
-    /// one is forced; while a checkpoint runs up to twice this is held.
+    /// Embedded store: map rows kept in memory between checkpoints (changed plus cached)
+    /// before one is forced; while a checkpoint runs up to twice this is held. Journal
+    /// entries are bounded by the write-ahead log's size (64 MiB) instead.
     #[arg(long, env = "TOPGUN_MAX_OVERLAY_ROWS", default_value_t = 100_000)]
     pub max_overlay_rows: usize,
     /// Embedded store: the database file's page cache, in MiB.

@@ -27,7 +27,7 @@
 //! cost the server more CPU than it bought.
 //!
 //! Checkpoints: every [`RedbOptions::checkpoint_interval`], or sooner when the overlay holds
-//! more than [`RedbOptions::max_overlay_rows`] rows or the log segment exceeds
+//! more than [`RedbOptions::max_overlay_rows`] map rows or the log segment exceeds
 //! [`RedbOptions::max_log_bytes`], the writer seals the log segment, freezes the overlay and
 //! starts a fresh one, and a checkpoint thread writes the frozen overlay's changed rows into
 //! redb in ONE durable transaction, together with the highest log sequence they cover; then the
@@ -116,6 +116,7 @@ pub struct RedbOptions {
     /// Rows the in-memory overlay may hold (changed rows plus rows cached from redb) before a
     /// checkpoint is forced and the cache dropped: the overlay's memory bound. While a
     /// checkpoint runs, its frozen overlay is held as well, so memory holds up to twice this.
+    /// Journal entries are not rows: [`Self::max_log_bytes`] bounds them, as each is in the log.
     pub max_overlay_rows: usize,
     /// Log segment size that forces a checkpoint: bounds the log files, the replay time after
     /// a crash, and the bytes of changes held only in the overlay.
@@ -568,6 +569,7 @@ struct Writer {
 struct Background {
     frozen: Arc<Overlay>,
     thread: JoinHandle<Result<(), StoreError>>,
+    started: Instant,
 }
 
 /// How often an otherwise idle writer looks whether its background checkpoint finished.
@@ -827,6 +829,12 @@ impl Writer {
             }
             self.finish_background();
         }
+        tracing::debug!(
+            over_bound,
+            rows = self.overlay.rows(),
+            log_bytes = self.wal.len(),
+            "checkpoint starting"
+        );
         if let Err(error) = self.start_background() {
             self.fail(&error);
         }
@@ -848,7 +856,11 @@ impl Writer {
                 .spawn(move || write_checkpoint(&db, &frozen, covered))
                 .map_err(|e| io_error("start a checkpoint thread for", self.wal.dir(), e))?
         };
-        self.background = Some(Background { frozen, thread });
+        self.background = Some(Background {
+            frozen,
+            thread,
+            started: Instant::now(),
+        });
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -856,7 +868,12 @@ impl Writer {
     /// Waits for the background checkpoint, then drops the log segments it covered and keeps
     /// its rows as clean cache. Only between groups: a group's base snapshot would go stale.
     fn finish_background(&mut self) {
-        let Some(Background { frozen, thread }) = self.background.take() else {
+        let Some(Background {
+            frozen,
+            thread,
+            started,
+        }) = self.background.take()
+        else {
             return;
         };
         let written = thread
@@ -867,6 +884,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(elapsed = ?started.elapsed(), "background checkpoint written");
                 if let Ok(frozen) = Arc::try_unwrap(frozen) {
                     self.overlay.absorb(frozen, self.options.max_overlay_rows);
                 }
@@ -1736,6 +1754,45 @@ mod tests {
             );
             assert_eq!(wal_len(dir.path()), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn journal_entries_are_bounded_by_the_log_not_the_row_bound() {
+        let journal_batch = |sequence: u64| {
+            WriteBatch::from(vec![
+                put("m", "hot", sequence),
+                Mutation::AppendJournal {
+                    sequence,
+                    event: vec![7u8; 100].into(),
+                },
+            ])
+        };
+        // One hot row and forty journal entries: only the row counts against a bound of 8.
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_overlay_rows: 8,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for sequence in 1..=40 {
+            store.commit(journal_batch(sequence)).await.unwrap();
+        }
+        assert_eq!(store.stats().checkpoints, 0);
+        assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 40);
+
+        // The log's bound still forces checkpoints when nothing but entries pile up.
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            max_log_bytes: 1_000,
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        for sequence in 1..=40 {
+            store.commit(journal_batch(sequence)).await.unwrap();
+        }
+        let forced = store.stats().checkpoints;
+        assert!((3..40).contains(&forced), "{forced} checkpoints");
+        assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 40);
     }
 
     #[tokio::test]
