@@ -1729,8 +1729,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // Nine rows exceed the bound: a checkpoint every nine commits (the background one's
-        // rows are not kept as cache, which would exceed the bound again), then the read's.
+        // Nine changed rows exceed the bound: a checkpoint every nine commits (the background
+        // one's rows are kept as cache up to the bound, and shed before they could force
+        // one), then the read's.
         assert_eq!(lww_keys_async(&store, "m").await.len(), 40);
         assert_eq!(store.stats().checkpoints, 5);
 

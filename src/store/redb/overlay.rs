@@ -382,39 +382,59 @@ impl Overlay {
         self.dirty = false;
     }
 
-    /// Drops the clean cache if it alone exceeds `keep_rows` (rows loaded for batches that
-    /// were then rejected dirty nothing, so no checkpoint would ever shed them).
+    /// Drops the clean cache when the overlay holds more than `keep_rows` map rows, keeping
+    /// every dirty row: only changed rows may force a checkpoint. (Rows loaded for batches
+    /// that were then rejected dirty nothing, so only this sheds them.)
     pub(super) fn trim_cache(&mut self, keep_rows: usize) {
-        if !self.dirty && self.map_rows > keep_rows {
+        if self.map_rows <= keep_rows {
+            return;
+        }
+        if !self.dirty {
             self.maps.clear();
             self.map_rows = 0;
+            return;
+        }
+        self.map_rows = 0;
+        for state in self.maps.values_mut() {
+            state.lww.retain(|_, slot| slot.dirty);
+            state.or_records.retain(|_, slot| slot.dirty);
+            state.tombstones.retain(|_, slot| slot.dirty);
+            self.map_rows += state.rows();
         }
     }
 
     /// Takes the rows of `older` (an overlay a checkpoint just wrote) that this one lacks as
-    /// clean cache, so hot keys need no redb read after a background checkpoint. Skipped if
-    /// it would exceed `keep_rows`.
+    /// clean cache, so hot keys need no redb read after a background checkpoint: as many as
+    /// fit under `keep_rows`. The two mostly share their keys, so their union usually fits
+    /// even when their sum would not.
     pub(super) fn absorb(&mut self, older: Overlay, keep_rows: usize) {
-        if self.map_rows + older.map_rows > keep_rows {
-            return;
-        }
         for (map, mut older_state) in older.maps {
+            let room = keep_rows.saturating_sub(self.map_rows);
+            if room == 0 {
+                return;
+            }
             older_state.mark_clean();
             match self.maps.entry(map) {
-                Entry::Vacant(vacant) => {
+                Entry::Vacant(vacant) if older_state.rows() <= room => {
                     self.map_rows += older_state.rows();
                     vacant.insert(older_state);
+                }
+                Entry::Vacant(vacant) => {
+                    let mut state = MapState {
+                        kind: older_state.kind.take(),
+                        ..MapState::default()
+                    };
+                    self.map_rows += absorb_rows(&mut state, older_state, room);
+                    vacant.insert(state);
                 }
                 // A clear since then made the older rows stale.
                 Entry::Occupied(occupied) if occupied.get().cleared => {}
                 Entry::Occupied(mut occupied) => {
                     let state = occupied.get_mut();
                     if state.kind.is_none() {
-                        state.kind = older_state.kind;
+                        state.kind = older_state.kind.take();
                     }
-                    self.map_rows += absorb_rows(&mut state.lww, older_state.lww)
-                        + absorb_rows(&mut state.or_records, older_state.or_records)
-                        + absorb_rows(&mut state.tombstones, older_state.tombstones);
+                    self.map_rows += absorb_rows(state, older_state, room);
                 }
             }
         }
@@ -606,10 +626,29 @@ impl Overlay {
     }
 }
 
-/// Adds the rows of `older` that `rows` lacks; returns how many.
-fn absorb_rows<T>(rows: &mut HashMap<String, Slot<T>>, older: HashMap<String, Slot<T>>) -> usize {
+/// Adds up to `room` of `older`'s rows that `state` lacks, LWW rows first; returns how many.
+fn absorb_rows(state: &mut MapState, older: MapState, room: usize) -> usize {
+    let lww = absorb_table(&mut state.lww, older.lww, room);
+    let or_records = absorb_table(&mut state.or_records, older.or_records, room - lww);
+    lww + or_records
+        + absorb_table(
+            &mut state.tombstones,
+            older.tombstones,
+            room - lww - or_records,
+        )
+}
+
+/// Adds up to `room` rows of `older` that `rows` lacks; returns how many.
+fn absorb_table<T>(
+    rows: &mut HashMap<String, Slot<T>>,
+    older: HashMap<String, Slot<T>>,
+    room: usize,
+) -> usize {
     let mut added = 0;
     for (key, slot) in older {
+        if added == room {
+            break;
+        }
         if let Entry::Vacant(vacant) = rows.entry(key) {
             vacant.insert(slot);
             added += 1;
@@ -814,6 +853,38 @@ mod tests {
     }
 
     #[test]
+    fn an_absorbed_overlay_fills_the_cache_up_to_the_bound_without_losing_newer_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base = empty_base(&dir);
+        let mut older = Overlay::default();
+        let keys: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        apply(&mut older, &mut base, keys.iter().map(|k| put(k)).collect());
+        let mut newer = Overlay::default();
+        let newer_put = |key: &str| put_at(key, Some(json!("new")), Timestamp::new(2, 0, "n"));
+        apply(
+            &mut newer,
+            &mut base,
+            (0..5).map(|i| newer_put(&keys[i])).collect(),
+        );
+
+        newer.absorb(older, 12);
+        assert_eq!(newer.rows(), 12, "7 of the 15 rows it lacked fit");
+        for key in &keys[..5] {
+            assert_eq!(stored(&newer, key).unwrap().value, Some(json!("new")));
+        }
+        assert_eq!(
+            keys.iter().filter(|k| newer.lww("m", k).is_some()).count(),
+            12
+        );
+        newer.trim_cache(10);
+        assert_eq!(
+            newer.rows(),
+            5,
+            "over the bound, only the changed rows stay"
+        );
+    }
+
+    #[test]
     fn a_cache_of_rejected_batches_is_trimmed_but_dirty_rows_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut base = empty_base(&dir);
@@ -832,5 +903,14 @@ mod tests {
         overlay.trim_cache(10);
         assert_eq!((overlay.rows(), overlay.is_dirty()), (20, true));
         assert_eq!(overlay.kind("m"), Some(MapKind::Lww));
+
+        // Over the bound with both: the clean rows go, the dirty ones stay.
+        let more = WriteBatch::from((20..35).map(|i| put(&i.to_string())).collect::<Vec<_>>());
+        overlay.prefetch(&more, &mut base).unwrap();
+        assert_eq!(overlay.rows(), 35);
+        overlay.trim_cache(30);
+        assert_eq!(overlay.rows(), 20);
+        assert!(overlay.has_unwritten("m"));
+        assert!(stored(&overlay, "7").is_some(), "a dirty row survives");
     }
 }
