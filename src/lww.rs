@@ -5,8 +5,10 @@
 //! relies on timestamps being unique per write, which the HLC guarantees (distinct node ids,
 //! strictly increasing per node); on an exact tie the local record is kept.
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use hashbrown::hash_map::EntryRef;
 use serde_json::Value;
 
 use crate::hlc::Timestamp;
@@ -47,9 +49,22 @@ impl MergeOutcome {
 ///
 /// Tombstones (`value: None`) are kept so deletions sync and win against older writes; they
 /// are dropped only by [`LwwMap::prune`] once every replica is past the GC horizon.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Records live in a hash table, so a merge costs one hash probe: a B-tree search compared
+/// the key against a dozen others, each a cache miss behind a pointer, and that search was
+/// the largest single cost of a server write. The key order iteration promises is a set of
+/// the same shared keys beside it, touched only when a key arrives or leaves.
+#[derive(Debug, Clone, Default)]
 pub struct LwwMap {
-    records: BTreeMap<String, LwwRecord>,
+    records: hashbrown::HashMap<Arc<str>, LwwRecord, foldhash::fast::RandomState>,
+    order: BTreeSet<Arc<str>>,
+}
+
+impl PartialEq for LwwMap {
+    fn eq(&self, other: &Self) -> bool {
+        // `order` is the key set of `records`, so comparing the tables is enough.
+        self.records == other.records
+    }
 }
 
 impl LwwMap {
@@ -70,10 +85,9 @@ impl LwwMap {
     /// [`LwwMap::merge`] that lends the stored record out and hands an ignored one back, so
     /// a caller that still needs the record need not copy it first.
     pub fn try_merge(&mut self, key: &str, record: LwwRecord) -> Merged<'_> {
-        // One search with an owned key: allocating it is cheaper than a second descent
-        // (returning the slot from a conditional `get_mut` is beyond today's borrow checker).
-        match self.records.entry(key.to_owned()) {
-            btree_map::Entry::Occupied(slot) if record.timestamp > slot.get().timestamp => {
+        // One probe by `&str`: the key is copied only when it is new.
+        match self.records.entry_ref(key) {
+            EntryRef::Occupied(slot) if record.timestamp > slot.get().timestamp => {
                 let local = slot.into_mut();
                 let previous = std::mem::replace(local, record);
                 Merged::Applied {
@@ -81,11 +95,15 @@ impl LwwMap {
                     stored: local,
                 }
             }
-            btree_map::Entry::Occupied(_) => Merged::Ignored(record),
-            btree_map::Entry::Vacant(slot) => Merged::Applied {
-                previous: None,
-                stored: slot.insert(record),
-            },
+            EntryRef::Occupied(_) => Merged::Ignored(record),
+            EntryRef::Vacant(slot) => {
+                let key: Arc<str> = Arc::from(key);
+                self.order.insert(Arc::clone(&key));
+                Merged::Applied {
+                    previous: None,
+                    stored: slot.insert_with_key(key, record),
+                }
+            }
         }
     }
 
@@ -128,7 +146,7 @@ impl LwwMap {
             .get(key)
             .is_some_and(|record| record.timestamp == *timestamp);
         if matches {
-            self.records.remove(key);
+            self.delete(key);
         }
         matches
     }
@@ -147,16 +165,15 @@ impl LwwMap {
 
     /// Live, unexpired entries in key order.
     pub fn entries(&self, now_millis: u64) -> impl Iterator<Item = (&str, &Value)> {
-        self.records
-            .iter()
-            .filter_map(move |(key, record)| Some((key.as_str(), live_value(record, now_millis)?)))
+        self.records()
+            .filter_map(move |(key, record)| Some((key, live_value(record, now_millis)?)))
     }
 
     /// Every stored record in key order, tombstones and expired records included.
     pub fn records(&self) -> impl Iterator<Item = (&str, &LwwRecord)> {
-        self.records
+        self.order
             .iter()
-            .map(|(key, record)| (key.as_str(), record))
+            .filter_map(|key| Some((&**key, self.records.get(&**key)?)))
     }
 
     /// Number of stored records, tombstones included.
@@ -177,10 +194,9 @@ impl LwwMap {
     /// `ttl ≥ 1` (enforced at ingress) it is always newer than the record it expires.
     pub fn expire(&mut self, now_millis: u64, server_node_id: &str) -> Vec<(String, LwwRecord)> {
         let expired: Vec<(String, LwwRecord)> = self
-            .records
-            .iter()
+            .records()
             .filter(|(_, record)| !record.is_tombstone() && record.is_expired(now_millis))
-            .map(|(key, record)| (key.clone(), expiry_tombstone(record, server_node_id)))
+            .map(|(key, record)| (key.to_owned(), expiry_tombstone(record, server_node_id)))
             .collect();
         expired
             .into_iter()
@@ -192,15 +208,20 @@ impl LwwMap {
     /// them from the Merkle tree and the store.
     pub fn prune(&mut self, older_than: &Timestamp) -> Vec<String> {
         let doomed: Vec<String> = self
-            .records
-            .iter()
+            .records()
             .filter(|(_, record)| record.is_tombstone() && record.timestamp < *older_than)
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| key.to_owned())
             .collect();
         for key in &doomed {
-            self.records.remove(key);
+            self.delete(key);
         }
         doomed
+    }
+
+    /// Drops `key`'s record and its place in the order.
+    fn delete(&mut self, key: &str) {
+        self.records.remove(key);
+        self.order.remove(key);
     }
 }
 
@@ -355,6 +376,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn iteration_follows_key_order_through_merges_forgets_and_prunes(
+            ops in unique_ops(), forgets in prop::collection::vec(0usize..40, 0..10), horizon in 0u64..20,
+        ) {
+            let mut map = LwwMap::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (key, record) in &ops {
+                if model.get(key).is_none_or(|held: &LwwRecord| record.timestamp > held.timestamp) {
+                    model.insert(key.clone(), record.clone());
+                }
+                map.merge(key, record.clone());
+            }
+            for index in forgets {
+                if let Some((key, record)) = ops.get(index) {
+                    if map.forget(key, &record.timestamp) {
+                        model.remove(key);
+                    }
+                }
+            }
+            let pruned = map.prune(&ts(horizon, 0, "n0"));
+            model.retain(|key, _| !pruned.contains(key));
+            let listed: Vec<_> = map.records().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(map.len(), expected.len());
+            prop_assert_eq!(map.order.len(), expected.len(), "no stale keys in the order");
+            prop_assert_eq!(listed, expected);
+        }
+
         #[test]
         fn replicas_converge_regardless_of_order_and_duplicates(
             (ops, shuffled) in unique_ops().prop_flat_map(|ops| {
