@@ -98,7 +98,67 @@ struct Entry {
 struct Node {
     hash: NodeHash,
     children: Children,
-    entries: BTreeMap<String, Entry>,
+    entries: Leaf,
+}
+
+/// A leaf's keys in key order, each with its entry at the same index. Finding a key scans
+/// the entries' inline key hashes and reads a key's text only on a hash match, so keys that
+/// differ cost no pointer chase; a search tree of `String`s followed one at every step, and
+/// that was a write's largest Merkle cost. A leaf holds about `len / 4096` keys.
+#[derive(Debug, Clone, Default)]
+struct Leaf {
+    keys: Vec<Box<str>>,
+    entries: Vec<Entry>,
+}
+
+impl Leaf {
+    fn position(&self, key: &str, key_hash: u32) -> Option<usize> {
+        self.entries
+            .iter()
+            .zip(&self.keys)
+            .position(|(entry, held)| entry.key_hash == key_hash && **held == *key)
+    }
+
+    /// Sets `key`'s entry; returns the one it replaced.
+    fn insert(&mut self, key: &str, entry: Entry) -> Option<Entry> {
+        if let Some(index) = self.position(key, entry.key_hash) {
+            return self
+                .entries
+                .get_mut(index)
+                .map(|slot| std::mem::replace(slot, entry));
+        }
+        let at = self.keys.partition_point(|held| **held < *key);
+        self.keys.insert(at, key.into());
+        self.entries.insert(at, entry);
+        None
+    }
+
+    /// Removes `key` (whose hash is `key_hash`); returns its entry.
+    fn remove(&mut self, key: &str, key_hash: u32) -> Option<Entry> {
+        let index = self.position(key, key_hash)?;
+        self.keys.remove(index);
+        Some(self.entries.remove(index))
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|key| &**key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.keys().zip(&self.entries)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
 }
 
 /// An interior node's children, indexed by hex digit: a direct index on the write path
@@ -149,19 +209,14 @@ fn digit_index(digit: char) -> Option<usize> {
 }
 
 impl Node {
-    /// Sets (`Some`) or removes (`None`) `key` in the leaf at the end of `route`, fixing every
-    /// hash on the way back up. Returns the previous item hash. Removal never creates nodes.
-    fn set(&mut self, route: &[char], key: &str, new: Option<Entry>) -> Option<u32> {
+    /// Sets (`Some`) or removes (`None`) `key`, whose hash is `key_hash`, in the leaf at the
+    /// end of `route`, fixing every hash on the way back up. Returns the previous item hash.
+    /// Removal never creates nodes.
+    fn set(&mut self, route: &[char], key: &str, key_hash: u32, new: Option<Entry>) -> Option<u32> {
         let Some((&digit, rest)) = route.split_first() else {
             let old = match new {
-                Some(entry) => match self.entries.get_mut(key) {
-                    Some(slot) => Some(std::mem::replace(slot, entry)),
-                    None => {
-                        self.entries.insert(key.to_owned(), entry);
-                        None
-                    }
-                },
-                None => self.entries.remove(key),
+                Some(entry) => self.entries.insert(key, entry),
+                None => self.entries.remove(key, key_hash),
             }
             .map(|entry| entry.item);
             self.hash
@@ -174,7 +229,7 @@ impl Node {
             self.children.get_mut(digit)?
         };
         let before = child.hash;
-        let old = child.set(rest, key, new);
+        let old = child.set(rest, key, key_hash, new);
         self.hash.replace_child(before, child.hash);
         old
     }
@@ -182,7 +237,7 @@ impl Node {
 
 impl Node {
     fn collect_keys<'a>(&'a self, keys: &mut Vec<&'a str>) {
-        keys.extend(self.entries.keys().map(String::as_str));
+        keys.extend(self.entries.keys());
         for child in self.children.values() {
             child.collect_keys(keys);
         }
@@ -214,7 +269,11 @@ impl MerkleTree {
             key_hash,
             item: item_hash,
         };
-        if self.root.set(&route(key_hash), key, Some(entry)).is_none() {
+        if self
+            .root
+            .set(&route(key_hash), key, key_hash, Some(entry))
+            .is_none()
+        {
             self.len += 1;
         }
     }
@@ -222,7 +281,12 @@ impl MerkleTree {
     /// Removes `key`; a no-op for an absent key. For an OR map, call this when a key's live
     /// record set becomes empty instead of hashing the empty set.
     pub fn remove(&mut self, key: &str) {
-        if self.root.set(&route(fnv1a_utf16(key)), key, None).is_some() {
+        let key_hash = fnv1a_utf16(key);
+        if self
+            .root
+            .set(&route(key_hash), key, key_hash, None)
+            .is_some()
+        {
             self.len -= 1;
         }
     }
@@ -250,7 +314,7 @@ impl MerkleTree {
     pub fn leaf_keys(&self, path: &str) -> Option<impl Iterator<Item = &str>> {
         self.node_at(path)
             .filter(|node| !node.entries.is_empty())
-            .map(|node| node.entries.keys().map(String::as_str))
+            .map(|node| node.entries.keys())
     }
 
     /// Every key in the subtree at `path` (leaf by leaf, each leaf's keys sorted); empty when
@@ -316,7 +380,7 @@ impl MerkleTree {
                 leaf.entries
                     .iter()
                     .filter(|(_, entry)| parsed.contains(entry.key_hash))
-                    .map(|(key, _)| key.as_str())
+                    .map(|(key, _)| key)
                     .collect()
             })
             .unwrap_or_default()
@@ -687,6 +751,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_leaf_keeps_key_order_and_tells_keys_with_equal_hashes_apart() {
+        let mut leaf = Leaf::default();
+        let entry = |key_hash, item| Entry { key_hash, item };
+        // "b" and "c" share a hash: only their text tells them apart.
+        assert_eq!(leaf.insert("c", entry(7, 1)), None);
+        assert_eq!(leaf.insert("a", entry(3, 2)), None);
+        assert_eq!(leaf.insert("b", entry(7, 3)), None);
+        assert_eq!(leaf.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(leaf.insert("c", entry(7, 4)), Some(entry(7, 1)));
+        assert_eq!(leaf.remove("b", 7), Some(entry(7, 3)));
+        assert_eq!(leaf.remove("b", 7), None);
+        assert_eq!(leaf.remove("a", 7), None, "a key is found by its own hash");
+        let held: Vec<_> = leaf.iter().map(|(k, e)| (k, e.item)).collect();
+        assert_eq!(held, [("a", 2), ("c", 4)]);
+        assert_eq!(leaf.len(), 2);
+    }
 
     fn one_key_tree() -> MerkleTree {
         let mut tree = MerkleTree::new();
