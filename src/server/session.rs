@@ -225,7 +225,7 @@ async fn serve_http<S: Stream>(
     match head.path.as_str() {
         "/health" => http::respond(stream, 200, "text/plain", "ok\n").await,
         "/ready" => {
-            let store_ok = shared.store.get_meta("readiness-probe").await.is_ok();
+            let store_ok = shared.store.probe().await.is_ok();
             if store_ok && !shared.is_shutting_down() {
                 http::respond(stream, 200, "text/plain", "ready\n").await
             } else {

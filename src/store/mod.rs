@@ -495,6 +495,13 @@ pub trait Store: Send + Sync + 'static {
     /// A server metadata entry, if set.
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>>;
 
+    /// Whether the store takes work, for a readiness probe: it must be cheap and must not
+    /// disturb writes, as an orchestrator calls it every few seconds under full load. The
+    /// default reads a metadata entry; backends whose reads cost more override it.
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.get_meta("readiness-probe").await.map(|_| ()) })
+    }
+
     /// Applies `batch` atomically; resolves once it is durable (for durable backends).
     fn commit(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StoreError>>;
 

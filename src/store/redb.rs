@@ -192,6 +192,8 @@ enum Job {
         reply: Reply,
         only_for: Option<String>,
     },
+    /// Reply whether the writer still takes work; touches nothing (a readiness probe).
+    Probe { reply: Reply },
 }
 
 #[derive(Debug, Default)]
@@ -460,6 +462,16 @@ impl Store for RedbStore {
                 .get(JOURNAL_HEAD_KEY)
                 .map_err(backend("read the journal head"))?;
             Ok(head.map_or(0, |v| v.value()))
+        })
+    }
+
+    /// Answered by the writer from its queue, behind the commits before it: it shows the
+    /// writer alive, keeping up and not failed, without the checkpoint a read would force
+    /// (which stalled every commit for as long as it took, each time a probe came).
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let answered = self.enqueue(|reply| Job::Probe { reply }).await?;
+            answered.await.map_err(|_| StoreError::WriterStopped)?
         })
     }
 
@@ -732,6 +744,9 @@ impl Writer {
                     };
                     // The reader reports a failure; the writer logged it once.
                     let _ = reply.send(outcome);
+                }
+                Job::Probe { reply } => {
+                    let _ = reply.send(self.healthy());
                 }
             }
         }
@@ -1755,6 +1770,26 @@ mod tests {
             );
             assert_eq!(wal_len(dir.path()), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_probe_checkpoints_nothing_but_a_read_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        store
+            .commit(WriteBatch::from(vec![put("m", "k", 1)]))
+            .await
+            .unwrap();
+        store.probe().await.unwrap();
+        assert_eq!(
+            store.stats().checkpoints,
+            0,
+            "a probe leaves the overlay alone"
+        );
+        store.get_meta("x").await.unwrap();
+        assert_eq!(store.stats().checkpoints, 1);
+        store.close().await.unwrap();
+        assert!(matches!(store.probe().await, Err(StoreError::Closed)));
     }
 
     #[tokio::test]
