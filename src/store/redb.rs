@@ -45,7 +45,9 @@
 //! background checkpoint, then checkpoints on its own thread), so they see every batch queued
 //! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`. A map
 //! load skips the checkpoint when nothing of that map is waiting to be written, so touching
-//! a new or quiet map never stalls the writer.
+//! a new or quiet map never stalls the writer; a journal read skips it when redb's entries
+//! answer it below everything unwritten; a readiness probe only asks the writer whether it
+//! still takes work.
 //! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
 //! whose `commit` has not resolved, and queued batches younger than the sync delay.
@@ -194,6 +196,19 @@ enum Job {
     },
     /// Reply whether the writer still takes work; touches nothing (a readiness probe).
     Probe { reply: Reply },
+    /// Reply what of the journal redb may not hold yet (see [`UnwrittenJournal`]).
+    UnwrittenJournal {
+        reply: oneshot::Sender<Result<UnwrittenJournal, StoreError>>,
+    },
+}
+
+/// What of the journal redb may lack, in the overlay and in the one a background checkpoint
+/// is writing: entries from `from` on, and trims below `trim_below` (0: none). A journal
+/// read that redb answers entirely below both needs no checkpoint first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UnwrittenJournal {
+    from: Option<u64>,
+    trim_below: u64,
 }
 
 #[derive(Debug, Default)]
@@ -297,10 +312,10 @@ impl RedbStore {
 
     /// Queues `job` for the writer (waiting for room) and returns where its outcome arrives.
     /// The caller will wait for it, so a lingering writer is woken at once.
-    async fn enqueue(
+    async fn enqueue<T>(
         &self,
-        job: impl FnOnce(Reply) -> Job,
-    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (reply, outcome) = oneshot::channel();
         let urgent = self.urgent()?;
         self.send(job(reply)).await?;
@@ -440,16 +455,48 @@ impl Store for RedbStore {
         })
     }
 
+    /// Reads redb directly when what it holds answers the read: `limit` entries all below
+    /// anything unwritten, or everything when nothing is. Otherwise (the read reaches entries
+    /// or trims still in memory) it checkpoints first, like every read. A consumer catching
+    /// up on history so no longer makes the writer checkpoint for each page.
     fn read_journal(
         &self,
         from_sequence: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
-        self.read(move |txn| {
+        let read = move |txn: &ReadTransaction| {
             let open_error = backend("open the journal");
             let single = txn.open_table(JOURNAL).map_err(open_error.clone())?;
             let chunks = txn.open_table(JOURNAL_CHUNKS).map_err(open_error)?;
             journal_chunks::read(&single, &chunks, from_sequence, limit)
+        };
+        Box::pin(async move {
+            let unwritten = self
+                .enqueue(|reply| Job::UnwrittenJournal { reply })
+                .await?
+                .await
+                .map_err(|_| StoreError::WriterStopped)??;
+            if unwritten.trim_below <= from_sequence {
+                let db = self.database()?;
+                let rows = tokio::task::spawn_blocking(move || {
+                    let txn = db
+                        .begin_read()
+                        .map_err(backend("begin a read transaction"))?;
+                    read(&txn)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+                let answered = match unwritten.from {
+                    None => true,
+                    Some(floor) => {
+                        rows.len() == limit && rows.last().is_none_or(|(seq, _)| *seq < floor)
+                    }
+                };
+                if answered {
+                    return Ok(rows);
+                }
+            }
+            self.read(read).await
         })
     }
 
@@ -748,6 +795,9 @@ impl Writer {
                 Job::Probe { reply } => {
                     let _ = reply.send(self.healthy());
                 }
+                Job::UnwrittenJournal { reply } => {
+                    let _ = reply.send(self.healthy().map(|()| self.unwritten_journal()));
+                }
             }
         }
         // The snapshot must not outlive the background checkpoint, which may end next.
@@ -916,6 +966,19 @@ impl Writer {
                 .background
                 .as_ref()
                 .is_some_and(|background| background.frozen.has_unwritten(map))
+    }
+
+    fn unwritten_journal(&self) -> UnwrittenJournal {
+        let frozen = self
+            .background
+            .as_ref()
+            .map(|b| b.frozen.unwritten_journal());
+        let (from, trim_below) = self.overlay.unwritten_journal();
+        let (frozen_from, frozen_trim) = frozen.unwrap_or((None, 0));
+        UnwrittenJournal {
+            from: from.into_iter().chain(frozen_from).min(),
+            trim_below: trim_below.max(frozen_trim),
+        }
     }
 
     /// `Ok` unless an earlier failure stopped the store.
@@ -1790,6 +1853,67 @@ mod tests {
         assert_eq!(store.stats().checkpoints, 1);
         store.close().await.unwrap();
         assert!(matches!(store.probe().await, Err(StoreError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn journal_reads_checkpoint_only_when_they_reach_what_redb_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with(dir.path(), never_by_time()).unwrap();
+        let append = |sequences: std::ops::RangeInclusive<u64>| {
+            WriteBatch::from(
+                sequences
+                    .map(|sequence| Mutation::AppendJournal {
+                        sequence,
+                        event: sequence.to_be_bytes().as_slice().into(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let sequences =
+            |rows: Vec<JournalRow>| rows.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        store.commit(append(1..=5)).await.unwrap();
+        assert_eq!(
+            sequences(store.read_journal(1, 3).await.unwrap()),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            store.stats().checkpoints,
+            1,
+            "entries only in memory: checkpointed"
+        );
+
+        store.commit(append(6..=10)).await.unwrap();
+        assert_eq!(
+            sequences(store.read_journal(2, 4).await.unwrap()),
+            [2, 3, 4, 5]
+        );
+        assert_eq!(
+            store.stats().checkpoints,
+            1,
+            "answered below the unwritten 6..=10"
+        );
+        assert_eq!(
+            sequences(store.read_journal(4, 4).await.unwrap()),
+            [4, 5, 6, 7]
+        );
+        assert_eq!(store.stats().checkpoints, 2, "reaches 6: checkpointed");
+        assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 10);
+        assert_eq!(
+            store.stats().checkpoints,
+            2,
+            "nothing unwritten: redb answers all"
+        );
+
+        store
+            .commit(WriteBatch::from(vec![Mutation::TrimJournal { below: 3 }]))
+            .await
+            .unwrap();
+        assert_eq!(sequences(store.read_journal(1, 2).await.unwrap()), [3, 4]);
+        assert_eq!(
+            store.stats().checkpoints,
+            3,
+            "a pending trim is applied first"
+        );
     }
 
     #[tokio::test]

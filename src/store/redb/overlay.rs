@@ -249,6 +249,12 @@ pub(super) struct Overlay {
 }
 
 impl Overlay {
+    /// The journal as far as redb may not hold it yet: the lowest entry appended since the
+    /// last checkpoint, and the highest trim bound not yet applied to redb (0: none).
+    pub(super) fn unwritten_journal(&self) -> (Option<u64>, u64) {
+        (self.journal.keys().next().copied(), self.trim_below)
+    }
+
     /// Whether a checkpoint has anything to write.
     pub(super) fn is_dirty(&self) -> bool {
         self.dirty
