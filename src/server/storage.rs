@@ -75,7 +75,7 @@ struct Slot {
 /// Every map the server has touched.
 pub struct MapRegistry {
     store: Arc<dyn Store>,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>, foldhash::fast::RandomState>>,
     debug: bool,
     /// Where big maps are rebuilt, and from how many keys on.
     offload: Option<(WorkerPool, usize)>,
@@ -87,7 +87,7 @@ impl MapRegistry {
     pub fn new(store: Arc<dyn Store>, debug: bool) -> Self {
         Self {
             store,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
             debug,
             offload: None,
         }
@@ -196,11 +196,13 @@ impl MapRegistry {
         }
     }
 
+    /// Every op looks its map up here, so a known map costs no copy of its name.
     fn slot(&self, name: &str) -> Arc<Slot> {
-        self.lock_slots()
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+        let mut slots = self.lock_slots();
+        if let Some(slot) = slots.get(name) {
+            return Arc::clone(slot);
+        }
+        Arc::clone(slots.entry(name.to_owned()).or_default())
     }
 
     fn state_of(slot: &Slot) -> MapLoadState {
@@ -213,7 +215,9 @@ impl MapRegistry {
         }
     }
 
-    fn lock_slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+    fn lock_slots(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, Arc<Slot>, foldhash::fast::RandomState>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -348,7 +348,8 @@ impl WriteBatch {
         &self,
         mut stored: impl FnMut(&str) -> Result<Option<MapKind>, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut seen: HashMap<&str, Option<MapKind>> = HashMap::new();
+        let mut seen: HashMap<&str, Option<MapKind>, foldhash::fast::RandomState> =
+            HashMap::default();
         for (map, effect) in self.mutations.iter().filter_map(Mutation::kind_effect) {
             let current = match seen.get(map) {
                 Some(kind) => *kind,
