@@ -1918,41 +1918,38 @@ mod tests {
 
     #[tokio::test]
     async fn journal_entries_are_bounded_by_the_log_not_the_row_bound() {
-        let journal_batch = |sequence: u64| {
-            WriteBatch::from(vec![
-                put("m", "hot", sequence),
-                Mutation::AppendJournal {
-                    sequence,
-                    event: vec![7u8; 100].into(),
-                },
-            ])
-        };
-        // One hot row and forty journal entries: only the row counts against a bound of 8.
-        let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions {
+        /// Forty batches of one hot row and one journal entry each; returns the checkpoints
+        /// they forced (the journal read afterwards adds one).
+        async fn forty_entries(options: RedbOptions) -> u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RedbStore::open_with(dir.path(), options).unwrap();
+            for sequence in 1..=40 {
+                let batch = WriteBatch::from(vec![
+                    put("m", "hot", sequence),
+                    Mutation::AppendJournal {
+                        sequence,
+                        event: vec![7u8; 100].into(),
+                    },
+                ]);
+                store.commit(batch).await.unwrap();
+            }
+            let forced = store.stats().checkpoints;
+            assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 40);
+            forced
+        }
+        // Only the row counts against a bound of 8.
+        let row_bound = RedbOptions {
             max_overlay_rows: 8,
             ..never_by_time()
         };
-        let store = RedbStore::open_with(dir.path(), options).unwrap();
-        for sequence in 1..=40 {
-            store.commit(journal_batch(sequence)).await.unwrap();
-        }
-        assert_eq!(store.stats().checkpoints, 0);
-        assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 40);
-
+        assert_eq!(forty_entries(row_bound).await, 0);
         // The log's bound still forces checkpoints when nothing but entries pile up.
-        let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions {
+        let log_bound = RedbOptions {
             max_log_bytes: 1_000,
             ..never_by_time()
         };
-        let store = RedbStore::open_with(dir.path(), options).unwrap();
-        for sequence in 1..=40 {
-            store.commit(journal_batch(sequence)).await.unwrap();
-        }
-        let forced = store.stats().checkpoints;
+        let forced = forty_entries(log_bound).await;
         assert!((3..40).contains(&forced), "{forced} checkpoints");
-        assert_eq!(store.read_journal(1, 100).await.unwrap().len(), 40);
     }
 
     #[tokio::test]
