@@ -62,8 +62,8 @@ bench PORT="18080":
     done
     rm -f "$report"
     common=(--url "$url" --secret "$secret" --json "$report")
-    "$bin" bench "${common[@]}" --duration 10s --warmup 2s write --connections 200 --wait
-    "$bin" bench "${common[@]}" --duration 10s --warmup 2s write --connections 200
+    "$bin" bench "${common[@]}" --duration 10s --warmup 2s write --connections 200 --wait --server-pid "$server"
+    "$bin" bench "${common[@]}" --duration 10s --warmup 2s write --connections 200 --server-pid "$server"
     "$bin" bench "${common[@]}" --duration 10s --warmup 2s fanout --writers 4 --subscribers 50
     "$bin" bench "${common[@]}" --duration 5s connections --count 10000 --server-pid "$server"
     "$bin" bench "${common[@]}" sync --records 100000

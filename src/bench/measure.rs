@@ -1,6 +1,7 @@
 //! What every load generator measures with: the shared live [`Counters`] (read by the
-//! once-a-second progress line), the run's time [`Window`] (warm-up, then measurement), and
-//! [`Latencies`], an HDR histogram of microseconds summarised as [`Percentiles`].
+//! once-a-second progress line), the run's time [`Window`] (warm-up, then measurement),
+//! [`Latencies`], an HDR histogram of microseconds summarised as [`Percentiles`], and
+//! [`cpu_seconds`], a process's CPU time from `/proc`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,11 +109,42 @@ impl Window {
     /// Sleeps through the warm-up and returns the counters at its end, then sleeps through
     /// the measurement and returns the counters over it.
     pub async fn measure(&self, counters: &Counters) -> Snapshot {
-        tokio::time::sleep_until(self.measure_from).await;
-        let before = counters.snapshot();
-        tokio::time::sleep_until(self.end).await;
-        counters.snapshot().since(&before)
+        self.measure_with(counters, || ()).await.0
     }
+
+    /// [`Window::measure`] that also takes `probe` as the measurement starts and ends.
+    pub async fn measure_with<T>(
+        &self,
+        counters: &Counters,
+        probe: impl Fn() -> T,
+    ) -> (Snapshot, T, T) {
+        tokio::time::sleep_until(self.measure_from).await;
+        let (before, first) = (counters.snapshot(), probe());
+        tokio::time::sleep_until(self.end).await;
+        let (after, last) = (counters.snapshot(), probe());
+        (after.since(&before), first, last)
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times: `USER_HZ`, 100 on every Linux port
+/// this runs on (the kernel fixes it for user space whatever its own tick rate).
+const USER_HZ: f64 = 100.0;
+
+/// The CPU time (user plus system) process `pid` has used, from `/proc/PID/stat`; `None`
+/// where there is no such file (not Linux, or the process is gone).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / USER_HZ)
+}
+
+/// `utime + stime` from the text of `/proc/PID/stat`. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Latencies in microseconds, from 1 µs to 10 minutes at 3 significant digits.

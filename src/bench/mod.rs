@@ -137,6 +137,10 @@ pub struct WriteArgs {
     /// The map written to.
     #[arg(long, default_value = "bench-write")]
     pub map: String,
+    /// Pid of a local server process, to report its CPU time per acked op: steadier than
+    /// ops/s on a machine whose speed varies.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// `bench fanout` flags.

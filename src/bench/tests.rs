@@ -272,6 +272,48 @@ fn global_flags_may_follow_the_workload() {
 }
 
 #[test]
+fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
+    let stat = "4242 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 1 0 99";
+    assert_eq!(measure::parse_cpu_ticks(stat), Some(267));
+    assert_eq!(measure::parse_cpu_ticks("4242 (x) S 1 2"), None);
+    assert!(measure::cpu_seconds(std::process::id()).is_some_and(|s| s > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_reports_the_cpu_of_a_local_server_per_acked_op() {
+    let (url, server, task) = start_server().await;
+    let pid = std::process::id().to_string();
+    let args = args(
+        &url,
+        &[
+            "write",
+            "--wait",
+            "--connections",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let report = run(&args).await.unwrap().write_wait.unwrap();
+    assert!(report.acked_ops > 0, "{report:?}");
+    // Server and generator share this process here, so both saw its CPU time.
+    let server_cpu = report.server_cpu_us_per_op.unwrap();
+    assert!(
+        server_cpu > 0.0 && report.server_cores.unwrap() > 0.0,
+        "{report:?}"
+    );
+    assert!(report.generator_cpu_us_per_op.unwrap() > 0.0, "{report:?}");
+    let table = report.rows();
+    assert!(
+        table
+            .iter()
+            .any(|(name, _)| name == "server CPU / acked op")
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+    task.abort();
+}
+
+#[test]
 fn the_generator_runs_on_one_thread_or_several() {
     let server_runtime = tokio::runtime::Runtime::new().unwrap();
     let (url, server, task) = server_runtime.block_on(start_server());

@@ -23,7 +23,7 @@ use crate::protocol::codec::write_integer;
 use crate::protocol::{Message, WriteConcern, parse_op_id};
 
 use super::conn::Conn;
-use super::measure::{Counters, Latencies, Percentiles, Progress, Window};
+use super::measure::{Counters, Latencies, Percentiles, Progress, Window, cpu_seconds};
 use super::report::{Rows, human_bytes, human_count, ms};
 use super::{BenchError, Context, WriteArgs};
 
@@ -405,12 +405,21 @@ pub struct WriteReport {
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub errors: u64,
+    /// CPU the server process (`--server-pid`) spent per acked op while measured, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
+    /// Cores the server process kept busy on average while measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cores: Option<f64>,
+    /// CPU this load generator spent per acked op while measured, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_us_per_op: Option<f64>,
 }
 
 impl WriteReport {
     /// The table rows.
     pub fn rows(&self) -> Rows {
-        vec![
+        let mut rows: Rows = vec![
             (
                 "connections".into(),
                 format!("{} of {}", self.connected, self.connections),
@@ -463,7 +472,17 @@ impl WriteReport {
                 ),
             ),
             ("errors".into(), self.errors.to_string()),
-        ]
+        ];
+        if let (Some(per_op), Some(cores)) = (self.server_cpu_us_per_op, self.server_cores) {
+            rows.push((
+                "server CPU / acked op".into(),
+                format!("{per_op:.1} µs ({cores:.2} cores)"),
+            ));
+        }
+        if let Some(per_op) = self.generator_cpu_us_per_op {
+            rows.push(("generator CPU / acked op".into(), format!("{per_op:.1} µs")));
+        }
+        rows
     }
 }
 
@@ -500,7 +519,15 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
             outcome
         });
     }
-    let traffic = window.measure(&ctx.counters).await;
+    let server_pid = args.server_pid;
+    let (traffic, cpu_before, cpu_after) = window
+        .measure_with(&ctx.counters, || {
+            (
+                server_pid.and_then(cpu_seconds),
+                cpu_seconds(std::process::id()),
+            )
+        })
+        .await;
     let mut latencies = Latencies::new()?;
     let (mut acked_ops, mut unacked_ops) = (0, 0);
     while let Some(joined) = tasks.join_next().await {
@@ -514,6 +541,9 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         }
     }
     let measured_secs = window.measured().as_secs_f64();
+    let spent = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+    let per_op = |seconds: f64| seconds * 1e6 / acked_ops.max(1) as f64;
+    let server_cpu = spent(cpu_before.0, cpu_after.0);
     Ok(WriteReport {
         connections: args.connections,
         connected,
@@ -534,6 +564,9 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         sent_bytes: traffic.sent_bytes,
         received_bytes: traffic.received_bytes,
         errors: ctx.counters.snapshot().errors,
+        server_cpu_us_per_op: server_cpu.map(per_op),
+        server_cores: server_cpu.map(|seconds| seconds / measured_secs.max(f64::EPSILON)),
+        generator_cpu_us_per_op: spent(cpu_before.1, cpu_after.1).map(per_op),
     })
 }
 
