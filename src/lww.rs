@@ -53,10 +53,12 @@ impl MergeOutcome {
 /// Records live in a hash table, so a merge costs one hash probe: a B-tree search compared
 /// the key against a dozen others, each a cache miss behind a pointer, and that search was
 /// the largest single cost of a server write. The key order iteration promises is a set of
-/// the same shared keys beside it, touched only when a key arrives or leaves.
+/// the same shared keys beside it, touched only when a key arrives or leaves. Records are
+/// boxed: a table doubles as it grows, and half-empty slots of a whole record each cost a
+/// server holding 1M records ~80 MiB more than slots of a pointer did.
 #[derive(Debug, Clone, Default)]
 pub struct LwwMap {
-    records: hashbrown::HashMap<Arc<str>, LwwRecord, foldhash::fast::RandomState>,
+    records: hashbrown::HashMap<Arc<str>, Box<LwwRecord>, foldhash::fast::RandomState>,
     order: BTreeSet<Arc<str>>,
 }
 
@@ -88,7 +90,7 @@ impl LwwMap {
         // One probe by `&str`: the key is copied only when it is new.
         match self.records.entry_ref(key) {
             EntryRef::Occupied(slot) if record.timestamp > slot.get().timestamp => {
-                let local = slot.into_mut();
+                let local: &mut LwwRecord = slot.into_mut();
                 let previous = std::mem::replace(local, record);
                 Merged::Applied {
                     previous: Some(previous),
@@ -101,7 +103,7 @@ impl LwwMap {
                 self.order.insert(Arc::clone(&key));
                 Merged::Applied {
                     previous: None,
-                    stored: slot.insert_with_key(key, record),
+                    stored: slot.insert_with_key(key, Box::new(record)),
                 }
             }
         }
@@ -160,7 +162,7 @@ impl LwwMap {
 
     /// The raw record of `key`, tombstones and expired records included (for sync).
     pub fn record(&self, key: &str) -> Option<&LwwRecord> {
-        self.records.get(key)
+        self.records.get(key).map(|record| &**record)
     }
 
     /// Live, unexpired entries in key order.
@@ -173,7 +175,7 @@ impl LwwMap {
     pub fn records(&self) -> impl Iterator<Item = (&str, &LwwRecord)> {
         self.order
             .iter()
-            .filter_map(|key| Some((&**key, self.records.get(&**key)?)))
+            .filter_map(|key| Some((&**key, &**self.records.get(&**key)?)))
     }
 
     /// Number of stored records, tombstones included.
