@@ -356,22 +356,38 @@ impl RedbStore {
         read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         Box::pin(async move {
-            let checkpointed = self
-                .enqueue(|reply| Job::Checkpoint { reply, only_for })
+            self.ask(|reply| Job::Checkpoint { reply, only_for })
                 .await?;
-            checkpointed
-                .await
-                .map_err(|_| StoreError::WriterStopped)??;
-            let db = self.database()?;
-            tokio::task::spawn_blocking(move || {
-                let txn = db
-                    .begin_read()
-                    .map_err(backend("begin a read transaction"))?;
-                read(&txn)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+            self.read_redb(read).await
         })
+    }
+
+    /// Queues `job` for the writer and waits for its answer.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        self.enqueue(job)
+            .await?
+            .await
+            .map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Runs `read` in a read transaction on the blocking pool, on what redb holds now
+    /// (callers decide whether a checkpoint must come first).
+    async fn read_redb<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.database()?;
+        tokio::task::spawn_blocking(move || {
+            let txn = db
+                .begin_read()
+                .map_err(backend("begin a read transaction"))?;
+            read(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
@@ -471,21 +487,9 @@ impl Store for RedbStore {
             journal_chunks::read(&single, &chunks, from_sequence, limit)
         };
         Box::pin(async move {
-            let unwritten = self
-                .enqueue(|reply| Job::UnwrittenJournal { reply })
-                .await?
-                .await
-                .map_err(|_| StoreError::WriterStopped)??;
+            let unwritten = self.ask(|reply| Job::UnwrittenJournal { reply }).await?;
             if unwritten.trim_below <= from_sequence {
-                let db = self.database()?;
-                let rows = tokio::task::spawn_blocking(move || {
-                    let txn = db
-                        .begin_read()
-                        .map_err(backend("begin a read transaction"))?;
-                    read(&txn)
-                })
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))??;
+                let rows = self.read_redb(read).await?;
                 let answered = match unwritten.from {
                     None => true,
                     Some(floor) => {
@@ -516,10 +520,7 @@ impl Store for RedbStore {
     /// writer alive, keeping up and not failed, without the checkpoint a read would force
     /// (which stalled every commit for as long as it took, each time a probe came).
     fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let answered = self.enqueue(|reply| Job::Probe { reply }).await?;
-            answered.await.map_err(|_| StoreError::WriterStopped)?
-        })
+        Box::pin(self.ask(|reply| Job::Probe { reply }))
     }
 
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
