@@ -66,7 +66,7 @@ fn bench_lww(c: &mut Criterion) {
             counter = counter.wrapping_add(1);
             let key = &keys[counter as usize % KEYS];
             let record = LwwRecord {
-                value: Some(json!({"title": "write spec", "prio": 3})),
+                value: Some(json!({"title": "write spec", "prio": 3}).into()),
                 timestamp: Timestamp::new(BASE_MILLIS, counter, "client-b"),
                 ttl_ms: None,
             };
@@ -132,7 +132,7 @@ fn op_batch(ops: usize, value: impl Fn(usize) -> serde_json::Value) -> Message {
             key: format!("todo-{i}"),
             op_type: Some(OpType::Put),
             record: Some(LwwRecord {
-                value: Some(value(i)),
+                value: Some(value(i).into()),
                 timestamp: Timestamp::new(BASE_MILLIS + i as u64, 0, "wire-client-b"),
                 ttl_ms: None,
             }),
@@ -262,7 +262,7 @@ fn store_batch(first: u64) -> WriteBatch {
     for i in first..first + STORE_BATCH_ROWS as u64 {
         let value = format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES);
         let record = LwwRecord {
-            value: Some(json!({ "v": value })),
+            value: Some(json!({ "v": value }).into()),
             timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
             ttl_ms: None,
         };
@@ -422,10 +422,13 @@ fn bench_journal(c: &mut Criterion) {
     };
     let shared = server.shared();
     let record = |i: u64| LwwRecord {
-        value: Some(json!({
-            "n": i,
-            "pad": format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES),
-        })),
+        value: Some(
+            json!({
+                "n": i,
+                "pad": format!("{i:0>width$}", width = SMALL_BATCH_VALUE_BYTES),
+            })
+            .into(),
+        ),
         timestamp: Timestamp::new(BASE_MILLIS + i, 0, "bench-node"),
         ttl_ms: None,
     };
@@ -520,11 +523,15 @@ fn bench_encode(c: &mut Criterion) {
                 black_box(rmp_serde::to_vec_named(black_box(&entry)))
             })
         });
+        let (value, previous) = (
+            topgun::user_value::UserValue::from(value.clone()),
+            topgun::user_value::UserValue::from(previous),
+        );
         let change = ChangeRef {
             map_name: "bench",
             key: "todo-42",
             event_type: JournalEventType::Update,
-            value: Some(value),
+            value: Some(&value),
             previous_value: Some(&previous),
             timestamp: Some(&timestamp),
         };

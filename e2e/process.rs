@@ -177,7 +177,12 @@ async fn persisted_writes_survive_kill_9() {
     let mut titles: Vec<(String, serde_json::Value)> = local
         .map()
         .records()
-        .map(|(k, r)| (k.to_owned(), r.value.clone().unwrap_or_default()))
+        .map(|(k, r)| {
+            (
+                k.to_owned(),
+                r.value.clone().map(Into::into).unwrap_or_default(),
+            )
+        })
         .collect();
     titles.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(

@@ -22,7 +22,7 @@ fn key(i: usize) -> String {
 
 fn lww(value: Value, millis: u64, node: &str) -> LwwRecord {
     LwwRecord {
-        value: Some(value),
+        value: Some(value.into()),
         timestamp: ts(millis, 0, node),
         ttl_ms: None,
     }

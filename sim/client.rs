@@ -466,7 +466,7 @@ impl ModelClient {
             WriteRequest::Put { key, value } => (
                 key,
                 Change::Lww(LwwRecord {
-                    value: Some(value),
+                    value: Some(value.into()),
                     timestamp: self.hlc.now(),
                     ttl_ms: None,
                 }),

@@ -384,7 +384,7 @@ mod tests {
 
     fn lww(millis: u64, node: &str, value: Option<i64>) -> LwwRecord {
         LwwRecord {
-            value: value.map(serde_json::Value::from),
+            value: value.map(serde_json::Value::from).map(Into::into),
             timestamp: Timestamp::new(millis, 0, node),
             ttl_ms: None,
         }

@@ -5,9 +5,9 @@
 //!
 //! - **Seams** for nondeterminism: [`clock`] (wall clock), [`entropy`] (randomness),
 //!   [`net`] (listeners and streams), [`store`] (persistence).
-//! - **Pure core** (synchronous, no I/O): [`hlc`], [`record`], [`lww`], [`ormap`],
-//!   [`pncounter`], [`hash`], [`merkle`], [`replica`] (a CRDT and its Merkle tree in step),
-//!   [`query`], [`search`].
+//! - **Pure core** (synchronous, no I/O): [`hlc`], [`record`] (with [`user_value`]),
+//!   [`lww`], [`ormap`], [`pncounter`], [`hash`], [`merkle`], [`replica`] (a CRDT and its
+//!   Merkle tree in step), [`query`], [`search`].
 //! - **Protocol**: [`protocol`] holds every wire message, the msgpack/JSON codecs and the
 //!   JSON-Schema validator that guards ingress.
 //! - **Storage**: [`store`] defines the backend-neutral `Store` trait and its backends.
@@ -36,3 +36,4 @@ pub mod search;
 pub mod security;
 pub mod server;
 pub mod store;
+pub mod user_value;

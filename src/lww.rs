@@ -120,7 +120,7 @@ impl LwwMap {
         self.merge(
             key,
             LwwRecord {
-                value: Some(value),
+                value: Some(value.into()),
                 timestamp,
                 ttl_ms,
             },
@@ -231,7 +231,7 @@ fn live_value(record: &LwwRecord, now_millis: u64) -> Option<&Value> {
     if record.is_expired(now_millis) {
         return None;
     }
-    record.value.as_ref()
+    record.value.as_deref()
 }
 
 fn expiry_tombstone(record: &LwwRecord, server_node_id: &str) -> LwwRecord {
@@ -260,7 +260,7 @@ mod tests {
 
     fn rec(value: Option<Value>, timestamp: Timestamp) -> LwwRecord {
         LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp,
             ttl_ms: None,
         }
@@ -351,7 +351,7 @@ mod tests {
                 (
                     key.to_owned(),
                     LwwRecord {
-                        value: value.map(Value::from),
+                        value: value.map(|v| Value::from(v).into()),
                         timestamp: ts(millis, counter, node),
                         ttl_ms,
                     },

@@ -1,12 +1,14 @@
 //! The records stored in maps and carried on the wire (PROTOCOL.md §3.2, §4.2, §4.3).
 //!
-//! Values are user data and therefore `serde_json::Value`; everything around them is typed.
+//! Values are user data and therefore `serde_json::Value` (an LWW record's kept as a
+//! [`UserValue`], which may still be in its wire encoding); everything around them is typed.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hlc::Timestamp;
+use crate::user_value::UserValue;
 
 /// A last-writer-wins record. `value: None` is a tombstone and is always written as an
 /// explicit `value: null` (the clients treat only `null` as deleted, PROTOCOL.md §1.4).
@@ -15,7 +17,7 @@ use crate::hlc::Timestamp;
 pub struct LwwRecord {
     /// The value, or `None` for a tombstone.
     #[serde(default)]
-    pub value: Option<Value>,
+    pub value: Option<UserValue>,
     /// The HLC timestamp of the write.
     pub timestamp: Timestamp,
     /// Time to live in milliseconds after `timestamp.millis`.
@@ -84,7 +86,7 @@ mod tests {
     #[test]
     fn expiry_is_strictly_after_ttl() {
         let r = LwwRecord {
-            value: Some(json!(1)),
+            value: Some(json!(1).into()),
             timestamp: Timestamp::new(100, 0, "n"),
             ttl_ms: Some(10),
         };

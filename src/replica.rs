@@ -223,7 +223,7 @@ mod tests {
 
     fn lww(value: serde_json::Value, millis: u64, node: &str) -> LwwRecord {
         LwwRecord {
-            value: Some(value),
+            value: Some(value.into()),
             timestamp: Timestamp::new(millis, 0, node),
             ttl_ms: None,
         }
@@ -301,7 +301,7 @@ mod tests {
                     (
                         format!("k{key}"),
                         LwwRecord {
-                            value: value.map(|v| json!(v)),
+                            value: value.map(|v| json!(v)).map(Into::into),
                             timestamp: Timestamp::new(millis, counter, format!("n{node}")),
                             ttl_ms: None,
                         },

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
+use crate::user_value::UserValue;
 
 /// Resources under this prefix are reserved for the server and admins.
 pub const SYSTEM_PREFIX: &str = "$sys/";
@@ -183,10 +184,24 @@ impl Permissions {
         }
         match self.read_restriction(principal, map)? {
             None => Some(value),
-            Some(allowed) => match value {
-                Value::Object(fields) => Some(Value::Object(keep_fields(fields, &allowed))),
-                _ => None,
-            },
+            Some(allowed) => restrict(value, &allowed),
+        }
+    }
+
+    /// [`Permissions::filter_value`] for a record's value, which is decoded only when a field
+    /// restriction has to look inside it.
+    pub fn filter_user_value(
+        &self,
+        principal: &Principal,
+        map: &str,
+        value: UserValue,
+    ) -> Option<UserValue> {
+        if principal.is_admin() {
+            return Some(value);
+        }
+        match self.read_restriction(principal, map)? {
+            None => Some(value),
+            Some(allowed) => restrict(value.into_value(), &allowed).map(UserValue::from),
         }
     }
 
@@ -210,6 +225,14 @@ impl Permissions {
             allowed.extend(fields.iter().map(String::as_str));
         }
         Some(Some(allowed))
+    }
+}
+
+/// The fields of `value` in `allowed`; a non-object value has none, so it is withheld.
+fn restrict(value: Value, allowed: &[&str]) -> Option<Value> {
+    match value {
+        Value::Object(fields) => Some(Value::Object(keep_fields(fields, allowed))),
+        _ => None,
     }
 }
 

@@ -54,13 +54,13 @@ fn delivered_values(message: &Message) -> Vec<&Value> {
             .payload
             .events
             .iter()
-            .filter_map(|e| e.record.as_ref()?.value.as_ref())
+            .filter_map(|e| e.record.as_ref()?.value.as_deref())
             .collect(),
         Message::ServerEvent(event) => event
             .payload
             .record
             .as_ref()
-            .and_then(|r| r.value.as_ref())
+            .and_then(|r| r.value.as_deref())
             .into_iter()
             .collect(),
         Message::QueryUpdate(update) => vec![&update.payload.value],

@@ -455,7 +455,7 @@ mod tests {
 
     fn record(millis: u64) -> LwwRecord {
         LwwRecord {
-            value: Some(serde_json::json!({"v": "x"})),
+            value: Some(serde_json::json!({"v": "x"}).into()),
             timestamp: Timestamp::new(millis, 0, "n"),
             ttl_ms: None,
         }

@@ -673,7 +673,7 @@ mod tests {
         let op = &payload.ops[0];
         assert_eq!((op.map_name.as_str(), op.key.as_str()), ("m", "k42"));
         let record = op.record.as_ref().unwrap();
-        assert_eq!(record.value, Some(json!({"v": "xx"})));
+        assert_eq!(record.value, Some(json!({"v": "xx"})).map(Into::into));
         assert_eq!(record.timestamp.node_id, "bench-1");
         assert_eq!(
             (record.timestamp.millis, record.timestamp.counter),

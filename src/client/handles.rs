@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::protocol::{ClientOp, OpType, SearchHit, WriteConcern};
 use crate::record::{LwwRecord, OrMapRecord};
 use crate::replica::{MapKind, Replica};
+use crate::user_value::UserValue;
 
 use super::ClientError;
 use super::engine::{Command, Engine};
@@ -111,7 +112,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
             OpType::Remove
         };
         let record = LwwRecord {
-            value,
+            value: value.map(UserValue::from),
             timestamp,
             ttl_ms: options.ttl_ms,
         };

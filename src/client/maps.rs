@@ -363,7 +363,7 @@ mod tests {
 
     fn record(value: Value, millis: u64) -> LwwRecord {
         LwwRecord {
-            value: Some(value),
+            value: Some(value.into()),
             timestamp: Timestamp::new(millis, 0, "n1"),
             ttl_ms: None,
         }

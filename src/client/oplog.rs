@@ -490,7 +490,7 @@ mod tests {
 
     fn record(key: &str) -> LwwRecord {
         LwwRecord {
-            value: Some(json!({ "key": key })),
+            value: Some(json!({ "key": key }).into()),
             timestamp: Timestamp::new(1_700_000_000_000, 0, "client-a"),
             ttl_ms: None,
         }

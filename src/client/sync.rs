@@ -1200,7 +1200,7 @@ mod tests {
 
     fn lww_record(value: Option<Value>, millis: u64, node: &str) -> LwwRecord {
         LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp: Timestamp::new(millis, 0, node),
             ttl_ms: None,
         }

@@ -124,6 +124,11 @@ pub fn decode_with(frame: Frame<'_>, limits: &Limits) -> Result<Message, DecodeE
     decode_typed(value)
 }
 
+/// Decodes the MessagePack of a [`crate::user_value::UserValue`].
+pub(crate) fn decode_user_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+    msgpack_reader::read_user_value(bytes)
+}
+
 /// A message the msgpack fast path decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastDecoded {

@@ -40,6 +40,7 @@ use crate::protocol::{
 use crate::record::LwwRecord;
 use crate::security::{Action, Permissions};
 use crate::store::{Mutation, Store, StoreError, WriteBatch};
+use crate::user_value::UserValue;
 
 use super::Shared;
 use super::config::Limits;
@@ -63,8 +64,8 @@ pub struct Change {
     pub map_name: String,
     pub key: String,
     pub event_type: JournalEventType,
-    pub value: Option<Value>,
-    pub previous_value: Option<Value>,
+    pub value: Option<UserValue>,
+    pub previous_value: Option<UserValue>,
     /// The change's HLC timestamp; `None` takes a fresh server timestamp (OR removes carry
     /// no timestamp of their own).
     pub timestamp: Option<Timestamp>,
@@ -91,7 +92,9 @@ impl Change {
         removal: bool,
         timestamp: Option<Timestamp>,
     ) -> Self {
-        let as_value = |values: Vec<Value>| (!values.is_empty()).then_some(Value::Array(values));
+        let as_value = |values: Vec<Value>| {
+            (!values.is_empty()).then(|| UserValue::from(Value::Array(values)))
+        };
         let previous_value = as_value(before);
         let value = as_value(after);
         Self {
@@ -124,8 +127,8 @@ pub struct ChangeRef<'a> {
     pub map_name: &'a str,
     pub key: &'a str,
     pub event_type: JournalEventType,
-    pub value: Option<&'a Value>,
-    pub previous_value: Option<&'a Value>,
+    pub value: Option<&'a UserValue>,
+    pub previous_value: Option<&'a UserValue>,
     /// `None` takes a fresh server timestamp.
     pub timestamp: Option<&'a Timestamp>,
 }
@@ -267,11 +270,11 @@ fn write_tail(
     out.str(change.key)?;
     if let Some(value) = change.value {
         out.raw(&field::VALUE);
-        out.value(value)?;
+        value.write_msgpack(out)?;
     }
     if let Some(previous_value) = change.previous_value {
         out.raw(&field::PREVIOUS_VALUE);
-        out.value(previous_value)?;
+        previous_value.write_msgpack(out)?;
     }
     out.raw(&field::TIMESTAMP);
     out.timestamp(timestamp)?;
@@ -1012,7 +1015,7 @@ mod tests {
 
     fn put(map: &str, key: &str, n: u64) -> Change {
         let record = LwwRecord {
-            value: Some(json!(n)),
+            value: Some(json!(n).into()),
             timestamp: Timestamp::new(n, 0, "client"),
             ttl_ms: None,
         };
@@ -1125,6 +1128,10 @@ mod tests {
                     timestamp: &timestamp,
                     node_id,
                 };
+                let (value, previous_value) = (
+                    value.clone().map(UserValue::from),
+                    previous_value.clone().map(UserValue::from),
+                );
                 let change = ChangeRef {
                     map_name,
                     key,
@@ -1149,8 +1156,8 @@ mod tests {
 
     #[test]
     fn drafts_finish_as_the_entry_of_the_real_sequence() {
-        let value = json!({"n": 1, "pad": "x".repeat(100)});
-        let previous = json!([null, "old"]);
+        let value = UserValue::from(json!({"n": 1, "pad": "x".repeat(100)}));
+        let previous = UserValue::from(json!([null, "old"]));
         let timestamp = Timestamp::new(1_795_698_229_131, 2, "client");
         let mut scratch = MsgpackWriter::default();
         for (value, previous_value) in [(Some(&value), Some(&previous)), (None, None)] {
@@ -1199,12 +1206,12 @@ mod tests {
         append(shared, vec![put("m", "a", 1)]).await;
         shared.journal.prepare(shared, 3).await.unwrap();
         let record = LwwRecord {
-            value: Some(json!({"v": "x".repeat(100)})),
+            value: Some(json!({"v": "x".repeat(100)}).into()),
             timestamp: Timestamp::new(7, 0, "client"),
             ttl_ms: None,
         };
         let previous = LwwRecord {
-            value: Some(json!("before")),
+            value: Some(json!("before").into()),
             ..record.clone()
         };
         let change = ChangeRef::lww("m", "k", &record, Some(&previous));
@@ -1301,7 +1308,7 @@ mod tests {
     #[test]
     fn classifies_put_update_and_delete() {
         let rec = |value: Option<Value>| LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp: Timestamp::new(5, 0, "n"),
             ttl_ms: None,
         };
@@ -1313,17 +1320,17 @@ mod tests {
         let live_before = rec(Some(json!(1)));
         let update = Change::lww("m", "k", &rec(Some(json!(2))), Some(&live_before));
         assert_eq!(update.event_type, JournalEventType::Update);
-        assert_eq!(update.previous_value, Some(json!(1)));
+        assert_eq!(update.previous_value, Some(json!(1)).map(Into::into));
         let delete = Change::lww("m", "k", &rec(None), Some(&live_before));
         assert_eq!(delete.event_type, JournalEventType::Delete);
         assert_eq!(
             (delete.value, delete.previous_value),
-            (None, Some(json!(1)))
+            (None, Some(json!(1).into()))
         );
 
         let added = Change::or("m", "k", vec![], vec![json!("a")], false, None);
         assert_eq!(added.event_type, JournalEventType::Put);
-        assert_eq!(added.value, Some(json!(["a"])));
+        assert_eq!(added.value, Some(json!(["a"])).map(Into::into));
         let more = Change::or(
             "m",
             "k",
@@ -1342,7 +1349,10 @@ mod tests {
             None,
         );
         assert_eq!(removed.event_type, JournalEventType::Delete);
-        assert_eq!(removed.previous_value, Some(json!(["a", "b"])));
+        assert_eq!(
+            removed.previous_value,
+            Some(json!(["a", "b"])).map(Into::into)
+        );
     }
 
     #[tokio::test]

@@ -787,7 +787,7 @@ fn visible_event(
     if let Some(record) = &mut event.record
         && let Some(value) = record.value.take()
     {
-        record.value = Some(permissions.filter_value(principal, &event.map_name, value)?);
+        record.value = Some(permissions.filter_user_value(principal, &event.map_name, value)?);
     }
     if let Some(record) = &mut event.or_record {
         let value = std::mem::take(&mut record.value);
@@ -921,7 +921,9 @@ mod tests {
                 // Every third write is stamped in the past and loses to a newer one.
                 let millis = if i % 3 == 0 { (i / 2) as u64 } else { i as u64 };
                 op.record = Some(LwwRecord {
-                    value: (i % 11 != 0).then(|| serde_json::json!({"i": i})),
+                    value: (i % 11 != 0)
+                        .then(|| serde_json::json!({"i": i}))
+                        .map(Into::into),
                     timestamp: ts(millis),
                     ttl_ms: None,
                 });
@@ -1017,7 +1019,7 @@ mod tests {
         let write = |millis: u64| {
             let mut op = base_op("m", "k".into(), OpType::Put);
             op.record = Some(LwwRecord {
-                value: Some(serde_json::json!(millis)),
+                value: Some(serde_json::json!(millis).into()),
                 timestamp: Timestamp::new(millis, 0, "client"),
                 ttl_ms: None,
             });
@@ -1138,7 +1140,7 @@ mod tests {
             .map(|i| {
                 let mut op = base_op("a", format!("k{i}"), OpType::Put);
                 op.record = Some(LwwRecord {
-                    value: Some(serde_json::json!(i)),
+                    value: Some(serde_json::json!(i).into()),
                     timestamp: Timestamp::new(1 + i as u64, 0, "c"),
                     ttl_ms: None,
                 });

@@ -816,7 +816,7 @@ mod tests {
     async fn write(shared: &Shared, map: &str, key: &str, value: Option<Value>, n: u64) {
         let handle = shared.maps.get(map, MapKind::Lww, None).await.unwrap();
         let record = LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp: Timestamp::new(NOW - 1_000 + n, 0, "client"),
             ttl_ms: None,
         };

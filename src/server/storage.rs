@@ -259,7 +259,7 @@ mod tests {
         let store = flaky(0);
         let mut batch = WriteBatch::new();
         let record = LwwRecord {
-            value: Some(serde_json::json!(1)),
+            value: Some(serde_json::json!(1).into()),
             timestamp: Timestamp::new(1, 0, "n"),
             ttl_ms: None,
         };
@@ -319,7 +319,9 @@ mod tests {
         let mut batch = WriteBatch::new();
         for i in 0..count {
             let record = LwwRecord {
-                value: (i % 7 != 0).then(|| serde_json::json!({"n": i})),
+                value: (i % 7 != 0)
+                    .then(|| serde_json::json!({"n": i}))
+                    .map(Into::into),
                 timestamp: Timestamp::new(1_000 + i as u64, (i % 3) as u32, "n"),
                 ttl_ms: None,
             };

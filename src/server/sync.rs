@@ -176,9 +176,11 @@ fn leaf_records(
                 // filtered values keep the trees equal; a value withheld entirely reads as
                 // deleted.
                 let mut record = record.clone();
-                record.value = record
-                    .value
-                    .and_then(|value| shared.permissions.filter_value(principal, map_name, value));
+                record.value = record.value.and_then(|value| {
+                    shared
+                        .permissions
+                        .filter_user_value(principal, map_name, value)
+                });
                 LeafRecord {
                     key: key.to_owned(),
                     record,

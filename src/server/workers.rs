@@ -235,7 +235,7 @@ mod tests {
             .map(|i| LeafRecord {
                 key: format!("key-{i:05}"),
                 record: LwwRecord {
-                    value: Some(serde_json::json!({"n": i, "title": format!("row {i}")})),
+                    value: Some(serde_json::json!({"n": i, "title": format!("row {i}")}).into()),
                     timestamp: crate::hlc::Timestamp::new(1_700_000_000_000 + i as u64, 0, "n1"),
                     ttl_ms: None,
                 },

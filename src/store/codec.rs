@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn lww_record_encoding_is_pinned() {
         let record = LwwRecord {
-            value: Some(json!(7)),
+            value: Some(json!(7).into()),
             timestamp: Timestamp::new(1, 2, "n"),
             ttl_ms: None,
         };
@@ -575,7 +575,7 @@ mod tests {
             counter in any::<u32>(),
             node in ".{0,300}",
         ) {
-            let record = LwwRecord { value, timestamp: Timestamp::new(millis, counter, node), ttl_ms: ttl };
+            let record = LwwRecord { value: value.map(Into::into), timestamp: Timestamp::new(millis, counter, node), ttl_ms: ttl };
             let bytes = encode("record", &record).unwrap();
             prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&record).unwrap());
             let mut logged = vec![0xaa];

@@ -49,7 +49,7 @@ pub(crate) use store_conformance_tests;
 
 fn lww(value: Option<Value>, millis: u64) -> LwwRecord {
     LwwRecord {
-        value,
+        value: value.map(Into::into),
         timestamp: Timestamp::new(millis, 0, "node-a"),
         ttl_ms: None,
     }

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use serde_json::Value;
+use crate::user_value::UserValue;
 
 use super::StoreError;
 use super::codec::{Stored, decode};
@@ -86,7 +86,7 @@ impl EncodedLww {
             counter: record.timestamp.counter,
             node_id_start,
             node_id_len: node_id.len(),
-            tombstone: record.value.as_ref().is_none_or(Value::is_null),
+            tombstone: record.value.as_ref().is_none_or(UserValue::is_null),
         })
     }
 
@@ -167,11 +167,11 @@ mod tests {
     use super::*;
     use crate::protocol::codec::msgpack_writer::tests::json_value;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn record(value: Option<Value>, timestamp: Timestamp, ttl_ms: Option<u64>) -> LwwRecord {
         LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp,
             ttl_ms,
         }

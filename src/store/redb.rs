@@ -1243,7 +1243,7 @@ mod tests {
 
     fn put(map: &str, key: &str, n: u64) -> Mutation {
         let record = LwwRecord {
-            value: Some(json!({"n": n})),
+            value: Some(json!({"n": n}).into()),
             timestamp: Timestamp::new(n, 0, "node"),
             ttl_ms: None,
         };
@@ -1445,7 +1445,10 @@ mod tests {
         match store.load_map("m").await.unwrap() {
             Some(MapSnapshot::Lww { records }) => {
                 assert_eq!(records.len() as u64, COMMITS);
-                assert_eq!(records["key-7"].value, Some(json!({"n": 7})));
+                assert_eq!(
+                    records["key-7"].value,
+                    Some(json!({"n": 7})).map(Into::into)
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1729,7 +1732,7 @@ mod tests {
         let mut expected: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
         expected.extend((0..5).map(|i| format!("b{i}")));
         assert_eq!(records.keys().cloned().collect::<Vec<_>>(), expected);
-        assert_eq!(records["a0"].value, Some(json!({"n": 100})));
+        assert_eq!(records["a0"].value, Some(json!({"n": 100})).map(Into::into));
         assert_eq!(
             runtime.block_on(store.list_maps()).unwrap(),
             vec![("m".to_owned(), MapKind::Lww)]
@@ -1773,7 +1776,7 @@ mod tests {
         match reopened.load_map("m").await.unwrap() {
             Some(MapSnapshot::Lww { records }) => {
                 assert_eq!(records.keys().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
-                assert_eq!(records["a"].value, Some(json!({"n": 1})));
+                assert_eq!(records["a"].value, Some(json!({"n": 1})).map(Into::into));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -2235,7 +2238,7 @@ mod tests {
         let store = RedbStore::open(dir.path()).unwrap();
         let records = [
             LwwRecord {
-                value: Some(json!({"v": [1, "x", null]})),
+                value: Some(json!({"v": [1, "x", null]}).into()),
                 timestamp: Timestamp::new(1_795_698_229_131, 4, "node-ü"),
                 ttl_ms: Some(70_000),
             },

@@ -34,6 +34,24 @@ pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<DecodedValue, 
     }
 }
 
+/// Decodes one user value that this crate encoded itself ([`crate::user_value`]): the whole
+/// of `bytes`, with the ingress normalisation rules (a no-op on such bytes). Its nesting was
+/// bounded when it arrived, so no depth limit applies here.
+pub(super) fn read_user_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+    let mut reader = Reader::new(bytes, usize::MAX);
+    match reader.value(1) {
+        Ok(Some(value)) => {
+            reader.finish()?;
+            Ok(value)
+        }
+        Ok(None) => Err(DecodeError::Msgpack(
+            "a user value is JS undefined".to_owned(),
+        )),
+        Err(Failure::Malformed(error)) => Err(error),
+        Err(Failure::Located(located)) => Err(located.into_error(&Limits::default())),
+    }
+}
+
 /// Why the walk stopped.
 enum Failure {
     /// The bytes are not msgpack (truncated, or a length past the end).

@@ -227,7 +227,7 @@ impl MsgpackWriter {
     }
 
     /// The way `serde_json` hands numbers to a serializer: u64, else i64, else f64.
-    fn number(&mut self, n: &Number) {
+    pub fn number(&mut self, n: &Number) {
         if let Some(u) = n.as_u64() {
             self.uint(u);
         } else if let Some(i) = n.as_i64() {
@@ -253,7 +253,7 @@ impl MsgpackWriter {
         self.map_len(2 + usize::from(record.ttl_ms.is_some()))?;
         self.raw(&field::VALUE);
         match &record.value {
-            Some(value) => self.value(value)?,
+            Some(value) => value.write_msgpack(self)?,
             None => self.nil(),
         }
         self.raw(&field::TIMESTAMP);
@@ -387,7 +387,7 @@ pub(crate) mod tests {
             (Some(json!(null)), Some(1 << 40)),
         ] {
             let record = LwwRecord {
-                value,
+                value: value.map(Into::into),
                 timestamp: timestamp.clone(),
                 ttl_ms,
             };

@@ -18,6 +18,7 @@ pub(crate) use schema::TapeJson;
 use serde_json::{Number, Value};
 
 use super::msgpack_reader::{Reader, Token};
+use super::msgpack_writer::{MsgpackWriter, WriteError};
 use super::normalise_float;
 
 /// One value of a scanned frame.
@@ -146,6 +147,31 @@ impl<'a> TapeNode<'a> {
                 .map(|(_, value)| value),
             _ => None,
         }
+    }
+
+    /// Appends the node's MessagePack: byte for byte what [`MsgpackWriter::value`] writes for
+    /// [`TapeNode::to_value`], without building the value.
+    pub(crate) fn write_msgpack(self, out: &mut MsgpackWriter) -> Result<(), WriteError> {
+        match self.shape() {
+            Shape::Null => out.nil(),
+            Shape::Bool(value) => out.bool(value),
+            Shape::Number(number) => out.number(number),
+            Shape::Str(text) => out.str(text)?,
+            Shape::Array(items) => {
+                out.array_len(items.len())?;
+                for item in items {
+                    item.write_msgpack(out)?;
+                }
+            }
+            Shape::Map(members) => {
+                out.map_len(members.len())?;
+                for (name, value) in members.into_members() {
+                    out.str(name)?;
+                    value.write_msgpack(out)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The node as a `serde_json::Value` (for error reports and other cold paths).

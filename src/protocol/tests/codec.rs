@@ -540,7 +540,7 @@ proptest! {
             key: "k".into(),
             op_type: Some(OpType::Put),
             record: Some(LwwRecord {
-                value: Some(json!({"i": int, "f": float})),
+                value: Some(json!({"i": int, "f": float}).into()),
                 timestamp: Timestamp::new(millis, counter, "n"),
                 ttl_ms: None,
             }),

@@ -8,6 +8,7 @@ use rmpv::Value as Mp;
 
 use super::golden::{frames, hex};
 use crate::protocol::Message;
+use crate::protocol::codec::msgpack_writer::MsgpackWriter;
 use crate::protocol::codec::{
     DecodeError, Frame, Limits, decode_batch_data, decode_msgpack_fast, decode_typed,
     decode_value_noting_undefined,
@@ -38,6 +39,12 @@ fn agree(bytes: &[u8], limits: &Limits) -> bool {
         (None, _) => false,
         (Some(fast), Ok((message, js_undefined))) => {
             assert_eq!(&fast.message, message, "frame {}", hex_of(bytes));
+            assert_eq!(
+                written_lww_values(&fast.message),
+                written_lww_values(message),
+                "frame {}",
+                hex_of(bytes)
+            );
             assert_eq!(fast.js_undefined, *js_undefined, "frame {}", hex_of(bytes));
             true
         }
@@ -48,6 +55,25 @@ fn agree(bytes: &[u8], limits: &Limits) -> bool {
             )
         }
     }
+}
+
+/// What the store and the journal write for each LWW value a message carries: the fast path
+/// keeps these values encoded, and its bytes must be the ones the general path's `Value`
+/// encodes to.
+fn written_lww_values(message: &Message) -> Vec<Vec<u8>> {
+    let ops = match message {
+        Message::OpBatch(batch) => batch.payload.ops.iter().collect(),
+        Message::ClientOp(op) => vec![&op.payload],
+        _ => Vec::new(),
+    };
+    ops.into_iter()
+        .filter_map(|op| op.record.as_ref()?.value.as_ref())
+        .map(|value| {
+            let mut out = MsgpackWriter::default();
+            value.write_msgpack(&mut out).unwrap();
+            out.into_vec()
+        })
+        .collect()
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -265,5 +291,28 @@ proptest! {
         rmpv::encode::write_value(&mut bytes, &value).unwrap();
         agree(&bytes, &Limits::default());
         agree(&bytes, &Limits { max_depth: 3, ..Limits::default() });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Values of every shape, as an LWW op carries them: the fast path takes the frame and
+    /// writes each value exactly as the general path's decoded value is written.
+    #[test]
+    fn lww_values_of_every_shape_keep_their_encoding(
+        value in crate::protocol::codec::msgpack_writer::tests::json_value(),
+    ) {
+        let message = serde_json::json!({
+            "type": "OP_BATCH",
+            "payload": {"ops": [{
+                "mapName": "m",
+                "key": "k",
+                "opType": "PUT",
+                "record": {"value": value, "timestamp": {"millis": 1, "counter": 0, "nodeId": "n"}},
+            }]},
+        });
+        let bytes = rmp_serde::to_vec_named(&message).unwrap();
+        prop_assert!(agree(&bytes, &Limits::default()), "the fast path declined {}", hex_of(&bytes));
     }
 }

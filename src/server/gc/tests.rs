@@ -129,7 +129,7 @@ impl Fixture {
 
 fn lww(value: Option<serde_json::Value>, millis: u64, ttl_ms: Option<u64>) -> LwwRecord {
     LwwRecord {
-        value,
+        value: value.map(Into::into),
         timestamp: Timestamp::new(millis, 0, "client"),
         ttl_ms,
     }

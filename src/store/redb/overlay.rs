@@ -744,7 +744,7 @@ mod tests {
 
     fn put_at(key: &str, value: Option<serde_json::Value>, timestamp: Timestamp) -> Mutation {
         let record = LwwRecord {
-            value,
+            value: value.map(Into::into),
             timestamp,
             ttl_ms: None,
         };
@@ -805,7 +805,10 @@ mod tests {
                 (json!("old"), at(5, 1, "nb"))
             };
             let record = stored(&overlay, "k").unwrap();
-            assert_eq!((record.value.unwrap(), record.timestamp), expected);
+            assert_eq!(
+                (record.value.unwrap().into_value(), record.timestamp),
+                expected
+            );
         }
     }
 
@@ -855,7 +858,10 @@ mod tests {
             None,
             "forgotten by its exact timestamp"
         );
-        assert_eq!(stored(&overlay, "mine").unwrap().value, Some(json!(2)));
+        assert_eq!(
+            stored(&overlay, "mine").unwrap().value,
+            Some(json!(2)).map(Into::into)
+        );
     }
 
     #[test]
@@ -876,7 +882,10 @@ mod tests {
         newer.absorb(older, 12);
         assert_eq!(newer.rows(), 12, "7 of the 15 rows it lacked fit");
         for key in &keys[..5] {
-            assert_eq!(stored(&newer, key).unwrap().value, Some(json!("new")));
+            assert_eq!(
+                stored(&newer, key).unwrap().value,
+                Some(json!("new")).map(Into::into)
+            );
         }
         assert_eq!(
             keys.iter().filter(|k| newer.lww("m", k).is_some()).count(),

@@ -2,12 +2,32 @@
 //! values the way `serde_json::from_value` visits the general decoder's `Value`, so a type
 //! decodes to the same thing either way. Strings are handed out borrowed from the frame.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::{Children, Members, Shape, TapeNode};
+use crate::protocol::codec::msgpack_writer::MsgpackWriter;
+use crate::user_value::MSGPACK_NEWTYPE;
+
+thread_local! {
+    /// Where a user value is encoded before its visitor copies it out at its exact size.
+    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
+}
+
+/// Runs `f` with an emptied scratch writer: the thread's own, or a fresh one should the
+/// thread's be in use further up the stack.
+fn with_scratch<T>(f: impl FnOnce(&mut MsgpackWriter) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.reset_scratch();
+            f(&mut scratch)
+        }
+        Err(_) => f(&mut MsgpackWriter::default()),
+    })
+}
 
 /// Why a tape did not fit the type asked for (the general decoder then reports it).
 #[derive(Debug)]
@@ -58,9 +78,16 @@ impl<'de> de::Deserializer<'de> for TapeNode<'de> {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, TapeError> {
+        if name == MSGPACK_NEWTYPE {
+            return with_scratch(|scratch| {
+                self.write_msgpack(scratch)
+                    .map_err(|e| TapeError(e.to_string()))?;
+                visitor.visit_bytes(scratch.as_mut_vec())
+            });
+        }
         visitor.visit_newtype_struct(self)
     }
 
