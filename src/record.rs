@@ -12,7 +12,7 @@ use crate::user_value::UserValue;
 
 /// A last-writer-wins record. `value: None` is a tombstone and is always written as an
 /// explicit `value: null` (the clients treat only `null` as deleted, PROTOCOL.md §1.4).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LwwRecord {
     /// The value, or `None` for a tombstone.
@@ -24,6 +24,16 @@ pub struct LwwRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub ttl_ms: Option<u64>,
+}
+
+/// Field by field, the value last: records that differ mostly differ in their timestamps, and
+/// comparing values may mean decoding them.
+impl PartialEq for LwwRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp == other.timestamp
+            && self.ttl_ms == other.ttl_ms
+            && self.value == other.value
+    }
 }
 
 impl LwwRecord {
