@@ -80,6 +80,12 @@ impl UserValue {
         }
     }
 
+    /// True while the value is held as its encoding.
+    #[cfg(test)]
+    pub(crate) fn is_encoded(&self) -> bool {
+        matches!(self.0, Repr::Encoded { .. })
+    }
+
     /// Appends the value's MessagePack encoding: a copy of its bytes when it has them.
     pub fn write_msgpack(&self, out: &mut MsgpackWriter) -> Result<(), WriteError> {
         match &self.0 {
@@ -208,9 +214,10 @@ mod tests {
 
     #[test]
     fn an_encoded_value_reads_writes_and_compares_as_its_value() {
-        let value = json!({"v": "x".repeat(40), "n": [1, -2, 2.5, null, true]});
+        let value = json!({"v": "x".repeat(40), "n": [1, -2, 2.5, 2.0, null, true]});
         let user = encoded(&value);
         assert_eq!(user.value(), &value);
+        assert!(user.value()["n"][3].is_f64(), "a float stays a float");
         assert_eq!(user, UserValue::from(value.clone()));
         assert_eq!(UserValue::from(value.clone()), user);
         assert_eq!(format!("{user:?}"), format!("{value:?}"));

@@ -124,6 +124,13 @@ pub fn decode_with(frame: Frame<'_>, limits: &Limits) -> Result<Message, DecodeE
     decode_typed(value)
 }
 
+/// Decodes a map this crate encoded (a stored row) through the fast path's tape, so the LWW
+/// values in it stay encoded ([`crate::user_value`]); `None` when the tape declines it.
+pub(crate) fn decode_encoded_map<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let tape = Tape::scan_stored(bytes, Limits::default().max_depth).ok()?;
+    T::deserialize(tape.root()).ok()
+}
+
 /// Decodes the MessagePack of a [`crate::user_value::UserValue`].
 pub(crate) fn decode_user_value(bytes: &[u8]) -> Result<Value, DecodeError> {
     msgpack_reader::read_user_value(bytes)

@@ -14,7 +14,7 @@ use std::fmt;
 use crate::user_value::UserValue;
 
 use super::StoreError;
-use super::codec::{Stored, decode};
+use super::codec::{Stored, decode_lww};
 use crate::hlc::Timestamp;
 use crate::protocol::codec::msgpack_writer::MsgpackWriter;
 use crate::record::LwwRecord;
@@ -63,7 +63,7 @@ impl EncodedLww {
     /// stored, for the error message. The bytes are decoded once to check them and to learn
     /// the timestamp.
     pub(crate) fn from_stored(bytes: &[u8], key: impl fmt::Display) -> Result<Self, StoreError> {
-        let record: LwwRecord = decode("LWW record", key, bytes)?;
+        let record = decode_lww(key, bytes)?;
         match Self::with_bytes(bytes, &record) {
             Some(row) => Ok(row),
             // Not laid out the way this build writes rows: store the record as it writes it.
@@ -92,7 +92,7 @@ impl EncodedLww {
 
     /// The record the row holds. A `null` value reads back as a tombstone.
     pub fn decode(&self) -> Result<LwwRecord, StoreError> {
-        decode("LWW record", "a PutLww mutation", &self.bytes)
+        decode_lww("a PutLww mutation", &self.bytes)
     }
 
     /// The row as stored.

@@ -70,7 +70,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::overlay::{Base, Overlay};
 use self::wal::{LogRecord, Wal};
-use super::codec::{decode, decode_mutations, encode_mutations, kind_from_code};
+use super::codec::{decode, decode_lww, decode_mutations, encode_mutations, kind_from_code};
 use super::{
     BoxFuture, CounterSnapshot, JournalRow, MapKind, MapSnapshot, Store, StoreError, WriteBatch,
 };
@@ -1173,7 +1173,7 @@ fn read_map(txn: &ReadTransaction, map: &str) -> Result<Option<MapSnapshot>, Sto
             for entry in table.range(rows).map_err(backend("read LWW records"))? {
                 let (row, bytes) = entry.map_err(backend("read LWW records"))?;
                 let key = row.value().1;
-                let record = decode("LWW record", format_args!("{map}/{key}"), bytes.value())?;
+                let record = decode_lww(format_args!("{map}/{key}"), bytes.value())?;
                 records.insert(key.to_owned(), record);
             }
             Ok(Some(MapSnapshot::Lww { records }))

@@ -35,10 +35,12 @@ pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<DecodedValue, 
 }
 
 /// Decodes one user value that this crate encoded itself ([`crate::user_value`]): the whole
-/// of `bytes`, with the ingress normalisation rules (a no-op on such bytes). Its nesting was
-/// bounded when it arrived, so no depth limit applies here.
+/// of `bytes`, exactly as written (floats stay floats; ingress normalised the value before it
+/// was encoded, if it came in). Its nesting was bounded when it arrived, so no depth limit
+/// applies here.
 pub(super) fn read_user_value(bytes: &[u8]) -> Result<Value, DecodeError> {
     let mut reader = Reader::new(bytes, usize::MAX);
+    reader.keep_floats = true;
     match reader.value(1) {
         Ok(Some(value)) => {
             reader.finish()?;
@@ -87,6 +89,8 @@ pub(super) struct Reader<'a> {
     input: &'a [u8],
     total: usize,
     max_depth: usize,
+    /// Floats are kept as floats rather than normalised (bytes this crate wrote).
+    keep_floats: bool,
     /// Whether a value was JS `undefined` written as fixext1 (`d4 00 00`), the form only the
     /// 2026-01 client sends.
     saw_js_undefined: bool,
@@ -98,6 +102,7 @@ impl<'a> Reader<'a> {
             input,
             total: input.len(),
             max_depth,
+            keep_floats: false,
             saw_js_undefined: false,
         }
     }
@@ -223,6 +228,9 @@ impl<'a> Reader<'a> {
             Token::Null => Value::Null,
             Token::Bool(value) => Value::Bool(value),
             Token::Integer(number) => Value::Number(number),
+            Token::Float(number) if self.keep_floats => Number::from_f64(number)
+                .map(Value::Number)
+                .ok_or(Located::new(LocatedKind::NonFinite))?,
             Token::Float(number) => normalise_float(number)?,
             Token::Str(bytes) => Value::String(utf8(bytes)?.to_owned()),
             Token::Bin(bytes) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),

@@ -56,6 +56,16 @@ impl<'a> Tape<'a> {
     /// Scans `bytes`, or declines when the frame is not a well-formed, acceptable msgpack map
     /// within `max_depth` levels (the message map is level 1) or has a map with a repeated key.
     pub(crate) fn scan(bytes: &'a [u8], max_depth: usize) -> Result<Self, Decline> {
+        Self::scan_with(bytes, max_depth, Floats::Normalise)
+    }
+
+    /// [`Tape::scan`] for bytes this crate stored: floats stay floats, so a stored value reads
+    /// back exactly as it was written (ingress already normalised whatever came in).
+    pub(crate) fn scan_stored(bytes: &'a [u8], max_depth: usize) -> Result<Self, Decline> {
+        Self::scan_with(bytes, max_depth, Floats::Keep)
+    }
+
+    fn scan_with(bytes: &'a [u8], max_depth: usize, floats: Floats) -> Result<Self, Decline> {
         if u32::try_from(bytes.len()).is_err() {
             return Err(Decline);
         }
@@ -65,6 +75,7 @@ impl<'a> Tape<'a> {
             slots: Vec::with_capacity(bytes.len() / 6 + 4),
             keys: Vec::new(),
             max_depth,
+            floats,
             js_undefined: false,
         };
         let present = scanner.value(1)?;
@@ -266,6 +277,15 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
+/// What a scan does with a float.
+#[derive(Debug, Clone, Copy)]
+enum Floats {
+    /// As ingress does (integral floats become integers; see [`super::normalise_float`]).
+    Normalise,
+    /// Keeps it a float.
+    Keep,
+}
+
 /// Builds a tape.
 struct Scanner<'a> {
     reader: Reader<'a>,
@@ -273,6 +293,7 @@ struct Scanner<'a> {
     /// The keys of the maps being scanned, innermost map last (for the repeated-key check).
     keys: Vec<&'a str>,
     max_depth: usize,
+    floats: Floats,
     js_undefined: bool,
 }
 
@@ -286,9 +307,12 @@ impl<'a> Scanner<'a> {
             Token::Null => Slot::Null,
             Token::Bool(value) => Slot::Bool(value),
             Token::Integer(number) => Slot::Number(number),
-            Token::Float(number) => match normalise_float(number) {
-                Ok(Value::Number(number)) => Slot::Number(number),
-                _ => return Err(Decline),
+            Token::Float(number) => match self.floats {
+                Floats::Normalise => match normalise_float(number) {
+                    Ok(Value::Number(number)) => Slot::Number(number),
+                    _ => return Err(Decline),
+                },
+                Floats::Keep => Slot::Number(Number::from_f64(number).ok_or(Decline)?),
             },
             Token::Str(bytes) => Slot::Str(utf8(bytes)?),
             Token::Bin(bytes) => {

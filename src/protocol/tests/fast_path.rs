@@ -303,6 +303,7 @@ proptest! {
     fn lww_values_of_every_shape_keep_their_encoding(
         value in crate::protocol::codec::msgpack_writer::tests::json_value(),
     ) {
+        let tombstone = value.is_null();
         let message = serde_json::json!({
             "type": "OP_BATCH",
             "payload": {"ops": [{
@@ -314,5 +315,14 @@ proptest! {
         });
         let bytes = rmp_serde::to_vec_named(&message).unwrap();
         prop_assert!(agree(&bytes, &Limits::default()), "the fast path declined {}", hex_of(&bytes));
+        let Some(Message::OpBatch(batch)) = decode_msgpack_fast(&bytes, &Limits::default(), true)
+            .map(|fast| fast.message)
+        else {
+            unreachable!("agree() saw the fast path decode it");
+        };
+        let value = batch.payload.ops[0].record.as_ref().and_then(|r| r.value.as_ref());
+        // A null value is a tombstone, which holds no value at all.
+        prop_assert_eq!(value.is_none(), tombstone);
+        prop_assert!(value.is_none_or(|v| v.is_encoded()), "the value was decoded: {value:?}");
     }
 }
