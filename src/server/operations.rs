@@ -126,9 +126,10 @@ pub async fn handle_op_batch(
     let mut checked = Vec::with_capacity(batch.ops.len());
     // One clock read per batch: a batch is checked within microseconds.
     let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
-    for op in batch.ops {
+    for mut op in batch.ops {
+        // The id is only needed for the ack and for rejections, which `meta` answers.
         meta.push((
-            op.id.clone(),
+            op.id.take(),
             op.write_concern.or(batch.write_concern).unwrap_or_default(),
         ));
         checked.push(check_op(shared, session, op, horizon).await);
@@ -397,8 +398,9 @@ fn merge_ops(
 ) -> (Vec<Result<(), OpFailure>>, MapChanges) {
     let mut changes = MapChanges {
         numbering,
-        // An applied LWW op writes its record and its journal entry.
-        mutations: WriteBatch::with_capacity(2 * checked.len()),
+        // An applied LWW op writes its record and its journal entry; the batch may end with
+        // the journal's trim.
+        mutations: WriteBatch::with_capacity(2 * checked.len() + 1),
         ..MapChanges::default()
     };
     let mut outcomes = Vec::with_capacity(checked.len());
