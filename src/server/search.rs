@@ -367,7 +367,7 @@ impl SearchService {
             .get(map)
             .ok_or_else(|| SearchError::NotEnabled(map.to_owned()))?;
         let handle = shared.maps.get(map, MapKind::Lww, None).await?;
-        if handle.lock().kind() != MapKind::Lww {
+        if handle.kind() != MapKind::Lww {
             return Err(SearchError::OrMap(map.to_owned()));
         }
         let search = self.index_of(shared, &handle, config)?;

@@ -20,6 +20,9 @@ use super::workers::WorkerPool;
 #[derive(Debug, Clone)]
 pub struct MapHandle {
     name: Arc<str>,
+    /// The replica's kind, fixed when the map loads (no code replaces a replica by one of
+    /// another kind), so checking it takes no lock: every op checks it.
+    kind: MapKind,
     replica: Arc<Mutex<Replica>>,
 }
 
@@ -27,6 +30,11 @@ impl MapHandle {
     /// The map's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The map's kind.
+    pub fn kind(&self) -> MapKind {
+        self.kind
     }
 
     /// True when both handles are the same loaded map (not merely the same name).
@@ -124,7 +132,7 @@ impl MapRegistry {
             .await?
             .clone();
         if let Some(expected) = expect {
-            let actual = handle.lock().kind();
+            let actual = handle.kind();
             if actual != expected {
                 return Err(MapError::KindMismatch {
                     map: name.to_owned(),
@@ -177,6 +185,7 @@ impl MapRegistry {
         }
         Ok(MapHandle {
             name: Arc::from(name),
+            kind: replica.kind(),
             replica: Arc::new(Mutex::new(replica)),
         })
     }
@@ -308,10 +317,11 @@ mod tests {
         let reloaded = MapRegistry::new(store, false);
         let handle = reloaded.get("m", MapKind::Lww, None).await.unwrap();
         assert_eq!(
-            handle.lock().kind(),
+            handle.kind(),
             MapKind::Or,
             "the persisted kind wins over a new first touch"
         );
+        assert_eq!(handle.lock().kind(), MapKind::Or);
     }
 
     async fn store_with_records(count: usize) -> Arc<MemoryStore> {
