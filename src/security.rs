@@ -179,13 +179,8 @@ impl Permissions {
     /// (in the value's own field order). A non-object value has no fields to allow, so under
     /// a field restriction it is withheld (`None`) rather than leaked.
     pub fn filter_value(&self, principal: &Principal, map: &str, value: Value) -> Option<Value> {
-        if principal.is_admin() {
-            return Some(value);
-        }
-        match self.read_restriction(principal, map)? {
-            None => Some(value),
-            Some(allowed) => restrict(value, &allowed),
-        }
+        self.filter_user_value(principal, map, value.into())
+            .map(UserValue::into_value)
     }
 
     /// [`Permissions::filter_value`] for a record's value, which is decoded only when a field
@@ -201,7 +196,11 @@ impl Permissions {
         }
         match self.read_restriction(principal, map)? {
             None => Some(value),
-            Some(allowed) => restrict(value.into_value(), &allowed).map(UserValue::from),
+            Some(allowed) => match value.into_value() {
+                Value::Object(fields) => Some(Value::Object(keep_fields(fields, &allowed)).into()),
+                // A non-object value has no fields to allow, so it is withheld.
+                _ => None,
+            },
         }
     }
 
@@ -225,14 +224,6 @@ impl Permissions {
             allowed.extend(fields.iter().map(String::as_str));
         }
         Some(Some(allowed))
-    }
-}
-
-/// The fields of `value` in `allowed`; a non-object value has none, so it is withheld.
-fn restrict(value: Value, allowed: &[&str]) -> Option<Value> {
-    match value {
-        Value::Object(fields) => Some(Value::Object(keep_fields(fields, allowed))),
-        _ => None,
     }
 }
 

@@ -4,15 +4,16 @@
 //! on, and read only when a query, a search index or a field rule looks inside. Building a
 //! `serde_json::Value` tree for every write, then encoding that tree for the store row and
 //! again for the journal entry, was a fifth of the server's work per write. A value that
-//! comes through the msgpack fast path is therefore kept as its encoded bytes (in exactly the
-//! form [`MsgpackWriter::value`] writes), copied as bytes wherever it is written, and decoded
-//! into a `Value` only the first time something reads it. A value built in code, read from
-//! JSON or from storage holds the `Value` itself.
+//! comes through the msgpack fast path, or is loaded from a stored row, is therefore kept as
+//! its encoded bytes (in exactly the form [`MsgpackWriter::value`] writes), copied as bytes
+//! wherever it is written, and decoded into a `Value` only the first time something reads it.
+//! A value built in code or read from JSON holds the `Value` itself.
 //!
 //! Either way it is the same value: it serializes, compares and describes itself (as a JSON
 //! Schema) exactly as the `Value` it stands for.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -28,6 +29,20 @@ use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError};
 /// fast path's tape) recognises; any other deserializer sees an ordinary newtype and hands
 /// the `Value` inside.
 pub(crate) const MSGPACK_NEWTYPE: &str = "$topgun::UserValue";
+
+thread_local! {
+    /// Set while the tape hands a value's encoding to [`UserValueVisitor::visit_bytes`], so
+    /// bytes from any other deserializer are taken for what they are: a byte string.
+    static TAPE_HANDOFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `visit`, in which the tape hands the visitor a value's MessagePack as bytes.
+pub(crate) fn hand_over_encoded<T>(visit: impl FnOnce() -> T) -> T {
+    let outer = TAPE_HANDOFF.replace(true);
+    let visited = visit();
+    TAPE_HANDOFF.set(outer);
+    visited
+}
 
 /// A user value: JSON data, possibly still in its MessagePack encoding (see the module docs).
 #[derive(Clone)]
@@ -48,6 +63,10 @@ impl UserValue {
     /// The value of `msgpack`, which must be exactly what [`MsgpackWriter::value`] writes for
     /// it (the fast path's tape guarantees that; see `tape::TapeNode::write_msgpack`).
     pub(crate) fn from_msgpack(msgpack: &[u8]) -> Self {
+        debug_assert!(
+            decode_user_value(msgpack).is_ok(),
+            "not a user value's encoding: {msgpack:02x?}"
+        );
         Self(Repr::Encoded {
             msgpack: Box::from(msgpack),
             decoded: OnceLock::new(),
@@ -101,9 +120,9 @@ impl UserValue {
 /// The MessagePack `nil` marker.
 const NIL: u8 = 0xc0;
 
-/// Decodes bytes the fast path encoded. They are well-formed MessagePack by construction, so
-/// this cannot fail; should it anyway, the failure is logged and the value reads as `null`
-/// rather than taking the server down.
+/// Decodes bytes the tape encoded (from a frame or a stored row). They are well-formed
+/// MessagePack by construction, so this cannot fail; should it anyway, the failure is logged
+/// and the value reads as `null` rather than taking the server down.
 fn decode(msgpack: &[u8]) -> Value {
     decode_user_value(msgpack).unwrap_or_else(|e| {
         tracing::error!(error = %e, "an encoded user value does not decode; reading it as null");
@@ -181,9 +200,13 @@ impl<'de> Visitor<'de> for UserValueVisitor {
         Value::deserialize(inner).map(UserValue::from)
     }
 
-    /// The tape: the value's MessagePack encoding.
-    fn visit_bytes<E: de::Error>(self, msgpack: &[u8]) -> Result<UserValue, E> {
-        Ok(UserValue::from_msgpack(msgpack))
+    /// The tape: the value's MessagePack encoding ([`hand_over_encoded`]). Bytes from any
+    /// other deserializer are a byte string, which is JSON's array of byte values.
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<UserValue, E> {
+        if TAPE_HANDOFF.replace(false) {
+            return Ok(UserValue::from_msgpack(bytes));
+        }
+        Ok(UserValue::from(Value::from(bytes.to_vec())))
     }
 }
 
@@ -253,9 +276,18 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_do_not_decode_read_as_null() {
-        let broken = UserValue::from_msgpack(&[0x92, 0x01]);
-        assert_eq!(broken.value(), &Value::Null);
+    fn bytes_from_another_deserializer_are_a_byte_string() {
+        let deserializer =
+            serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(&[0x92, 0x01]);
+        let value = UserValueVisitor.visit_bytes::<serde::de::value::Error>(&[0x92, 0x01]);
+        assert_eq!(value.unwrap(), UserValue::from(json!([0x92, 0x01])));
+        let handed = hand_over_encoded(|| {
+            UserValueVisitor.visit_bytes::<serde::de::value::Error>(&[0x92, 0x01, 0xc0])
+        });
+        assert_eq!(handed.unwrap(), UserValue::from(json!([1, null])));
+        // The hand-over covered one value only.
+        let after = UserValue::deserialize(deserializer).unwrap();
+        assert_eq!(after, UserValue::from(json!([0x92, 0x01])));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Envelope shapes (§1.3) are part of each type: payload-wrapped messages are structs with a
 //! `payload` field (some also with a top-level `timestamp`), flat ones carry their fields next
-//! to `type`, and `JOURNAL_EVENT` carries an `event`. User data is `serde_json::Value`;
+//! to `type`, and `JOURNAL_EVENT` carries an `event`. User data is `serde_json::Value` (an
+//! LWW record's value a [`crate::user_value::UserValue`], which may still be encoded);
 //! everything else is typed.
 
 pub mod auth;

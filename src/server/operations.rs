@@ -853,6 +853,13 @@ fn fan_out_except(
     if events.is_empty() {
         return;
     }
+    // Each subscriber is sent a copy of the events; decoding a still-encoded value once here
+    // spares every copy its own decode when it is encoded for the wire.
+    for record in events.values().flatten().filter_map(|e| e.record.as_ref()) {
+        if let Some(value) = &record.value {
+            value.value();
+        }
+    }
     super::live::on_changes(shared, &events);
     let mut per_conn: BTreeMap<u64, (super::connections::ConnHandle, Vec<ServerEventPayload>)> =
         BTreeMap::new();

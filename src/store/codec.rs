@@ -1,7 +1,9 @@
 //! The on-disk value encoding shared by durable backends: MessagePack with named fields
-//! (what `rmp_serde::to_vec_named` writes; the hot records are written by hand, [`Stored`],
-//! and everything is decoded by rmp_serde), which stays readable when optional fields such as `ttlMs` are
-//! skipped or new optional fields are added, plus the one-byte map-kind codes, plus the compact
+//! (what `rmp_serde::to_vec_named` writes; the hot records are written by hand, [`Stored`];
+//! LWW rows are read through the fast path's tape so their values stay encoded,
+//! [`decode_lww`], everything else by rmp_serde), which stays readable when optional fields
+//! such as `ttlMs` are skipped or new optional fields are added, plus the one-byte map-kind
+//! codes, plus the compact
 //! binary form of a batch's mutations that a write-ahead log record carries
 //! ([`encode_mutations`] / [`decode_mutations`]).
 //!

@@ -60,8 +60,8 @@ impl EncodedLww {
     }
 
     /// A row read back from storage (a redb row or a log record); `key` names where it was
-    /// stored, for the error message. The bytes are decoded once to check them and to learn
-    /// the timestamp.
+    /// stored, for the error message. The bytes are read once (the value scanned, not
+    /// decoded) to check them and to learn the timestamp.
     pub(crate) fn from_stored(bytes: &[u8], key: impl fmt::Display) -> Result<Self, StoreError> {
         let record = decode_lww(key, bytes)?;
         match Self::with_bytes(bytes, &record) {

@@ -5,10 +5,14 @@
 //!
 //! The schema validator reads the tape through [`schema`] and the typed decode through [`de`],
 //! so a message is validated and typed without building a `serde_json::Value` for its
-//! envelope; only user data still becomes one. The tape is an optimisation, never a second
-//! opinion: whatever it is unsure of (malformed or refused input, duplicate map keys) makes
-//! [`Tape::scan`] decline, and the caller falls back to the general decoder, which then
-//! reports or decodes the frame exactly as before.
+//! envelope. An LWW record's value does not become one either: the typed decode hands it over
+//! re-encoded from the tape ([`TapeNode::write_msgpack`], [`crate::user_value`]); other user
+//! data still becomes a `Value`. Stored LWW rows are read the same way
+//! ([`Tape::scan_stored`], which keeps floats as written).
+//!
+//! The tape is an optimisation, never a second opinion: whatever it is unsure of (malformed or
+//! refused input, duplicate map keys) makes [`Tape::scan`] decline, and the caller falls back
+//! to the general decoder, which then reports or decodes the frame exactly as before.
 
 mod de;
 mod schema;

@@ -10,20 +10,22 @@ use serde::forward_to_deserialize_any;
 
 use super::{Children, Members, Shape, TapeNode};
 use crate::protocol::codec::msgpack_writer::MsgpackWriter;
-use crate::user_value::MSGPACK_NEWTYPE;
+use crate::user_value::{MSGPACK_NEWTYPE, hand_over_encoded};
 
 thread_local! {
     /// Where a user value is encoded before its visitor copies it out at its exact size.
     static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
 }
 
-/// Runs `f` with an emptied scratch writer: the thread's own, or a fresh one should the
-/// thread's be in use further up the stack.
+/// Runs `f` with an empty scratch writer: the thread's own, or a fresh one should the
+/// thread's be in use further up the stack. The thread's is emptied again afterwards, so a
+/// huge value does not keep its memory until the next one.
 fn with_scratch<T>(f: impl FnOnce(&mut MsgpackWriter) -> T) -> T {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
+            let done = f(&mut scratch);
             scratch.reset_scratch();
-            f(&mut scratch)
+            done
         }
         Err(_) => f(&mut MsgpackWriter::default()),
     })
@@ -85,7 +87,7 @@ impl<'de> de::Deserializer<'de> for TapeNode<'de> {
             return with_scratch(|scratch| {
                 self.write_msgpack(scratch)
                     .map_err(|e| TapeError(e.to_string()))?;
-                visitor.visit_bytes(scratch.as_mut_vec())
+                hand_over_encoded(|| visitor.visit_bytes(scratch.as_mut_vec()))
             });
         }
         visitor.visit_newtype_struct(self)
