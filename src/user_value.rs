@@ -45,6 +45,9 @@ pub(crate) fn hand_over_encoded<T>(visit: impl FnOnce() -> T) -> T {
 }
 
 /// A user value: JSON data, possibly still in its MessagePack encoding (see the module docs).
+///
+/// An encoded value that has been read keeps its decoded form beside its bytes, as the price
+/// of handing out `&Value`: a record that queries or the search index read costs both.
 #[derive(Clone)]
 pub struct UserValue(Repr);
 
