@@ -128,6 +128,60 @@ impl MapState {
         )
     }
 
+    /// Whether a client holding `self` has converged to the server's `server`: the same
+    /// records, and no tombstone the server lacks. A client may miss the tombstones of tags it
+    /// never held: a key whose records were all removed leaves the server's Merkle tree, so no
+    /// sync visits it, and nothing the client holds needs them (had it held such a tag, its
+    /// records would differ, or its orphaned key would have fetched them).
+    pub fn converged_to(&self, server: &Self) -> bool {
+        match (self, server) {
+            (
+                MapState::Or {
+                    records,
+                    tombstones,
+                },
+                MapState::Or {
+                    records: server_records,
+                    tombstones: server_tombstones,
+                },
+            ) => records == server_records && tombstones.is_subset(server_tombstones),
+            (mine, server) => mine == server,
+        }
+    }
+
+    /// Where `self` and `other` differ, for a failure report: the first few keys, and
+    /// tombstones only one side holds.
+    pub fn differences(&self, other: &Self) -> String {
+        fn keys<V: PartialEq>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Vec<String> {
+            a.keys()
+                .chain(b.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(String::clone)
+                .collect()
+        }
+        match (self, other) {
+            (MapState::Lww(a), MapState::Lww(b)) => format!("keys {:?}", keys(a, b)),
+            (
+                MapState::Or {
+                    records: a,
+                    tombstones: ta,
+                },
+                MapState::Or {
+                    records: b,
+                    tombstones: tb,
+                },
+            ) => format!(
+                "keys {:?}; tombstones only here {:?}, only there {:?}",
+                keys(a, b),
+                ta.difference(tb).collect::<Vec<_>>(),
+                tb.difference(ta).collect::<Vec<_>>()
+            ),
+            _ => "different kinds".to_owned(),
+        }
+    }
+
     pub fn from_or(replica: &OrReplica) -> Self {
         let map = replica.map();
         MapState::Or {

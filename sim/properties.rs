@@ -21,9 +21,9 @@ fn violation(property: &'static str, detail: String) -> Violation {
     Violation { property, detail }
 }
 
-/// Property 1: Convergence: every client holds the server's state of every map, with equal Merkle
-/// roots, and the root the server advertised in the final sync is the one computed from its
-/// store.
+/// Property 1: Convergence: every client holds the server's state of every map (see
+/// [`MapState::converged_to`] for tombstones), with equal Merkle roots, and the root the
+/// server advertised in the final sync is the one computed from its store.
 pub fn convergence(finals: &Finals) -> Vec<Violation> {
     let mut found = Vec::new();
     for (client, maps) in &finals.clients {
@@ -32,10 +32,13 @@ pub fn convergence(finals: &Finals) -> Vec<Violation> {
                 found.push(violation("convergence", format!("server has no {map}")));
                 continue;
             };
-            if mine.state != server.state {
+            if !mine.state.converged_to(&server.state) {
                 found.push(violation(
                     "convergence",
-                    format!("{client} holds a different {map} than the server"),
+                    format!(
+                        "{client} holds a different {map} than the server: {}",
+                        mine.state.differences(&server.state)
+                    ),
                 ));
             }
             if mine.root != server.root {
@@ -476,6 +479,40 @@ mod tests {
                 .iter()
                 .all(|v| v.property == "convergence" && v.detail.contains("bob"))
         );
+    }
+
+    #[test]
+    fn a_client_may_lack_tombstones_but_not_hold_extra_ones_or_other_records() {
+        let or_final = |tags: &[&str], tombstones: &[&str]| MapFinal {
+            state: MapState::Or {
+                records: BTreeMap::from([(
+                    "k".to_owned(),
+                    tags.iter()
+                        .map(|tag| OrMapRecord {
+                            value: serde_json::json!(1),
+                            timestamp: Timestamp::new(1, 0, "a"),
+                            tag: (*tag).to_owned(),
+                            ttl_ms: None,
+                        })
+                        .collect(),
+                )]),
+                tombstones: tombstones.iter().map(|t| (*t).to_owned()).collect(),
+            },
+            root: 1,
+            server_root: Some(1),
+            synced: true,
+        };
+        let mut finals = finals_with(or_final(&["live"], &["gone", "never-seen"]));
+        let mut client = |state| {
+            finals.clients.insert(
+                "alice".to_owned(),
+                BTreeMap::from([("m".to_owned(), state)]),
+            );
+            convergence(&finals).len()
+        };
+        assert_eq!(client(or_final(&["live"], &["gone"])), 0);
+        assert_eq!(client(or_final(&["live"], &["gone", "invented"])), 1);
+        assert_eq!(client(or_final(&["live", "gone"], &[])), 1);
     }
 
     #[test]
