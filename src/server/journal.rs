@@ -21,7 +21,6 @@
 //!   `hasMore` is exact. Live pushes are at most once: a subscriber whose outbound queue is
 //!   full misses events and recovers them with `JOURNAL_READ`.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +31,7 @@ use tokio::sync::OnceCell;
 
 use crate::auth::Principal;
 use crate::hlc::Timestamp;
-use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError};
+use crate::protocol::codec::msgpack_writer::{MsgpackWriter, WriteError, with_scratch};
 use crate::protocol::{
     JournalEntry, JournalEvent, JournalEventType, JournalRead, JournalReadResponse,
     JournalSubscribe, JournalUnsubscribe, Message,
@@ -280,12 +279,6 @@ fn write_tail(
     out.timestamp(timestamp)?;
     out.raw(&field::NODE_ID);
     out.str(node_id)
-}
-
-thread_local! {
-    /// Where this thread encodes journal entries before they are copied out at their exact
-    /// size: sizing a fresh buffer up front would mean walking every value twice.
-    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
 }
 
 /// An entry encoded and copied out before the journal lock, for a guessed sequence: under the
@@ -566,9 +559,9 @@ impl Journal {
                 &fresh
             }
         };
-        SCRATCH.with_borrow_mut(|scratch| {
-            self.number_encoded(shared, &change, timestamp, scratch, batch)
-        })
+        // Encoded in scratch and copied out at its exact size: sizing a fresh buffer up front
+        // would mean walking every value twice.
+        with_scratch(|scratch| self.number_encoded(shared, &change, timestamp, scratch, batch))
     }
 
     /// [`Journal::number`] with its timestamp settled, encoding in `scratch`.

@@ -8,7 +8,6 @@
 //! them. The only way to make one is from a record (or from stored bytes, which are decoded
 //! to check them), so the bytes and the timestamp cannot disagree.
 
-use std::cell::RefCell;
 use std::fmt;
 
 use crate::user_value::UserValue;
@@ -16,14 +15,8 @@ use crate::user_value::UserValue;
 use super::StoreError;
 use super::codec::{Stored, decode_lww};
 use crate::hlc::Timestamp;
-use crate::protocol::codec::msgpack_writer::MsgpackWriter;
+use crate::protocol::codec::msgpack_writer::with_scratch;
 use crate::record::LwwRecord;
-
-thread_local! {
-    /// Where [`EncodedLww::new`] encodes before copying the exact bytes out: one allocation
-    /// per row, of the right size, without measuring the value first.
-    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
-}
 
 /// One LWW record encoded as a store row, with what the store's merge rules need.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,8 +37,7 @@ pub struct EncodedLww {
 impl EncodedLww {
     /// Encodes `record` as a store row.
     pub fn new(record: &LwwRecord) -> Result<Self, StoreError> {
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.reset_scratch();
+        with_scratch(|scratch| {
             record
                 .write_stored(scratch)
                 .map_err(|message| StoreError::Encode {

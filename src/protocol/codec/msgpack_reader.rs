@@ -39,8 +39,7 @@ pub(super) fn read_frame(bytes: &[u8], limits: &Limits) -> Result<DecodedValue, 
 /// was encoded, if it came in). Its nesting was bounded when it arrived, so no depth limit
 /// applies here.
 pub(super) fn read_user_value(bytes: &[u8]) -> Result<Value, DecodeError> {
-    let mut reader = Reader::new(bytes, usize::MAX);
-    reader.keep_floats = true;
+    let mut reader = Reader::new(bytes, usize::MAX).with_floats(Floats::Keep);
     match reader.value(1) {
         Ok(Some(value)) => {
             reader.finish()?;
@@ -84,13 +83,21 @@ impl From<DecodeError> for Failure {
     }
 }
 
+/// What a reader does with a float.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Floats {
+    /// As ingress does (integral floats become integers; see [`normalise_float`]).
+    Normalise,
+    /// Keeps it a float: bytes this crate wrote, which read back exactly as written.
+    Keep,
+}
+
 /// A cursor over the frame (also the tape scanner's, [`super::tape`]).
 pub(super) struct Reader<'a> {
     input: &'a [u8],
     total: usize,
     max_depth: usize,
-    /// Floats are kept as floats rather than normalised (bytes this crate wrote).
-    keep_floats: bool,
+    floats: Floats,
     /// Whether a value was JS `undefined` written as fixext1 (`d4 00 00`), the form only the
     /// 2026-01 client sends.
     saw_js_undefined: bool,
@@ -102,8 +109,23 @@ impl<'a> Reader<'a> {
             input,
             total: input.len(),
             max_depth,
-            keep_floats: false,
+            floats: Floats::Normalise,
             saw_js_undefined: false,
+        }
+    }
+
+    /// The reader with `floats` as its rule for floats.
+    pub(super) fn with_floats(self, floats: Floats) -> Self {
+        Self { floats, ..self }
+    }
+
+    /// A float token's value under the reader's [`Floats`] rule.
+    pub(super) fn float(&self, number: f64) -> Result<Value, Located> {
+        match self.floats {
+            Floats::Normalise => normalise_float(number),
+            Floats::Keep => Number::from_f64(number)
+                .map(Value::Number)
+                .ok_or(Located::new(LocatedKind::NonFinite)),
         }
     }
 
@@ -228,10 +250,7 @@ impl<'a> Reader<'a> {
             Token::Null => Value::Null,
             Token::Bool(value) => Value::Bool(value),
             Token::Integer(number) => Value::Number(number),
-            Token::Float(number) if self.keep_floats => Number::from_f64(number)
-                .map(Value::Number)
-                .ok_or(Located::new(LocatedKind::NonFinite))?,
-            Token::Float(number) => normalise_float(number)?,
+            Token::Float(number) => self.float(number)?,
             Token::Str(bytes) => Value::String(utf8(bytes)?.to_owned()),
             Token::Bin(bytes) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
             Token::Array(len) => self.array(len, depth)?,

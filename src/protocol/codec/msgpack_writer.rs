@@ -8,6 +8,7 @@
 //! costs several times more on the write path, where every applied change is encoded for
 //! the journal and the store.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 
 use rmp::encode::{self, ByteBuf, ValueWriteError};
@@ -29,6 +30,26 @@ pub struct WriteError {
 /// A writer reused as scratch keeps at most this much buffer between uses: one huge value must
 /// not pin its memory on the thread that keeps the writer.
 const MAX_KEPT_SCRATCH: usize = 64 << 10;
+
+thread_local! {
+    /// The thread's scratch writer ([`with_scratch`]).
+    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
+}
+
+/// Runs `f` with an empty scratch writer, for encoding something that is then copied out at
+/// its exact size (one allocation of the right size, without measuring the value first): the
+/// thread's own, or a fresh one should the thread's be in use further up the stack. It is
+/// emptied after use, so a huge value does not keep its memory until the next one.
+pub fn with_scratch<T>(f: impl FnOnce(&mut MsgpackWriter) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let done = f(&mut scratch);
+            scratch.reset_scratch();
+            done
+        }
+        Err(_) => f(&mut MsgpackWriter::default()),
+    })
+}
 
 /// Appends MessagePack to a growing buffer.
 #[derive(Debug, Default)]

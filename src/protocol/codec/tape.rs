@@ -21,9 +21,8 @@ pub(crate) use schema::TapeJson;
 
 use serde_json::{Number, Value};
 
-use super::msgpack_reader::{Reader, Token};
+use super::msgpack_reader::{Floats, Reader, Token};
 use super::msgpack_writer::{MsgpackWriter, WriteError};
-use super::normalise_float;
 
 /// One value of a scanned frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,12 +73,11 @@ impl<'a> Tape<'a> {
             return Err(Decline);
         }
         let mut scanner = Scanner {
-            reader: Reader::new(bytes, max_depth),
+            reader: Reader::new(bytes, max_depth).with_floats(floats),
             // A typical message spends a few bytes per value.
             slots: Vec::with_capacity(bytes.len() / 6 + 4),
             keys: Vec::new(),
             max_depth,
-            floats,
             js_undefined: false,
         };
         let present = scanner.value(1)?;
@@ -281,15 +279,6 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
-/// What a scan does with a float.
-#[derive(Debug, Clone, Copy)]
-enum Floats {
-    /// As ingress does (integral floats become integers; see [`super::normalise_float`]).
-    Normalise,
-    /// Keeps it a float.
-    Keep,
-}
-
 /// Builds a tape.
 struct Scanner<'a> {
     reader: Reader<'a>,
@@ -297,7 +286,6 @@ struct Scanner<'a> {
     /// The keys of the maps being scanned, innermost map last (for the repeated-key check).
     keys: Vec<&'a str>,
     max_depth: usize,
-    floats: Floats,
     js_undefined: bool,
 }
 
@@ -311,12 +299,9 @@ impl<'a> Scanner<'a> {
             Token::Null => Slot::Null,
             Token::Bool(value) => Slot::Bool(value),
             Token::Integer(number) => Slot::Number(number),
-            Token::Float(number) => match self.floats {
-                Floats::Normalise => match normalise_float(number) {
-                    Ok(Value::Number(number)) => Slot::Number(number),
-                    _ => return Err(Decline),
-                },
-                Floats::Keep => Slot::Number(Number::from_f64(number).ok_or(Decline)?),
+            Token::Float(number) => match self.reader.float(number) {
+                Ok(Value::Number(number)) => Slot::Number(number),
+                _ => return Err(Decline),
             },
             Token::Str(bytes) => Slot::Str(utf8(bytes)?),
             Token::Bin(bytes) => {

@@ -2,34 +2,14 @@
 //! values the way `serde_json::from_value` visits the general decoder's `Value`, so a type
 //! decodes to the same thing either way. Strings are handed out borrowed from the frame.
 
-use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::{Children, Members, Shape, TapeNode};
-use crate::protocol::codec::msgpack_writer::MsgpackWriter;
+use crate::protocol::codec::msgpack_writer::with_scratch;
 use crate::user_value::{MSGPACK_NEWTYPE, hand_over_encoded};
-
-thread_local! {
-    /// Where a user value is encoded before its visitor copies it out at its exact size.
-    static SCRATCH: RefCell<MsgpackWriter> = RefCell::new(MsgpackWriter::default());
-}
-
-/// Runs `f` with an empty scratch writer: the thread's own, or a fresh one should the
-/// thread's be in use further up the stack. The thread's is emptied again afterwards, so a
-/// huge value does not keep its memory until the next one.
-fn with_scratch<T>(f: impl FnOnce(&mut MsgpackWriter) -> T) -> T {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            let done = f(&mut scratch);
-            scratch.reset_scratch();
-            done
-        }
-        Err(_) => f(&mut MsgpackWriter::default()),
-    })
-}
 
 /// Why a tape did not fit the type asked for (the general decoder then reports it).
 #[derive(Debug)]
