@@ -112,13 +112,28 @@ impl Conn {
 
     /// Sends an already encoded msgpack message.
     pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), ConnError> {
+        self.feed_bytes(bytes).await?;
+        self.flush().await
+    }
+
+    /// Queues an already encoded msgpack message without writing it out: messages fed
+    /// together go to the socket in one write at [`Conn::flush`].
+    pub async fn feed_bytes(&mut self, bytes: Vec<u8>) -> Result<(), ConnError> {
         let len = bytes.len() as u64;
         self.socket
-            .send(WsMessage::Binary(bytes.into()))
+            .feed(WsMessage::Binary(bytes.into()))
             .await
             .map_err(|e| ConnError::Socket(e.to_string()))?;
         self.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Writes out every message fed so far.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.socket
+            .flush()
+            .await
+            .map_err(|e| ConnError::Socket(e.to_string()))
     }
 
     /// Sends a `PING`: servers close authenticated connections that stay silent too long.

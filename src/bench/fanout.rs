@@ -22,7 +22,7 @@ use crate::query::Query;
 use super::conn::Conn;
 use super::measure::{Counters, Latencies, Percentiles, Progress, Window};
 use super::report::{Rows, human_bytes, human_count, ms};
-use super::write::{KeyPlan, PING_EVERY, ValuePlan, WriterSpec, padding, run_writer};
+use super::write::{KeyPlan, PING_EVERY, Pace, ValuePlan, WriterSpec, padding, run_writer};
 use super::{BenchError, Context, FanoutArgs};
 
 /// How long subscribers keep listening after the writers stop, for deliveries in flight.
@@ -275,7 +275,7 @@ pub async fn run(ctx: &Context, args: &FanoutArgs) -> Result<FanoutReport, Bench
             outcome
         });
     }
-    let interval = super::write::per_connection_interval(args.rate, writers.len(), args.batch);
+    let writer_count = writers.len();
     let mut writing = JoinSet::new();
     for (index, mut conn) in writers {
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ index as u64);
@@ -286,7 +286,7 @@ pub async fn run(ctx: &Context, args: &FanoutArgs) -> Result<FanoutReport, Bench
             batch: args.batch,
             pipeline: 1,
             write_concern: None,
-            batch_interval: interval,
+            pace: Pace::of(args.rate, writer_count, args.batch, index),
             value: ValuePlan::Stamped {
                 writer: index as u64,
                 epoch,

@@ -273,7 +273,7 @@ async fn write_keys(
             batch: args.batch,
             pipeline: LOADER_PIPELINE,
             write_concern: None,
-            batch_interval: None,
+            pace: None,
             value: ValuePlan::Padding(padding(&mut rng, args.value_bytes)),
             node_id: ctx.node_id(index),
             seed: ctx.seed ^ index as u64,

@@ -3,6 +3,11 @@
 //! records on the writer's own HLC) and matches each `OP_ACK` (`lastId` acks every op ≤ it)
 //! to the batches in flight, recording send → ack latency.
 //!
+//! Under a rate limit each connection keeps its own fixed schedule, its first send offset so
+//! the connections' sends spread evenly instead of arriving together, and latency counts from
+//! when a batch was due rather than when it went out: a batch held back because the previous
+//! ack was late has waited for the server too (coordinated omission).
+//!
 //! Batches are written straight to msgpack, byte for byte what `encode_msgpack` makes of the
 //! same `OP_BATCH` (a test holds them equal), without building messages or JSON values per
 //! op: the load generator shares the server's cores, so its CPU per op is kept small.
@@ -65,12 +70,66 @@ pub struct WriterSpec {
     /// Batches in flight at most (1 = fire-and-wait).
     pub pipeline: usize,
     pub write_concern: Option<WriteConcern>,
-    /// The pause between batch sends for a rate limit.
-    pub batch_interval: Option<Duration>,
+    /// The send schedule under a rate limit.
+    pub pace: Option<Pace>,
     pub value: ValuePlan,
     /// The writer's HLC node id (unique per connection).
     pub node_id: String,
     pub seed: u64,
+}
+
+/// One connection's share of a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// The pause between this connection's batches.
+    pub every: Duration,
+    /// When its first batch is due, after the writer starts.
+    pub phase: Duration,
+}
+
+/// When a writer's next batch is due.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    next: Instant,
+    pace: Option<Pace>,
+}
+
+impl Schedule {
+    fn new(start: Instant, pace: Option<Pace>) -> Self {
+        let next = start + pace.map_or(Duration::ZERO, |p| p.phase);
+        Self { next, pace }
+    }
+
+    /// Notes a batch sent at `sent`; returns when it was due, which its latency counts from.
+    /// Unpaced, a batch is due when it goes out and the next one at once. Paced, a late
+    /// connection catches up rather than moving its schedule, so the offered rate stays the
+    /// one asked for and the wait for a late ack is part of the next batch's latency.
+    fn sent(&mut self, sent: Instant) -> Instant {
+        match self.pace {
+            None => {
+                self.next = sent;
+                sent
+            }
+            Some(pace) => {
+                let due = self.next;
+                self.next += pace.every;
+                due
+            }
+        }
+    }
+}
+
+impl Pace {
+    /// The schedule of connection `index` of `connections` that keeps their total at `rate`
+    /// ops/s (`None` for no limit). Phases step by `every / connections`, so that the
+    /// connections' batches arrive one by one rather than all at once every `every`.
+    pub fn of(rate: u64, connections: usize, batch: usize, index: usize) -> Option<Self> {
+        let connections = connections.max(1);
+        let every =
+            Duration::from_secs_f64((connections * batch.max(1)) as f64 / rate.max(1) as f64);
+        let phase = every.mul_f64((index % connections) as f64 / connections as f64);
+        (rate > 0).then_some(Self { every, phase })
+    }
 }
 
 /// What one writer achieved within the measurement window.
@@ -87,6 +146,8 @@ pub struct WriterOutcome {
 struct InFlight {
     last_id: u64,
     sent: Instant,
+    /// Where its latency counts from: its due time under a rate limit, else `sent`.
+    due: Instant,
     ops: u64,
 }
 
@@ -278,7 +339,7 @@ pub async fn run_writer(
     counters: &Counters,
 ) -> Result<WriterOutcome, BenchError> {
     let pipeline = spec.pipeline.max(1);
-    let interval = spec.batch_interval;
+    let pace = spec.pace;
     let mut writer = Writer::new(spec)?;
     let mut outcome = WriterOutcome {
         latencies: Latencies::new()?,
@@ -286,7 +347,7 @@ pub async fn run_writer(
         unacked_ops: 0,
     };
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut next_send = Instant::now();
+    let mut schedule = Schedule::new(Instant::now(), pace);
     let mut next_ping = Instant::now() + PING_EVERY;
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -305,12 +366,18 @@ pub async fn run_writer(
                 let message = message?;
                 on_message(&message, &mut in_flight, &window, &mut outcome, counters);
             }
-            _ = sleep_until(next_send), if can_send => {
-                let Some((bytes, last_id, ops)) = writer.next_batch()? else { continue };
-                let sent = Instant::now();
-                conn.send_bytes(bytes).await?;
-                in_flight.push_back(InFlight { last_id, sent, ops });
-                next_send = interval.map_or(sent, |every| (next_send + every).max(sent));
+            _ = sleep_until(schedule.next), if can_send => {
+                // Unpaced, every free slot of the pipeline is filled at once, in one write:
+                // a write per batch was a third of the generator's CPU, on shared cores.
+                let free = if pace.is_some() { 1 } else { pipeline - in_flight.len() };
+                for _ in 0..free {
+                    let Some((bytes, last_id, ops)) = writer.next_batch()? else { break };
+                    let sent = Instant::now();
+                    let due = schedule.sent(sent);
+                    conn.feed_bytes(bytes).await?;
+                    in_flight.push_back(InFlight { last_id, sent, due, ops });
+                }
+                conn.flush().await?;
             }
             _ = sleep_until(window.end), if sending => {}
             _ = sleep_until(oldest.unwrap_or(window.end)), if oldest.is_some() => {
@@ -368,7 +435,7 @@ fn on_message(
                 counters.acked_ops.fetch_add(done.ops, Ordering::Relaxed);
                 if window.measures(done.sent) {
                     outcome.acked_ops += done.ops;
-                    outcome.latencies.record(now - done.sent);
+                    outcome.latencies.record(now - done.due);
                 }
             }
         }
@@ -395,12 +462,15 @@ pub struct WriteReport {
     pub value_bytes: usize,
     /// `"fire-and-wait"` or `"pipeline N"`.
     pub mode: String,
+    /// The `--rate` offered, in ops/s (none: as fast as acks allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_ops_per_sec: Option<u64>,
     pub write_concern: Option<WriteConcern>,
     pub measured_secs: f64,
     pub acked_ops: u64,
     pub acked_ops_per_sec: f64,
     pub unacked_ops: u64,
-    /// Send → `OP_ACK` of each batch.
+    /// Send → `OP_ACK` of each batch; under `--rate`, from when the batch was due.
     pub batch_latency: Percentiles,
     pub sent_bytes: u64,
     pub received_bytes: u64,
@@ -424,7 +494,13 @@ impl WriteReport {
                 "connections".into(),
                 format!("{} of {}", self.connected, self.connections),
             ),
-            ("mode".into(), self.mode.clone()),
+            (
+                "mode".into(),
+                match self.offered_ops_per_sec {
+                    Some(rate) => format!("{}, offered {}/s", self.mode, human_count(rate as f64)),
+                    None => self.mode.clone(),
+                },
+            ),
             (
                 "write concern".into(),
                 self.write_concern
@@ -489,7 +565,6 @@ impl WriteReport {
 /// Runs `topgun bench write`.
 pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchError> {
     let pipeline = if args.wait { 1 } else { args.pipeline.max(1) };
-    let batch_interval = per_connection_interval(args.rate, args.connections, args.batch);
     let conns = ctx.open_many(args.connections).await;
     let connected = conns.len();
     if connected == 0 {
@@ -507,7 +582,7 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
             batch: args.batch,
             pipeline,
             write_concern: args.write_concern,
-            batch_interval,
+            pace: Pace::of(args.rate, args.connections, args.batch, index),
             value: ValuePlan::Padding(padding(&mut rng, args.value_bytes)),
             node_id: ctx.node_id(index),
             seed: rng.next_u64(),
@@ -555,6 +630,7 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         } else {
             format!("pipeline {pipeline}")
         },
+        offered_ops_per_sec: (args.rate > 0).then_some(args.rate),
         write_concern: args.write_concern,
         measured_secs,
         acked_ops,
@@ -568,13 +644,6 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         server_cores: server_cpu.map(|seconds| seconds / measured_secs.max(f64::EPSILON)),
         generator_cpu_us_per_op: spent(cpu_before.1, cpu_after.1).map(per_op),
     })
-}
-
-/// The pause between one connection's batches that keeps the total at `rate` ops/s
-/// (`None` for no limit).
-pub fn per_connection_interval(rate: u64, connections: usize, batch: usize) -> Option<Duration> {
-    (rate > 0)
-        .then(|| Duration::from_secs_f64((connections.max(1) * batch.max(1)) as f64 / rate as f64))
 }
 
 #[cfg(test)]
@@ -592,7 +661,7 @@ mod tests {
             batch,
             pipeline: 1,
             write_concern: None,
-            batch_interval: None,
+            pace: None,
             value: ValuePlan::Padding("xx".to_owned()),
             node_id: "bench-1".to_owned(),
             seed: 3,
@@ -724,11 +793,41 @@ mod tests {
 
     #[test]
     fn rate_limit_spreads_over_connections() {
-        assert_eq!(per_connection_interval(0, 10, 10), None);
+        assert_eq!(Pace::of(0, 10, 10, 0), None);
+        let paces: Vec<_> = (0..10).filter_map(|i| Pace::of(1_000, 10, 10, i)).collect();
+        assert!(paces.iter().all(|p| p.every == Duration::from_millis(100)));
+        let phases: Vec<_> = paces.iter().map(|p| p.phase.as_millis()).collect();
+        assert_eq!(phases, (0..10).map(|i| i * 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_late_paced_batch_keeps_its_due_time_and_the_schedule() {
+        let start = Instant::now();
+        let every = Duration::from_millis(10);
+        let pace = Pace {
+            every,
+            phase: Duration::from_millis(3),
+        };
+        let mut schedule = Schedule::new(start, Some(pace));
+        let first_due = start + Duration::from_millis(3);
+        assert_eq!(schedule.next, first_due);
+        // Sent 25 ms late (its ack held it back): latency counts from when it was due, and
+        // the next batches stay on the original grid, so they go out at once to catch up.
         assert_eq!(
-            per_connection_interval(1_000, 10, 10),
-            Some(Duration::from_millis(100))
+            schedule.sent(first_due + Duration::from_millis(25)),
+            first_due
         );
+        assert_eq!(schedule.next, first_due + every);
+        assert_eq!(
+            schedule.sent(first_due + Duration::from_millis(26)),
+            first_due + every
+        );
+        assert_eq!(schedule.next, first_due + 2 * every);
+
+        let mut unpaced = Schedule::new(start, None);
+        let later = start + Duration::from_millis(7);
+        assert_eq!(unpaced.sent(later), later);
+        assert_eq!(unpaced.next, later);
     }
 
     #[test]
@@ -751,7 +850,12 @@ mod tests {
         let sent = Instant::now();
         let mut in_flight: VecDeque<InFlight> = [(10, 10), (20, 10), (30, 10)]
             .into_iter()
-            .map(|(last_id, ops)| InFlight { last_id, sent, ops })
+            .map(|(last_id, ops)| InFlight {
+                last_id,
+                sent,
+                due: sent,
+                ops,
+            })
             .collect();
         let ack: Message = serde_json::from_value(json!({
             "type": "OP_ACK", "payload": {"lastId": "20"}

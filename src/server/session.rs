@@ -244,7 +244,7 @@ fn websocket_config(shared: &Shared) -> WebSocketConfig {
     // Small buffers keep idle connections cheap (tungstenite's defaults are 128 KiB each way).
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_message_size(Some(shared.limits.max_frame_bytes))
         .max_frame_size(Some(shared.limits.max_frame_bytes))
 }
