@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 use topgun::protocol::{JournalEventType, Message};
+use topgun::server::config::{JournalMode, Limits};
+use topgun::server::journal::JOURNAL_OFF;
 
 use crate::harness::{CLIENT_NODE, Client, TestServer, Transcript, msg};
 use crate::snapshot;
@@ -124,4 +126,39 @@ async fn journal_records_streams_reads_and_survives_a_restart() {
     c.close().await;
     server.stop().await;
     snapshot!("journal", t);
+}
+
+#[tokio::test]
+async fn an_off_journal_refuses_its_requests_and_writes_go_on() {
+    let server = TestServer::with_limits(Limits {
+        journal: JournalMode::Off,
+        ..Limits::default()
+    })
+    .await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+    write(&mut a, vec![put("1", "todos", "x", json!({"v": 1}), 1)]).await;
+
+    a.send(msg(
+        json!({"type": "JOURNAL_SUBSCRIBE", "requestId": "s1", "fromSequence": "0"}),
+    ))
+    .await;
+    let Message::Error(refused) = a.expect_type("ERROR").await else {
+        unreachable!()
+    };
+    assert_eq!(refused.payload.code, 501);
+    assert_eq!(refused.payload.message, JOURNAL_OFF);
+
+    a.send(msg(
+        json!({"type": "JOURNAL_READ", "requestId": "r", "fromSequence": "0", "limit": 10}),
+    ))
+    .await;
+    a.expect_type("ERROR").await;
+    // The reader's page still arrives, empty and last, so it does not wait for a timeout.
+    let Message::JournalReadResponse(page) = a.expect_type("JOURNAL_READ_RESPONSE").await else {
+        unreachable!()
+    };
+    assert!(page.events.is_empty() && !page.has_more);
+    a.close().await;
+    server.stop().await;
 }

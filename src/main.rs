@@ -144,10 +144,14 @@ async fn run_server(args: ServeArgs) -> Result<(), String> {
             "JWT_SECRET is not set: using the development secret; mint a token with `topgun token --sub alice`"
         );
     }
-    let file = match &args.config {
+    let mut file = match &args.config {
         Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
         None => FileConfig::default(),
     };
+    if let Some(journal) = args.journal {
+        file.limits.journal = journal;
+    }
+    let journal = file.limits.journal;
     let permissions = match (file.permissions.clone(), environment) {
         (Some(policies), _) => Permissions::new(policies),
         (None, Environment::Development) => {
@@ -192,6 +196,7 @@ async fn run_server(args: ServeArgs) -> Result<(), String> {
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         store = ?args.store,
+        ?journal,
         data_dir = %args.data_dir.display(),
         "topgun ready on ws://{bound} (health: http://{bound}/health)"
     );

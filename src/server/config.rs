@@ -21,6 +21,24 @@ pub enum StoreKind {
     Memory,
 }
 
+/// What the event journal (CDC: `JOURNAL_SUBSCRIBE` / `JOURNAL_READ`) keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalMode {
+    /// Every change is numbered, kept in the store (`journal_retention` newest) and in an
+    /// in-memory ring: readers can resume from any retained sequence, even after a restart.
+    /// It writes every change twice more (with its previous value), which costs about a
+    /// third of the server's CPU under write-heavy load.
+    #[default]
+    Durable,
+    /// Changes are numbered and kept only in the in-memory ring (`journal_capacity` newest),
+    /// as in TopGun 2026-08: reads older than the ring start at its oldest entry, and a
+    /// restart empties it. Sequences still never go back.
+    Memory,
+    /// No journal: `JOURNAL_SUBSCRIBE` and `JOURNAL_READ` are answered with an error.
+    Off,
+}
+
 /// Deployment mode; production refuses unsafe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -78,6 +96,11 @@ pub struct ServeArgs {
     /// Most simultaneous WebSocket connections; past it the least recently active is evicted.
     #[arg(long, env = "TOPGUN_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// The event journal (CDC): `durable` keeps the newest `journal_retention` changes in the
+    /// store, `memory` only the newest `journal_capacity` in memory, `off` none (and refuses
+    /// journal requests). Overrides `[limits] journal` of the config file.
+    #[arg(long, env = "TOPGUN_JOURNAL", value_enum)]
+    pub journal: Option<JournalMode>,
     /// TOML file with permissions, full-text search fields and limits (see README).
     #[arg(long, env = "TOPGUN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -191,6 +214,8 @@ pub struct Limits {
     pub max_live_queries: usize,
     /// Period of the TTL-expiry and tombstone-GC pass; 0 turns the periodic pass off.
     pub gc_interval_ms: u64,
+    /// What the event journal keeps (`durable`, `memory` or `off`).
+    pub journal: JournalMode,
     /// Recent journal events kept in memory (older reads go to the store).
     pub journal_capacity: usize,
     /// Journal events kept in the store (the newest ones); 0 keeps every event.
@@ -228,6 +253,7 @@ impl Default for Limits {
             max_topic_subscriptions: super::topics::DEFAULT_MAX_SUBSCRIPTIONS,
             max_live_queries: 100_000,
             gc_interval_ms: 60_000,
+            journal: JournalMode::Durable,
             journal_capacity: 10_000,
             journal_retention: 1_000_000,
             worker_threads: 0,
@@ -310,6 +336,18 @@ mod tests {
         assert_eq!(tuned.cache_bytes, 64 << 20);
         assert_eq!(tuned.queued_sync_delay, Duration::ZERO);
         assert_eq!(tuned.max_log_bytes, RedbOptions::default().max_log_bytes);
+    }
+
+    #[test]
+    fn the_journal_mode_comes_from_the_file_or_the_flag() {
+        assert_eq!(Limits::default().journal, JournalMode::Durable);
+        let file = FileConfig::parse("[limits]\njournal = \"memory\"\n").unwrap();
+        assert_eq!(file.limits.journal, JournalMode::Memory);
+        assert!(FileConfig::parse("[limits]\njournal = \"sometimes\"\n").is_err());
+        let flag = <EnvOnly as clap::Parser>::parse_from(["topgun", "--journal", "off"]).args;
+        assert_eq!(flag.journal, Some(JournalMode::Off));
+        let unset = <EnvOnly as clap::Parser>::parse_from(["topgun"]).args;
+        assert_eq!(unset.journal, None);
     }
 
     #[test]

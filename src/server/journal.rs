@@ -12,6 +12,9 @@
 //!   goes back (not even when every entry was trimmed).
 //! - Reads older than the ring come from the store; the store keeps the newest
 //!   `Limits::journal_retention` entries (0 keeps everything) and drops older ones.
+//! - `Limits::journal` ([`JournalMode`]) can keep the journal in the ring only (nothing
+//!   reaches the store but the sequence reservations) or turn it off (journal requests are
+//!   refused, nothing is numbered).
 //! - Types: `DELETE` for tombstones and OR removes, `PUT` when the key had no live value,
 //!   else `UPDATE`; `previousValue` is the live value before the change (an OR key's values as
 //!   an array). Known gap: an OR sync push that removes records of a key other than the pushed
@@ -42,7 +45,7 @@ use crate::store::{Mutation, Store, StoreError, WriteBatch};
 use crate::user_value::UserValue;
 
 use super::Shared;
-use super::config::Limits;
+use super::config::{JournalMode, Limits};
 use super::connections::{ConnHandle, ConnId, SendError};
 use super::dispatch::Flow;
 use super::session::{Session, send_to};
@@ -393,6 +396,7 @@ const RESERVE_BLOCK_MAX: u64 = 65_536;
 
 /// The journal: sequence counter, recent-event ring and subscribers.
 pub struct Journal {
+    mode: JournalMode,
     /// The server's node id, stamped on every entry.
     node_id: String,
     capacity: usize,
@@ -435,6 +439,7 @@ impl Journal {
     /// A journal sized by `limits`, for the server `node_id`.
     pub fn new(limits: &Limits, node_id: &str) -> Self {
         Self {
+            mode: limits.journal,
             node_id: node_id.to_owned(),
             capacity: limits.journal_capacity.max(1),
             retention: limits.journal_retention,
@@ -479,6 +484,9 @@ impl Journal {
     /// Waits only when the reservation is really short; running low starts the next
     /// reservation in the background.
     pub async fn prepare(&self, shared: &Shared, needed: u64) -> Result<(), StoreError> {
+        if self.mode == JournalMode::Off {
+            return Ok(());
+        }
         self.ensure_loaded(&*shared.store).await?;
         loop {
             match self.shortfall(needed) {
@@ -547,6 +555,9 @@ impl Journal {
     /// or its reservation is used up: keep the change ([`ChangeRef::to_owned`]) and
     /// [`Journal::append`] it later.
     pub fn number(&self, shared: &Shared, change: ChangeRef<'_>, batch: &mut WriteBatch) -> bool {
+        if self.mode == JournalMode::Off {
+            return true;
+        }
         if !self.loaded.initialized() {
             return false;
         }
@@ -624,16 +635,21 @@ impl Journal {
         };
         drop(inner);
         drop(evicted);
-        batch.push(Mutation::AppendJournal {
-            sequence,
-            event: encoded,
-        });
+        if self.mode == JournalMode::Durable {
+            batch.push(Mutation::AppendJournal {
+                sequence,
+                event: encoded,
+            });
+        }
         true
     }
 
     /// Adds the trim that keeps only the newest `retention` entries in the store, once per
     /// batch (callers number first, then trim).
     pub fn trim_into(&self, batch: &mut WriteBatch) {
+        if self.mode != JournalMode::Durable {
+            return;
+        }
         let last = self.lock().last_sequence;
         if self.retention > 0 && last > self.retention {
             batch.push(Mutation::TrimJournal {
@@ -689,6 +705,11 @@ impl Journal {
                 }
                 ring_start
             };
+            if self.mode != JournalMode::Durable {
+                // Nothing older than the ring is kept: go on from its oldest entry.
+                cursor = ring_start;
+                continue;
+            }
             let chunk = store.read_journal(cursor, STORE_CHUNK).await?;
             let mut reached_ring = chunk.len() < STORE_CHUNK;
             for (sequence, bytes) in chunk {
@@ -839,6 +860,19 @@ fn may_read_filter(shared: &Shared, session: &Session, map_name: Option<&str>) -
     allowed
 }
 
+/// Why journal requests fail on a server started with `--journal off`.
+pub const JOURNAL_OFF: &str =
+    "The event journal is off on this server (started with --journal off)";
+
+/// Answers a journal request with an error when the journal is off.
+fn refused_when_off(shared: &Shared, session: &Session) -> bool {
+    let off = shared.journal.mode == JournalMode::Off;
+    if off {
+        session.send_error(shared, 501, JOURNAL_OFF);
+    }
+    off
+}
+
 fn report_store_error(shared: &Shared, session: &Session, e: &StoreError) {
     tracing::error!(error = %e, "reading the journal failed");
     session.send_error(shared, 500, format!("Reading the journal failed: {e}"));
@@ -850,6 +884,18 @@ pub async fn handle_journal_read(
     session: &mut Session,
     read: JournalRead,
 ) -> Flow {
+    if refused_when_off(shared, session) {
+        // The reader waits for its page: an empty last one ends the wait at once.
+        let _ = session.send(
+            shared,
+            JournalReadResponse {
+                request_id: read.request_id,
+                events: Vec::new(),
+                has_more: false,
+            },
+        );
+        return Flow::Continue;
+    }
     let Some(from) = parse_sequence(shared, session, &read.from_sequence) else {
         return Flow::Continue;
     };
@@ -901,6 +947,9 @@ pub async fn handle_journal_subscribe(
     session: &mut Session,
     subscribe: JournalSubscribe,
 ) -> Flow {
+    if refused_when_off(shared, session) {
+        return Flow::Continue;
+    }
     let from = match subscribe.from_sequence.as_deref() {
         Some(text) => match parse_sequence(shared, session, text) {
             Some(from) => Some(from),
@@ -983,11 +1032,21 @@ mod tests {
     use serde_json::json;
 
     fn server(store: Arc<dyn Store>, capacity: usize, retention: u64) -> Server {
+        server_with(store, capacity, retention, JournalMode::Durable)
+    }
+
+    fn server_with(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        retention: u64,
+        journal: JournalMode,
+    ) -> Server {
         let options = ServerOptions {
             node_id: "server-1".into(),
             jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
             permissions: Permissions::development_default(),
             limits: Limits {
+                journal,
                 journal_capacity: capacity,
                 journal_retention: retention,
                 ..Limits::default()
@@ -1447,6 +1506,50 @@ mod tests {
         );
         assert_eq!(read_all(shared, 11, 5, None).await, (vec![], false));
         assert_eq!(read_all(shared, 0, 0, None).await, (vec![], true));
+    }
+
+    #[tokio::test]
+    async fn a_memory_journal_keeps_the_ring_only_and_its_sequences_across_restarts() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let first = server_with(store.clone(), 3, 0, JournalMode::Memory);
+        let shared = first.shared();
+        for n in 1..=5 {
+            let mut batch = WriteBatch::new();
+            shared
+                .journal
+                .append(shared, vec![put("m", "k", n)], &mut batch)
+                .await;
+            // Neither entries nor trims reach the store batch.
+            assert!(batch.is_empty(), "{batch:?}");
+        }
+        assert!(store.read_journal(0, 100).await.unwrap().is_empty());
+        // Reads older than the ring start at its oldest entry.
+        assert_eq!(read_all(shared, 0, 100, None).await, (vec![3, 4, 5], false));
+        assert_eq!(read_all(shared, 4, 100, None).await, (vec![4, 5], false));
+
+        // The durable reservation carries the numbering over a restart.
+        let second = server_with(store, 3, 0, JournalMode::Memory);
+        let shared = second.shared();
+        append(shared, vec![put("m", "k", 6)]).await;
+        let (after_restart, _) = read_all(shared, 0, 100, None).await;
+        assert_eq!(after_restart.len(), 1);
+        assert!(after_restart[0] > 5, "{after_restart:?}");
+    }
+
+    #[tokio::test]
+    async fn an_off_journal_numbers_nothing_and_touches_no_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let running = server_with(store.clone(), 3, 2, JournalMode::Off);
+        let shared = running.shared();
+        let mut batch = WriteBatch::new();
+        shared
+            .journal
+            .append(shared, vec![put("m", "k", 1), put("m", "j", 2)], &mut batch)
+            .await;
+        assert!(batch.is_empty(), "{batch:?}");
+        assert_eq!(shared.journal.last_sequence(), 0);
+        assert!(shared.journal.lock().ring.is_empty());
+        assert_eq!(store.get_meta(RESERVED_META_KEY).await.unwrap(), None);
     }
 
     #[tokio::test]
