@@ -146,7 +146,9 @@ pub struct WriterOutcome {
 struct InFlight {
     last_id: u64,
     sent: Instant,
-    /// Where its latency counts from: its due time under a rate limit, else `sent`.
+    /// Where its latency counts from, and what decides whether the window measures it: its
+    /// due time under a rate limit (a late connection's catch-up sends are not extra load),
+    /// else `sent`.
     due: Instant,
     ops: u64,
 }
@@ -383,13 +385,13 @@ pub async fn run_writer(
             _ = sleep_until(oldest.unwrap_or(window.end)), if oldest.is_some() => {
                 if let Some(lost) = in_flight.pop_front() {
                     counters.error();
-                    if window.measures(lost.sent) {
+                    if window.measures(lost.due) {
                         outcome.unacked_ops += lost.ops;
                     }
                 }
             }
             _ = sleep_until(drain_deadline.unwrap_or(window.end)), if drain_deadline.is_some() => {
-                for lost in in_flight.drain(..).filter(|f| window.measures(f.sent)) {
+                for lost in in_flight.drain(..).filter(|f| window.measures(f.due)) {
                     outcome.unacked_ops += lost.ops;
                 }
                 break;
@@ -433,7 +435,7 @@ fn on_message(
                     break;
                 };
                 counters.acked_ops.fetch_add(done.ops, Ordering::Relaxed);
-                if window.measures(done.sent) {
+                if window.measures(done.due) {
                     outcome.acked_ops += done.ops;
                     outcome.latencies.record(now - done.due);
                 }
