@@ -146,19 +146,29 @@ async fn an_off_journal_refuses_its_requests_and_writes_go_on() {
     let Message::Error(refused) = a.expect_type("ERROR").await else {
         unreachable!()
     };
-    assert_eq!(refused.payload.code, 501);
-    assert_eq!(refused.payload.message, JOURNAL_OFF);
+    assert_eq!(
+        (refused.payload.code, refused.payload.message.as_str()),
+        (503, JOURNAL_OFF)
+    );
 
     a.send(msg(
         json!({"type": "JOURNAL_READ", "requestId": "r", "fromSequence": "0", "limit": 10}),
     ))
     .await;
-    a.expect_type("ERROR").await;
+    let Message::Error(refused) = a.expect_type("ERROR").await else {
+        unreachable!()
+    };
+    assert_eq!(refused.payload.code, 503);
     // The reader's page still arrives, empty and last, so it does not wait for a timeout.
     let Message::JournalReadResponse(page) = a.expect_type("JOURNAL_READ_RESPONSE").await else {
         unreachable!()
     };
     assert!(page.events.is_empty() && !page.has_more);
+
+    // Writes go on, and the refused subscription streams nothing.
+    write(&mut a, vec![put("2", "todos", "y", json!({"v": 2}), 2)]).await;
+    a.expect_silence(std::time::Duration::from_millis(100))
+        .await;
     a.close().await;
     server.stop().await;
 }

@@ -277,7 +277,7 @@ pub async fn run(ctx: &Context, args: &FanoutArgs) -> Result<FanoutReport, Bench
     }
     let writer_count = writers.len();
     let mut writing = JoinSet::new();
-    for (index, mut conn) in writers {
+    for (position, (index, mut conn)) in writers.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ index as u64);
         let spec = WriterSpec {
             map: args.map.clone(),
@@ -286,7 +286,7 @@ pub async fn run(ctx: &Context, args: &FanoutArgs) -> Result<FanoutReport, Bench
             batch: args.batch,
             pipeline: 1,
             write_concern: None,
-            pace: Pace::of(args.rate, writer_count, args.batch, index),
+            pace: Pace::of(args.rate, writer_count, args.batch, position),
             value: ValuePlan::Stamped {
                 writer: index as u64,
                 epoch,

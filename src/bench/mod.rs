@@ -362,7 +362,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     match &args.workload {
         Workload::Write(w) => {
             let result = Some(write::run(&ctx, w).await?);
-            if w.wait {
+            if w.rate > 0 {
+                report.write_paced = result;
+            } else if w.wait {
                 report.write_wait = result;
             } else {
                 report.write = result;

@@ -26,6 +26,9 @@ pub struct Report {
     /// `write --wait` (each batch awaits its ack), kept apart so one report holds both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_wait: Option<WriteReport>,
+    /// `write --rate` (paced: latency at a given load), kept apart from the unpaced runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_paced: Option<WriteReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fanout: Option<FanoutReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,6 +43,7 @@ impl Report {
         self.url = newer.url.or(self.url.take());
         self.write = newer.write.or(self.write.take());
         self.write_wait = newer.write_wait.or(self.write_wait.take());
+        self.write_paced = newer.write_paced.or(self.write_paced.take());
         self.fanout = newer.fanout.or(self.fanout.take());
         self.connections = newer.connections.or(self.connections.take());
         self.sync = newer.sync.or(self.sync.take());
@@ -49,6 +53,9 @@ impl Report {
     pub fn table(&self) -> String {
         let mut sections: Vec<(&str, Rows)> = Vec::new();
         if let Some(r) = &self.write_wait {
+            sections.push(("write", r.rows()));
+        }
+        if let Some(r) = &self.write_paced {
             sections.push(("write", r.rows()));
         }
         if let Some(r) = &self.write {

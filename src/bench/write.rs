@@ -117,6 +117,21 @@ impl Schedule {
             }
         }
     }
+
+    /// The batches due before `end` that were never sent, each with its due time and how long
+    /// it had waited by `end` (none unpaced: an unpaced batch is due when it goes out).
+    fn unsent_by(&self, end: Instant) -> Vec<(Instant, Duration)> {
+        let Some(pace) = self.pace else {
+            return Vec::new();
+        };
+        let mut unsent = Vec::new();
+        let mut due = self.next;
+        while due < end {
+            unsent.push((due, end - due));
+            due += pace.every;
+        }
+        unsent
+    }
 }
 
 impl Pace {
@@ -140,6 +155,9 @@ pub struct WriterOutcome {
     pub acked_ops: u64,
     /// Ops sent in the window that were never acknowledged.
     pub unacked_ops: u64,
+    /// Ops of paced batches due in the window but never sent: the connection was still
+    /// catching up on late acks when the window closed.
+    pub unsent_ops: u64,
 }
 
 /// A batch on its way.
@@ -347,7 +365,9 @@ pub async fn run_writer(
         latencies: Latencies::new()?,
         acked_ops: 0,
         unacked_ops: 0,
+        unsent_ops: 0,
     };
+    let batch_ops = writer.spec.batch.max(1) as u64;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut schedule = Schedule::new(Instant::now(), pace);
     let mut next_ping = Instant::now() + PING_EVERY;
@@ -400,6 +420,14 @@ pub async fn run_writer(
                 conn.ping(SystemClock.now_millis()).await?;
                 next_ping = Instant::now() + PING_EVERY;
             }
+        }
+    }
+    // A batch that never went out has waited at least until the window closed: leaving it
+    // out would flatter the latency exactly when the server falls behind.
+    for (due, waited) in schedule.unsent_by(window.end) {
+        if window.measures(due) {
+            outcome.unsent_ops += batch_ops;
+            outcome.latencies.record(waited);
         }
     }
     Ok(outcome)
@@ -472,6 +500,10 @@ pub struct WriteReport {
     pub acked_ops: u64,
     pub acked_ops_per_sec: f64,
     pub unacked_ops: u64,
+    /// Under `--rate`: ops due in the window that a lagging connection never sent (their
+    /// wait until the window closed is in `batch_latency`).
+    #[serde(default)]
+    pub unsent_ops: u64,
     /// Send → `OP_ACK` of each batch; under `--rate`, from when the batch was due.
     pub batch_latency: Percentiles,
     pub sent_bytes: u64,
@@ -526,6 +558,10 @@ impl WriteReport {
             ),
             ("unacked ops".into(), self.unacked_ops.to_string()),
             (
+                "unsent ops (paced, late)".into(),
+                self.unsent_ops.to_string(),
+            ),
+            (
                 "ack latency p50 / p99".into(),
                 format!(
                     "{} / {}",
@@ -575,7 +611,8 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
     let _progress = Progress::start("write", ctx.counters.clone());
     let window = Window::starting_now(ctx.warmup, ctx.duration);
     let mut tasks = JoinSet::new();
-    for (index, mut conn) in conns {
+    // The rate is shared by the connections that opened, whichever failed.
+    for (position, (index, mut conn)) in conns.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ index as u64);
         let spec = WriterSpec {
             map: args.map.clone(),
@@ -584,7 +621,7 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
             batch: args.batch,
             pipeline,
             write_concern: args.write_concern,
-            pace: Pace::of(args.rate, args.connections, args.batch, index),
+            pace: Pace::of(args.rate, connected, args.batch, position),
             value: ValuePlan::Padding(padding(&mut rng, args.value_bytes)),
             node_id: ctx.node_id(index),
             seed: rng.next_u64(),
@@ -606,13 +643,14 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         })
         .await;
     let mut latencies = Latencies::new()?;
-    let (mut acked_ops, mut unacked_ops) = (0, 0);
+    let (mut acked_ops, mut unacked_ops, mut unsent_ops) = (0, 0, 0);
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(outcome)) => {
                 latencies.add(&outcome.latencies);
                 acked_ops += outcome.acked_ops;
                 unacked_ops += outcome.unacked_ops;
+                unsent_ops += outcome.unsent_ops;
             }
             Ok(Err(_)) | Err(_) => ctx.counters.error(),
         }
@@ -638,6 +676,7 @@ pub async fn run(ctx: &Context, args: &WriteArgs) -> Result<WriteReport, BenchEr
         acked_ops,
         acked_ops_per_sec: acked_ops as f64 / measured_secs.max(f64::EPSILON),
         unacked_ops,
+        unsent_ops,
         batch_latency: latencies.percentiles(),
         sent_bytes: traffic.sent_bytes,
         received_bytes: traffic.received_bytes,
@@ -826,10 +865,22 @@ mod tests {
         );
         assert_eq!(schedule.next, first_due + 2 * every);
 
+        // When the window closes at +40 ms, the batches due at +23 and +33 were never sent;
+        // each has waited until then.
+        let end = start + Duration::from_millis(40);
+        assert_eq!(
+            schedule.unsent_by(end),
+            vec![
+                (first_due + 2 * every, Duration::from_millis(17)),
+                (first_due + 3 * every, Duration::from_millis(7)),
+            ]
+        );
+
         let mut unpaced = Schedule::new(start, None);
         let later = start + Duration::from_millis(7);
         assert_eq!(unpaced.sent(later), later);
         assert_eq!(unpaced.next, later);
+        assert!(unpaced.unsent_by(end).is_empty());
     }
 
     #[test]
@@ -848,6 +899,7 @@ mod tests {
             latencies: Latencies::new().unwrap(),
             acked_ops: 0,
             unacked_ops: 0,
+            unsent_ops: 0,
         };
         let sent = Instant::now();
         let mut in_flight: VecDeque<InFlight> = [(10, 10), (20, 10), (30, 10)]
@@ -868,5 +920,42 @@ mod tests {
         assert_eq!(outcome.acked_ops, 20);
         assert_eq!(outcome.latencies.count(), 2);
         assert_eq!(counters.snapshot().acked_ops, 20);
+    }
+
+    #[tokio::test]
+    async fn a_paced_ack_counts_from_the_due_time_in_the_window_it_was_due() {
+        let counters = Counters::default();
+        let now = Instant::now();
+        let window = Window {
+            start: now - Duration::from_millis(600),
+            measure_from: now - Duration::from_millis(100),
+            end: now + Duration::from_secs(60),
+        };
+        let mut outcome = WriterOutcome {
+            latencies: Latencies::new().unwrap(),
+            acked_ops: 0,
+            unacked_ops: 0,
+            unsent_ops: 0,
+        };
+        let sent = now - Duration::from_millis(50);
+        let in_flight = |due| InFlight {
+            last_id: 1,
+            sent,
+            due,
+            ops: 10,
+        };
+        let ack: Message = serde_json::from_value(json!({
+            "type": "OP_ACK", "payload": {"lastId": "1"}
+        }))
+        .unwrap();
+        // Due in the warm-up, sent after it: a catch-up send, not measured load.
+        let mut queue = VecDeque::from([in_flight(window.start)]);
+        on_message(&ack, &mut queue, &window, &mut outcome, &counters);
+        assert_eq!((outcome.acked_ops, outcome.latencies.count()), (0, 0));
+        // Due 40 ms before it went out: its latency counts those 40 ms too.
+        let mut queue = VecDeque::from([in_flight(now - Duration::from_millis(90))]);
+        on_message(&ack, &mut queue, &window, &mut outcome, &counters);
+        assert_eq!(outcome.acked_ops, 10);
+        assert!(outcome.latencies.percentiles().max_ms >= 90.0);
     }
 }

@@ -33,9 +33,11 @@ pub enum JournalMode {
     Durable,
     /// Changes are numbered and kept only in the in-memory ring (`journal_capacity` newest),
     /// as in TopGun 2026-08: reads older than the ring start at its oldest entry, and a
-    /// restart empties it. Sequences still never go back.
+    /// restart empties it. Sequences still never go back. Entries a durable run left in the
+    /// store stay there, untouched, until the journal is durable again.
     Memory,
-    /// No journal: `JOURNAL_SUBSCRIBE` and `JOURNAL_READ` are answered with an error.
+    /// No journal: `JOURNAL_SUBSCRIBE` and `JOURNAL_READ` are answered with `ERROR 503`
+    /// ("Event journal not enabled", as TopGun answers when its journal is disabled).
     Off,
 }
 
@@ -216,9 +218,11 @@ pub struct Limits {
     pub gc_interval_ms: u64,
     /// What the event journal keeps (`durable`, `memory` or `off`).
     pub journal: JournalMode,
-    /// Recent journal events kept in memory (older reads go to the store).
+    /// Recent journal events kept in memory (older reads go to the store when the journal
+    /// is durable).
     pub journal_capacity: usize,
-    /// Journal events kept in the store (the newest ones); 0 keeps every event.
+    /// Journal events kept in the store (the newest ones) when the journal is durable; 0
+    /// keeps every event.
     pub journal_retention: u64,
     /// Jobs the CPU worker pool runs at once; 0 means the available parallelism.
     pub worker_threads: usize,

@@ -427,7 +427,8 @@ struct Inner {
 }
 
 impl Inner {
-    /// The lowest sequence the ring can answer for; anything below comes from the store.
+    /// The lowest sequence the ring can answer for; anything below comes from the store (in
+    /// durable mode; otherwise nothing older is kept).
     fn ring_start(&self) -> u64 {
         self.ring
             .front()
@@ -676,8 +677,8 @@ impl Journal {
         self.trim_into(batch);
     }
 
-    /// Visits entries with sequence ≥ `from` in order, from the store and then the ring,
-    /// until `visit` breaks. If it never breaks, `at_head` runs under the same lock as the
+    /// Visits entries with sequence ≥ `from` in order, from the store (durable mode only)
+    /// and then the ring, until `visit` breaks. If it never breaks, `at_head` runs under the same lock as the
     /// last ring visit, so nothing appended concurrently can fall between the two.
     async fn scan(
         &self,
@@ -692,6 +693,10 @@ impl Journal {
             let ring_start = {
                 let mut inner = self.lock();
                 let ring_start = inner.ring_start();
+                if self.mode != JournalMode::Durable {
+                    // Nothing older than the ring is kept: go on from its oldest entry.
+                    cursor = cursor.max(ring_start);
+                }
                 if cursor >= ring_start {
                     for numbered in inner.ring.iter().filter(|n| n.sequence >= cursor) {
                         if let Some(entry) = numbered.entry()
@@ -705,11 +710,6 @@ impl Journal {
                 }
                 ring_start
             };
-            if self.mode != JournalMode::Durable {
-                // Nothing older than the ring is kept: go on from its oldest entry.
-                cursor = ring_start;
-                continue;
-            }
             let chunk = store.read_journal(cursor, STORE_CHUNK).await?;
             let mut reached_ring = chunk.len() < STORE_CHUNK;
             for (sequence, bytes) in chunk {
@@ -860,15 +860,15 @@ fn may_read_filter(shared: &Shared, session: &Session, map_name: Option<&str>) -
     allowed
 }
 
-/// Why journal requests fail on a server started with `--journal off`.
-pub const JOURNAL_OFF: &str =
-    "The event journal is off on this server (started with --journal off)";
+/// Why journal requests fail when the journal is off: TopGun's words and code (503) for its
+/// disabled journal, so clients that know them recognise the case.
+pub const JOURNAL_OFF: &str = "Event journal not enabled (this server's journal mode is off)";
 
-/// Answers a journal request with an error when the journal is off.
+/// Answers a journal request with `ERROR 503` when the journal is off.
 fn refused_when_off(shared: &Shared, session: &Session) -> bool {
     let off = shared.journal.mode == JournalMode::Off;
     if off {
-        session.send_error(shared, 501, JOURNAL_OFF);
+        session.send_error(shared, 503, JOURNAL_OFF);
     }
     off
 }

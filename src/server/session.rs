@@ -242,6 +242,8 @@ async fn serve_http<S: Stream>(
 
 fn websocket_config(shared: &Shared) -> WebSocketConfig {
     // Small buffers keep idle connections cheap (tungstenite's defaults are 128 KiB each way).
+    // The write size is a threshold, not an allocation: frames fed below it wait for the
+    // write loop's flush, so a burst of acks leaves in one write (not one per frame).
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
