@@ -93,6 +93,7 @@ async fn write_pipelined_acks_ops_and_counts_bytes() {
     assert!(report.received_bytes > 0);
     assert_eq!(report.errors, 0);
     assert_eq!(report.mode, "pipeline 16");
+    assert!(!report.rows().iter().any(|(k, _)| k == "unsent ops (late)"));
     server.shutdown(Duration::from_secs(1)).await;
     task.abort();
 }
@@ -119,6 +120,7 @@ async fn write_fire_and_wait_with_a_write_concern() {
     let report = report.write_paced.unwrap();
     assert_eq!(report.mode, "fire-and-wait");
     assert_eq!(report.offered_ops_per_sec, Some(200));
+    assert!(report.rows().iter().any(|(k, _)| k == "unsent ops (late)"));
     assert_eq!(report.write_concern, Some(WriteConcern::Applied));
     assert!(report.acked_ops > 0);
     // 200 ops/s for about a second, allowing for scheduling slack.

@@ -558,10 +558,6 @@ impl WriteReport {
             ),
             ("unacked ops".into(), self.unacked_ops.to_string()),
             (
-                "unsent ops (paced, late)".into(),
-                self.unsent_ops.to_string(),
-            ),
-            (
                 "ack latency p50 / p99".into(),
                 format!(
                     "{} / {}",
@@ -587,6 +583,17 @@ impl WriteReport {
             ),
             ("errors".into(), self.errors.to_string()),
         ];
+        if self.offered_ops_per_sec.is_some() {
+            // After the unacked ops: the other ops the rate asked for that were not acked.
+            let at = rows
+                .iter()
+                .position(|(k, _)| k == "unacked ops")
+                .map_or(rows.len(), |i| i + 1);
+            rows.insert(
+                at,
+                ("unsent ops (late)".into(), self.unsent_ops.to_string()),
+            );
+        }
         if let (Some(per_op), Some(cores)) = (self.server_cpu_us_per_op, self.server_cores) {
             rows.push((
                 "server CPU / acked op".into(),
