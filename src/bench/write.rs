@@ -359,7 +359,7 @@ pub async fn run_writer(
     counters: &Counters,
 ) -> Result<WriterOutcome, BenchError> {
     let pipeline = spec.pipeline.max(1);
-    let pace = spec.pace;
+    let mut schedule = Schedule::new(Instant::now(), spec.pace);
     let mut writer = Writer::new(spec)?;
     let mut outcome = WriterOutcome {
         latencies: Latencies::new()?,
@@ -369,7 +369,6 @@ pub async fn run_writer(
     };
     let batch_ops = writer.spec.batch.max(1) as u64;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut schedule = Schedule::new(Instant::now(), pace);
     let mut next_ping = Instant::now() + PING_EVERY;
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -391,7 +390,7 @@ pub async fn run_writer(
             _ = sleep_until(schedule.next), if can_send => {
                 // Unpaced, every free slot of the pipeline is filled at once, in one write:
                 // a write per batch was a third of the generator's CPU, on shared cores.
-                let free = if pace.is_some() { 1 } else { pipeline - in_flight.len() };
+                let free = if schedule.pace.is_some() { 1 } else { pipeline - in_flight.len() };
                 for _ in 0..free {
                     let Some((bytes, last_id, ops)) = writer.next_batch()? else { break };
                     let sent = Instant::now();
@@ -557,6 +556,12 @@ impl WriteReport {
                 ),
             ),
             ("unacked ops".into(), self.unacked_ops.to_string()),
+        ];
+        if self.offered_ops_per_sec.is_some() {
+            // The other ops the rate asked for that were not acked.
+            rows.push(("unsent ops (late)".into(), self.unsent_ops.to_string()));
+        }
+        rows.extend([
             (
                 "ack latency p50 / p99".into(),
                 format!(
@@ -582,18 +587,7 @@ impl WriteReport {
                 ),
             ),
             ("errors".into(), self.errors.to_string()),
-        ];
-        if self.offered_ops_per_sec.is_some() {
-            // After the unacked ops: the other ops the rate asked for that were not acked.
-            let at = rows
-                .iter()
-                .position(|(k, _)| k == "unacked ops")
-                .map_or(rows.len(), |i| i + 1);
-            rows.insert(
-                at,
-                ("unsent ops (late)".into(), self.unsent_ops.to_string()),
-            );
-        }
+        ]);
         if let (Some(per_op), Some(cores)) = (self.server_cpu_us_per_op, self.server_cores) {
             rows.push((
                 "server CPU / acked op".into(),

@@ -678,8 +678,9 @@ impl Journal {
     }
 
     /// Visits entries with sequence ≥ `from` in order, from the store (durable mode only)
-    /// and then the ring, until `visit` breaks. If it never breaks, `at_head` runs under the same lock as the
-    /// last ring visit, so nothing appended concurrently can fall between the two.
+    /// and then the ring, until `visit` breaks. If it never breaks, `at_head` runs under the
+    /// same lock as the last ring visit, so nothing appended concurrently can fall between
+    /// the two.
     async fn scan(
         &self,
         store: &dyn Store,
