@@ -311,6 +311,10 @@ async fn read_loop<S: Stream>(
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stop = shared.shutdown_signal();
+    // Made once, not per frame: every connection's waiter sits on the one shutdown channel,
+    // whose waiter list is locked on each registration and drop.
+    let stopping = stop.changed();
+    tokio::pin!(stopping);
     let handle = session.handle().clone();
     let killed = handle.killed();
     tokio::pin!(killed);
@@ -327,7 +331,7 @@ async fn read_loop<S: Stream>(
                 Some(Ok(_)) => Flow::Continue, // WebSocket-level ping/pong: tungstenite answers.
             },
             _ = ticker.tick() => check_deadlines(shared, session).await,
-            _ = stop.changed() => {
+            _ = &mut stopping => {
                 let _ = session.send(shared, ShutdownPending { retry_after: 5_000 });
                 session.close(CLOSE_GOING_AWAY, "Server Shutdown").await;
                 Flow::Closed
