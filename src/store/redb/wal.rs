@@ -6,7 +6,7 @@
 //! current segment with one write and makes them durable with one `fdatasync`
 //! ([`Wal::append_durably`]). A checkpoint seals the current segment and starts a new one
 //! ([`Wal::rotate`]); once redb holds everything the sealed segments hold, they are deleted
-//! ([`Wal::remove_sealed`]). On open, the segments are read in order up to the first record
+//! ([`Wal::remove_sealed`], or by the background checkpoint itself, [`Wal::take_sealed`]). On open, the segments are read in order up to the first record
 //! that is cut short, fails its checksum or breaks the sequence order (what a crash
 //! mid-append leaves behind); every existing segment is sealed and appends go to a new one,
 //! so a damaged tail is never appended to and disappears with the recovery checkpoint.
@@ -127,14 +127,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes the sealed segments once a checkpoint holds everything in them. Not synced: a
-    /// segment that reappears after a crash is skipped on replay by its sequences.
+    /// Deletes the sealed segments once a checkpoint holds everything in them (see
+    /// [`remove_segments`]).
     pub(super) fn remove_sealed(&mut self) -> Result<(), StoreError> {
-        for path in self.sealed.drain(..) {
-            std::fs::remove_file(&path)
-                .map_err(|e| io_error("delete a write-ahead log segment", &path, e))?;
-        }
-        Ok(())
+        remove_segments(self.sealed.drain(..))
+    }
+
+    /// Hands over the sealed segments, for a background checkpoint to delete once it holds
+    /// everything in them.
+    pub(super) fn take_sealed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.sealed)
     }
 
     /// Empties the current segment once a checkpoint holds everything in it (unsynced, for
@@ -146,6 +148,16 @@ impl Wal {
         self.len = 0;
         Ok(())
     }
+}
+
+/// Deletes sealed segments that a checkpoint holds everything of. Not synced: a segment that
+/// reappears after a crash is skipped on replay by its sequences.
+pub(super) fn remove_segments(paths: impl IntoIterator<Item = PathBuf>) -> Result<(), StoreError> {
+    for path in paths {
+        std::fs::remove_file(&path)
+            .map_err(|e| io_error("delete a write-ahead log segment", &path, e))?;
+    }
+    Ok(())
 }
 
 /// Creates segment `index` and makes its directory entry durable, so records acked in it
