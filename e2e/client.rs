@@ -261,6 +261,61 @@ async fn two_clients_converge_on_lww_and_or_maps() {
     );
 }
 
+/// An OR remove made while a client was offline reaches it through the Merkle walk, and the
+/// walk persists the new tombstone (only the new ones: the server repeats its whole set).
+#[tokio::test]
+async fn an_or_remove_learned_by_sync_is_persisted() {
+    let server = TestServer::start().await;
+    let gate = Gate::default();
+    let store = Arc::new(MemoryStore::new());
+    let a = start(options(&server, "alice"), store.clone(), &gate).await;
+    a.wait_synced(SETTLE).await.unwrap();
+    let a_tags = a.get_or_map_async::<String>("tags").await.unwrap();
+    for tag in ["x", "y"] {
+        a_tags.add("k", &tag.to_owned()).await.unwrap();
+    }
+    eventually("the adds are acked", || async {
+        a.pending_ops().await == 0
+    })
+    .await;
+
+    gate.set_down(true);
+    a.reconnect();
+    let b = online(&server, "bob").await;
+    let b_tags = b.get_or_map_async::<String>("tags").await.unwrap();
+    eventually("bob sees both adds", || async {
+        b_tags.values("k").await.unwrap().len() == 2
+    })
+    .await;
+    b_tags.remove("k", &"x".to_owned()).await.unwrap();
+    eventually("bob's remove is acked", || async {
+        b.pending_ops().await == 0
+    })
+    .await;
+
+    gate.set_down(false);
+    a.reconnect();
+    eventually("alice's walk drops x", || async {
+        a_tags.values("k").await.unwrap() == ["y".to_owned()]
+    })
+    .await;
+    let stored = store.load_map("tags").await.unwrap();
+    let Some(topgun::store::MapSnapshot::Or {
+        records,
+        tombstones,
+    }) = stored
+    else {
+        panic!("tags is not a stored OR map: {stored:?}");
+    };
+    let values: Vec<&Value> = records
+        .values()
+        .flatten()
+        .map(|record| &record.value)
+        .collect();
+    assert_eq!(values, [&json!("y")], "{records:?}");
+    assert_eq!(tombstones.len(), 1, "x's tag: {tombstones:?}");
+}
+
 #[tokio::test]
 async fn live_queries_see_local_writes_at_once_and_remote_writes_soon() {
     let server = TestServer::start().await;

@@ -992,14 +992,20 @@ impl Engine {
             self.reset_map(core, map, kind).await;
             return;
         }
-        let mutations: Vec<Mutation> = match core.maps.peek(map) {
-            Some(open) => step
-                .changed_keys
-                .iter()
-                .flat_map(|key| persisted_state(map, &open.replica, key))
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut mutations: Vec<Mutation> = Vec::new();
+        if !step.new_tombstones.is_empty() {
+            mutations.push(Mutation::AddOrTombstones {
+                map: map.to_owned(),
+                tags: step.new_tombstones,
+            });
+        }
+        if let Some(open) = core.maps.peek(map) {
+            mutations.extend(
+                step.changed_keys
+                    .iter()
+                    .flat_map(|key| persisted_state(map, &open.replica, key)),
+            );
+        }
         core.changed(map, &step.changed_keys, now);
         if !mutations.is_empty() {
             if let Err(e) = self.store.commit(mutations.into()).await {
@@ -1103,10 +1109,10 @@ fn persisted_state(map: &str, replica: &Replica, key: &str) -> Vec<Mutation> {
             })
             .into_iter()
             .collect(),
+        // The step's new tombstones are persisted once, beside these.
         Replica::Or(r) => {
             let records: Vec<_> = r.map().records(key).cloned().collect();
-            let tombstones: Vec<String> = r.map().tombstones().map(str::to_owned).collect();
-            or_mutations(map, key, records, tombstones)
+            or_mutations(map, key, records, Vec::new())
         }
     }
 }

@@ -125,6 +125,10 @@ pub struct Step {
     /// Keys whose local records changed (sorted, unique): persist them, re-run queries and
     /// update the HLC from their timestamps.
     pub changed_keys: Vec<String>,
+    /// OR tags this step tombstoned locally (OR maps only). Persist these; the tombstones
+    /// held before were persisted when they arrived, and the server repeats its whole set in
+    /// every entry.
+    pub new_tombstones: Vec<String>,
     /// The walk completed; see [`MapSync::outcome`].
     pub done: bool,
     /// The server demands a reset; the walk is over without syncing.
@@ -360,6 +364,7 @@ impl MapSync {
             step.done = true;
         }
         step.changed_keys = out.changed.into_iter().collect();
+        step.new_tombstones = out.tombstoned;
         Ok(step)
     }
 
@@ -683,6 +688,8 @@ fn classify(kind: MapKind, message: &Message) -> Option<(&str, Answer<'_>)> {
 #[derive(Default)]
 struct Outbox {
     changed: BTreeSet<String>,
+    /// OR tags tombstoned here that were not before.
+    tombstoned: Vec<String>,
     ops: Vec<ClientOp>,
     entries: Vec<OrMapEntry>,
 }
@@ -799,6 +806,7 @@ fn exchange_or(
             .filter(|tag| !replica.map().is_tombstoned(tag))
             .cloned()
             .collect();
+        out.tombstoned.extend(fresh.iter().cloned());
         let outcome = replica.merge_key(&entry.key, entry.records.iter().cloned(), fresh);
         out.changed.extend(outcome.touched_keys(&entry.key));
     }
@@ -1429,6 +1437,9 @@ mod tests {
         assert_eq!(or_tags(&client, "k"), expected);
         assert_eq!(or_tags(&server.replica, "k"), expected);
         assert_eq!(run.changed, BTreeSet::from(["k".to_owned()]));
+        // Only the tag new here is reported for persisting, not the server's whole set.
+        let tombstoned: Vec<&String> = run.steps.iter().flat_map(|s| &s.new_tombstones).collect();
+        assert_eq!(tombstoned, [&removed_there.tag]);
         assert_same_roots(&client, &server.replica);
     }
 
