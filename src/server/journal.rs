@@ -528,6 +528,11 @@ impl Journal {
         });
     }
 
+    /// False in `off` mode, where no change is numbered: callers need not build one.
+    pub fn is_on(&self) -> bool {
+        self.mode != JournalMode::Off
+    }
+
     /// Numbers one change now: adds its persistence to `batch`, keeps it in the ring and
     /// pushes it to subscribers. Synchronous, so the write path calls it while it still holds
     /// the map's lock and journal order is apply order. False when the journal is not loaded

@@ -83,6 +83,15 @@ impl MapChanges {
         }
     }
 
+    /// Whether changes are journaled: false only when the journal is known to be off, so
+    /// the OR paths skip the value snapshots a change needs.
+    fn journaling(&self) -> bool {
+        self.numbering
+            .0
+            .as_ref()
+            .is_none_or(|shared| shared.journal.is_on())
+    }
+
     /// Numbers `change` now if the journal can; false when it must wait.
     fn number(&mut self, change: journal::ChangeRef<'_>) -> bool {
         self.numbering
@@ -544,16 +553,18 @@ fn apply_or_add(
     let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_ADD"));
     };
-    let before = or_values(replica, &op.key);
+    let before = changes.journaling().then(|| or_values(replica, &op.key));
     if replica.apply(&op.key, record.clone()) {
-        changes.journal(journal::Change::or(
-            &op.map_name,
-            &op.key,
-            before,
-            or_values(replica, &op.key),
-            false,
-            Some(record.timestamp.clone()),
-        ));
+        if let Some(before) = before {
+            changes.journal(journal::Change::or(
+                &op.map_name,
+                &op.key,
+                before,
+                or_values(replica, &op.key),
+                false,
+                Some(record.timestamp.clone()),
+            ));
+        }
         changes.mutations.push(Mutation::PutOrKey {
             map: op.map_name.clone(),
             key: op.key.clone(),
@@ -591,9 +602,9 @@ fn apply_or_remove(
     if replica.map().is_tombstoned(&tag) {
         return Ok(());
     }
-    let before = or_values(replica, &op.key);
+    let before = changes.journaling().then(|| or_values(replica, &op.key));
     let owner = replica.apply_tombstone(&tag);
-    if let Some(owner) = &owner {
+    if let (Some(owner), Some(before)) = (&owner, before) {
         // Only the named key's values were captured; a tag owned elsewhere has no previous.
         let before = if *owner == op.key { before } else { Vec::new() };
         changes.journal(journal::Change::or(
@@ -640,10 +651,12 @@ pub fn merge_or_entry(map: &MapHandle, entry: OrMapEntry, changes: &mut MapChang
         .filter(|t| !replica.map().is_tombstoned(t))
         .cloned()
         .collect();
-    let before = or_values(replica, &entry.key);
+    let before = changes.journaling().then(|| or_values(replica, &entry.key));
     let outcome = replica.merge_key(&entry.key, entry.records, entry.tombstones);
     let map_name = map.name().to_owned();
-    journal_merge(replica, &map_name, &entry.key, before, &outcome, changes);
+    if let Some(before) = before {
+        journal_merge(replica, &map_name, &entry.key, before, &outcome, changes);
+    }
     if !new_tombstones.is_empty() {
         changes.mutations.push(Mutation::AddOrTombstones {
             map: map_name.clone(),
@@ -905,6 +918,72 @@ mod tests {
 
     const OPS: usize = 3_000;
 
+    use crate::server::Server;
+    use crate::server::config::{JournalMode, Limits};
+
+    /// A server on a memory store with `limits`.
+    fn test_server(limits: Limits) -> Server {
+        use crate::clock::ManualClock;
+        use crate::entropy::SeededEntropy;
+        use crate::security::Permissions;
+        use crate::server::ServerOptions;
+
+        Server::new(
+            ServerOptions {
+                node_id: "server-1".into(),
+                jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
+                permissions: Permissions::development_default(),
+                limits,
+                max_connections: 10,
+                debug: false,
+                default_combine: crate::merkle::Combine::Fmix,
+                search: Default::default(),
+            },
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(5_000)),
+            Arc::new(SeededEntropy::new(1)),
+        )
+        .unwrap()
+    }
+
+    /// With the journal off, OR writes take no value snapshots for it; on, they are numbered.
+    #[tokio::test]
+    async fn or_writes_build_journal_changes_only_when_the_journal_is_on() {
+        for (mode, journaled) in [(JournalMode::Durable, true), (JournalMode::Off, false)] {
+            let server = test_server(Limits {
+                journal: mode,
+                ..Limits::default()
+            });
+            let shared = server.shared();
+            let map = shared.maps.get("o", MapKind::Or, None).await.unwrap();
+            let mut add = base_op("o", "k".into(), OpType::OrAdd);
+            let timestamp = Timestamp::new(10, 0, "client");
+            add.or_record = Some(OrMapRecord {
+                value: serde_json::json!("v"),
+                tag: timestamp.to_string(),
+                timestamp: timestamp.clone(),
+                ttl_ms: None,
+            });
+            let mut remove = base_op("o", "k".into(), OpType::OrRemove);
+            remove.or_tag = Some(timestamp.to_string());
+            let ops = vec![
+                CheckedOp::new(add, map.clone()),
+                CheckedOp::new(remove, map),
+            ];
+            let (outcomes, changes) = merge_checked(shared, ops).await.unwrap();
+            assert!(outcomes.iter().all(Result::is_ok), "{mode:?}");
+            assert_eq!(changes.journaling(), journaled, "{mode:?}");
+            let numbered = changes
+                .mutations
+                .mutations()
+                .iter()
+                .filter(|m| matches!(m, Mutation::AppendJournal { .. }))
+                .count();
+            assert_eq!(numbered, if journaled { 2 } else { 0 }, "{mode:?}");
+            assert!(changes.journal.is_empty(), "{mode:?}: numbered at once");
+        }
+    }
+
     fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {
         ClientOp {
             id: None,
@@ -1001,28 +1080,7 @@ mod tests {
     /// post-merge work in the opposite order (numbering happens under the map's lock).
     #[tokio::test]
     async fn journal_order_is_apply_order_for_racing_batches() {
-        use crate::clock::ManualClock;
-        use crate::entropy::SeededEntropy;
-        use crate::security::Permissions;
-        use crate::server::config::Limits;
-        use crate::server::{Server, ServerOptions};
-
-        let server = Server::new(
-            ServerOptions {
-                node_id: "server-1".into(),
-                jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
-                permissions: Permissions::development_default(),
-                limits: Limits::default(),
-                max_connections: 10,
-                debug: false,
-                default_combine: crate::merkle::Combine::Fmix,
-                search: Default::default(),
-            },
-            Arc::new(MemoryStore::new()),
-            Arc::new(ManualClock::new(5_000)),
-            Arc::new(SeededEntropy::new(1)),
-        )
-        .unwrap();
+        let server = test_server(Limits::default());
         let shared = server.shared();
         let map = shared.maps.get("m", MapKind::Lww, None).await.unwrap();
         let write = |millis: u64| {
