@@ -46,8 +46,9 @@
 //! before them, then run in a redb read transaction on `tokio::task::spawn_blocking`. A map
 //! load skips the checkpoint when nothing of that map is waiting to be written, so touching
 //! a new or quiet map never stalls the writer; a journal read skips it when redb's entries
-//! answer it below everything unwritten; a readiness probe only asks the writer whether it
-//! still takes work.
+//! answer it below everything unwritten; a metadata read takes a value put since the last
+//! checkpoint from memory (after syncing the log) and any other from redb, never
+//! checkpointing; a readiness probe only asks the writer whether it still takes work.
 //! `close()` (or `Drop`) stops accepting work, lets the writer finish everything already
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
 //! whose `commit` has not resolved, and queued batches younger than the sync delay.
@@ -196,6 +197,13 @@ enum Job {
     },
     /// Reply whether the writer still takes work; touches nothing (a readiness probe).
     Probe { reply: Reply },
+    /// Reply a metadata value put since the last checkpoint (in the overlay or the one a
+    /// background checkpoint is writing), made durable first; `None` when redb holds the
+    /// latest (if any), so the read needs no checkpoint.
+    Meta {
+        key: String,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
     /// Reply what of the journal redb may not hold yet (see [`UnwrittenJournal`]).
     UnwrittenJournal {
         reply: oneshot::Sender<Result<UnwrittenJournal, StoreError>>,
@@ -523,12 +531,26 @@ impl Store for RedbStore {
         Box::pin(self.ask(|reply| Job::Probe { reply }))
     }
 
+    /// Answered from memory when the value was put since the last checkpoint, else from
+    /// redb without a checkpoint (a client reads its sync watermark at every walk).
     fn get_meta(&self, key: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
         let key = key.to_owned();
-        self.read(move |txn| {
-            let table = txn.open_table(META).map_err(backend("open metadata"))?;
-            let value = table.get(key.as_str()).map_err(backend("read metadata"))?;
-            Ok(value.map(|v| v.value().to_vec()))
+        Box::pin(async move {
+            let unwritten = self
+                .ask(|reply| Job::Meta {
+                    key: key.clone(),
+                    reply,
+                })
+                .await?;
+            if let Some(value) = unwritten {
+                return Ok(Some(value));
+            }
+            self.read_redb(move |txn| {
+                let table = txn.open_table(META).map_err(backend("open metadata"))?;
+                let value = table.get(key.as_str()).map_err(backend("read metadata"))?;
+                Ok(value.map(|v| v.value().to_vec()))
+            })
+            .await
         })
     }
 
@@ -796,6 +818,9 @@ impl Writer {
                 Job::Probe { reply } => {
                     let _ = reply.send(self.healthy());
                 }
+                Job::Meta { key, reply } => {
+                    let _ = reply.send(self.unwritten_meta(&key));
+                }
                 Job::UnwrittenJournal { reply } => {
                     let _ = reply.send(self.healthy().map(|()| self.unwritten_journal()));
                 }
@@ -972,6 +997,21 @@ impl Writer {
                 .background
                 .as_ref()
                 .is_some_and(|background| background.frozen.has_unwritten(map))
+    }
+
+    /// `key`'s value if redb may lack it, after making it durable (reads never return what
+    /// a crash could still take back).
+    fn unwritten_meta(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.overlay.meta(key).or_else(|| {
+            self.background
+                .as_ref()
+                .and_then(|background| background.frozen.meta(key))
+        });
+        let Some(value) = value.map(<[u8]>::to_vec) else {
+            return self.healthy().map(|()| None);
+        };
+        self.flush();
+        self.healthy().map(|()| Some(value))
     }
 
     fn unwritten_journal(&self) -> UnwrittenJournal {
@@ -1837,7 +1877,7 @@ mod tests {
                 .await
                 .unwrap();
             // The writer checkpoints before it takes the read's job, so the read adds none.
-            store.get_meta("x").await.unwrap();
+            store.list_maps().await.unwrap();
             assert_eq!(
                 store.stats().checkpoints,
                 i + 1,
@@ -1862,9 +1902,47 @@ mod tests {
             "a probe leaves the overlay alone"
         );
         store.get_meta("x").await.unwrap();
+        assert_eq!(store.stats().checkpoints, 0, "a meta read needs none");
+        store.list_maps().await.unwrap();
         assert_eq!(store.stats().checkpoints, 1);
         store.close().await.unwrap();
         assert!(matches!(store.probe().await, Err(StoreError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn meta_reads_answer_from_memory_or_redb_without_checkpointing() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            queued_sync_delay: Duration::from_secs(3600),
+            ..never_by_time()
+        };
+        let store = RedbStore::open_with(dir.path(), options).unwrap();
+        let put_meta = |value: &[u8]| {
+            WriteBatch::from(vec![Mutation::PutMeta {
+                key: "x".into(),
+                value: value.to_vec(),
+            }])
+        };
+        store.commit_queued(put_meta(b"1")).await.unwrap();
+        let flushes = store.stats().flushes;
+        assert_eq!(store.get_meta("x").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            store.stats().flushes,
+            flushes + 1,
+            "a value read from memory is made durable first"
+        );
+        assert_eq!(store.get_meta("y").await.unwrap(), None);
+        store.list_maps().await.unwrap();
+        assert_eq!(store.stats().checkpoints, 1);
+        // Now only redb holds it; a newer value is in the overlay again.
+        assert_eq!(store.get_meta("x").await.unwrap(), Some(b"1".to_vec()));
+        store.commit(put_meta(b"2")).await.unwrap();
+        assert_eq!(store.get_meta("x").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            store.stats().checkpoints,
+            1,
+            "meta reads checkpoint nothing"
+        );
     }
 
     #[tokio::test]

@@ -249,6 +249,11 @@ pub(super) struct Overlay {
 }
 
 impl Overlay {
+    /// A metadata value put since the last checkpoint.
+    pub(super) fn meta(&self, key: &str) -> Option<&[u8]> {
+        self.meta.get(key).map(Vec::as_slice)
+    }
+
     /// The journal as far as redb may not hold it yet: the lowest entry appended since the
     /// last checkpoint, and the highest trim bound not yet applied to redb (0: none).
     pub(super) fn unwritten_journal(&self) -> (Option<u64>, u64) {
