@@ -950,7 +950,7 @@ impl Engine {
         drop(core);
         if !mutations.is_empty() {
             if let Err(e) = self.store.commit(mutations.into()).await {
-                tracing::warn!(error = %e, "persisting server changes failed; the next sync repairs it");
+                tracing::warn!(error = %e, "persisting server changes failed; they stay in memory, and the first sync after a restart fetches them again");
             }
         }
     }

@@ -365,6 +365,9 @@ impl MapSync {
         }
         step.changed_keys = out.changed.into_iter().collect();
         step.new_tombstones = out.tombstoned;
+        // One entry may name a tag twice.
+        step.new_tombstones.sort_unstable();
+        step.new_tombstones.dedup();
         Ok(step)
     }
 

@@ -46,7 +46,9 @@ pub struct JournalUnsubscribe {
     pub subscription_id: String,
 }
 
-/// One journal entry.
+/// One journal entry. The server stores entries as arrays of these fields in this order
+/// (`server::journal::encode_entry`), read back by position: reordering them would misread
+/// stored journals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JournalEntry {

@@ -1075,8 +1075,8 @@ mod tests {
         (sequences, more)
     }
 
-    /// A journal entry serialized from borrowed parts by serde: the specification of the
-    /// field names, order and skip rules that [`encode_entry`] writes by hand.
+    /// A journal entry serialized from borrowed parts by serde: the named form entries
+    /// were stored in before, which must still decode.
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct EntryRef<'a> {

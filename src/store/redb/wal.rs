@@ -6,7 +6,8 @@
 //! current segment with one write and makes them durable with one `fdatasync`
 //! ([`Wal::append_durably`]). A checkpoint seals the current segment and starts a new one
 //! ([`Wal::rotate`]); once redb holds everything the sealed segments hold, they are deleted
-//! ([`Wal::remove_sealed`], or by the background checkpoint itself, [`Wal::take_sealed`]). On open, the segments are read in order up to the first record
+//! ([`Wal::remove_sealed`]), or a background checkpoint takes them ([`Wal::take_sealed`])
+//! and deletes them itself. On open, the segments are read in order up to the first record
 //! that is cut short, fails its checksum or breaks the sequence order (what a crash
 //! mid-append leaves behind); every existing segment is sealed and appends go to a new one,
 //! so a damaged tail is never appended to and disappears with the recovery checkpoint.
@@ -32,7 +33,8 @@ pub(super) struct LogRecord {
     pub(super) payload: Vec<u8>,
 }
 
-/// The log: the segment being appended to, and the sealed ones a checkpoint has yet to cover.
+/// The log: the segment being appended to, and the sealed ones no checkpoint has taken yet
+/// (a running background checkpoint holds those it covers).
 #[derive(Debug)]
 pub(super) struct Wal {
     dir: PathBuf,
@@ -101,7 +103,7 @@ impl Wal {
         self.len
     }
 
-    /// Whether sealed segments wait for a checkpoint to cover them.
+    /// Whether sealed segments wait for a checkpoint to take them.
     pub(super) fn has_sealed(&self) -> bool {
         !self.sealed.is_empty()
     }
