@@ -46,9 +46,10 @@ pub struct JournalUnsubscribe {
     pub subscription_id: String,
 }
 
-/// One journal entry. The server stores entries as arrays of these fields in this order
-/// (`server::journal::encode_entry`), read back by position: reordering them would misread
-/// stored journals.
+// The server stores entries as arrays of these fields in this order
+// (`server::journal::encode_entry`), read back by position: reordering them would misread
+// stored journals. (A plain comment: a doc comment would go into the JSON Schema.)
+/// One journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JournalEntry {
