@@ -463,7 +463,7 @@ impl Journal {
     /// Waits only when the reservation is really short; running low starts the next
     /// reservation in the background.
     pub async fn prepare(&self, shared: &Shared, needed: u64) -> Result<(), StoreError> {
-        if self.mode == JournalMode::Off {
+        if !self.is_on() {
             return Ok(());
         }
         self.ensure_loaded(&*shared.store).await?;
@@ -539,7 +539,7 @@ impl Journal {
     /// or its reservation is used up: keep the change ([`ChangeRef::to_owned`]) and
     /// [`Journal::append`] it later.
     pub fn number(&self, shared: &Shared, change: ChangeRef<'_>, batch: &mut WriteBatch) -> bool {
-        if self.mode == JournalMode::Off {
+        if !self.is_on() {
             return true;
         }
         if !self.loaded.initialized() {
@@ -843,7 +843,7 @@ pub const JOURNAL_OFF: &str = "Event journal not enabled (this server's journal 
 
 /// Answers a journal request with `ERROR 503` when the journal is off.
 fn refused_when_off(shared: &Shared, session: &Session) -> bool {
-    let off = shared.journal.mode == JournalMode::Off;
+    let off = !shared.journal.is_on();
     if off {
         session.send_error(shared, 503, JOURNAL_OFF);
     }
@@ -1001,10 +1001,7 @@ pub fn handle_journal_unsubscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::entropy::SeededEntropy;
-    use crate::merkle::Combine;
-    use crate::server::{Server, ServerOptions};
+    use crate::server::Server;
     use crate::store::MemoryStore;
     use serde_json::json;
 
@@ -1018,28 +1015,13 @@ mod tests {
         retention: u64,
         journal: JournalMode,
     ) -> Server {
-        let options = ServerOptions {
-            node_id: "server-1".into(),
-            jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
-            permissions: Permissions::development_default(),
-            limits: Limits {
-                journal,
-                journal_capacity: capacity,
-                journal_retention: retention,
-                ..Limits::default()
-            },
-            max_connections: 10,
-            debug: false,
-            default_combine: Combine::Fmix,
-            search: Default::default(),
+        let limits = Limits {
+            journal,
+            journal_capacity: capacity,
+            journal_retention: retention,
+            ..Limits::default()
         };
-        Server::new(
-            options,
-            store,
-            Arc::new(ManualClock::new(1_000)),
-            Arc::new(SeededEntropy::new(1)),
-        )
-        .unwrap()
+        Server::for_tests(store, 1_000, limits)
     }
 
     fn put(map: &str, key: &str, n: u64) -> Change {

@@ -187,6 +187,27 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+#[cfg(test)]
+impl Server {
+    /// A unit tests' server: node `server-1`, development permissions, `limits`, over
+    /// `store`, on a manual clock at `now_ms` and seeded entropy.
+    pub(crate) fn for_tests(store: Arc<dyn Store>, now_ms: u64, limits: Limits) -> Self {
+        let options = ServerOptions {
+            node_id: "server-1".into(),
+            jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
+            permissions: Permissions::development_default(),
+            limits,
+            max_connections: 10,
+            debug: false,
+            default_combine: Combine::Fmix,
+            search: Default::default(),
+        };
+        let clock = Arc::new(crate::clock::ManualClock::new(now_ms));
+        let entropy = Arc::new(crate::entropy::SeededEntropy::new(1));
+        Self::new(options, store, clock, entropy).unwrap()
+    }
+}
+
 impl Server {
     /// Builds a server over `store`, using the given clock and entropy seams.
     pub fn new(

@@ -923,27 +923,7 @@ mod tests {
 
     /// A server on a memory store with `limits`.
     fn test_server(limits: Limits) -> Server {
-        use crate::clock::ManualClock;
-        use crate::entropy::SeededEntropy;
-        use crate::security::Permissions;
-        use crate::server::ServerOptions;
-
-        Server::new(
-            ServerOptions {
-                node_id: "server-1".into(),
-                jwt_secret: "unit-test-secret-0123456789abcdef0123".into(),
-                permissions: Permissions::development_default(),
-                limits,
-                max_connections: 10,
-                debug: false,
-                default_combine: crate::merkle::Combine::Fmix,
-                search: Default::default(),
-            },
-            Arc::new(MemoryStore::new()),
-            Arc::new(ManualClock::new(5_000)),
-            Arc::new(SeededEntropy::new(1)),
-        )
-        .unwrap()
+        Server::for_tests(Arc::new(MemoryStore::new()), 5_000, limits)
     }
 
     /// With the journal off, OR writes take no value snapshots for it; on, they are numbered.
