@@ -473,11 +473,71 @@ fn stat_cpu_seconds(path: &std::path::Path) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// A leaderboard: `rows` players, a live window over all of them sorted by score.
+fn leaderboard(
+    rows: usize,
+) -> Result<
+    (
+        topgun::query::CompiledQuery,
+        topgun::server::live::LiveWindow,
+    ),
+    String,
+> {
+    use topgun::query::{CompiledQuery, CursorContext, Query, QueryLimits};
+    use topgun::server::live::LiveWindow;
+
+    let query: Query =
+        serde_json::from_value(json!({"sort": [{"field": "score", "direction": "desc"}]}))
+            .map_err(|e| e.to_string())?;
+    let query =
+        CompiledQuery::compile(&query, &QueryLimits::default()).map_err(|e| e.to_string())?;
+    let players: Vec<(String, serde_json::Value)> = (0..rows)
+        .map(|i| (player(i), json!({"score": (i * 7919) % 1000, "name": "p"})))
+        .collect();
+    let page = query
+        .execute(
+            players.iter().map(|(k, v)| (k.as_str(), v)),
+            &CursorContext::new(b"bench-secret", 0),
+        )
+        .map_err(|e| e.to_string())?;
+    let window = LiveWindow::from_page(&query, &page);
+    Ok((query, window))
+}
+
+fn player(i: usize) -> String {
+    format!("player-{i:06}")
+}
+
+/// One change applied to a live window sorted by a field: the changed player is in the
+/// window, and its new score keeps it in place or moves it. Per window size.
+fn bench_live_window(c: &mut Criterion) {
+    let mut group = c.benchmark_group("live_window_sorted_update");
+    for rows in [20usize, 100, 10_000] {
+        let (query, mut window) = match leaderboard(rows) {
+            Ok(set_up) => set_up,
+            Err(error) => {
+                eprintln!("cannot set up the live window bench: {error}");
+                return;
+            }
+        };
+        let mut i = 0usize;
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{rows}_rows"), |b| {
+            b.iter(|| {
+                i = (i + 7_777) % rows;
+                let value = json!({"score": (i * 31 + 17) % 1000, "name": "p"});
+                black_box(window.apply(&query, &player(i), Some(&value)))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = configure();
     targets = bench_hlc, bench_lww, bench_ormap, bench_merkle, bench_ingress, bench_store_writer,
-        bench_journal
+        bench_journal, bench_live_window
 }
 criterion_main!(benches, encode_benches);
 

@@ -101,6 +101,36 @@ impl SortOrder {
         Position { key, cells }
     }
 
+    /// A record's sort cells, owned: what [`SortOrder::compare_with_cells`] places a row by
+    /// after the record itself has changed.
+    pub fn owned_cells(&self, record: &Value) -> Vec<Option<Value>> {
+        let mut cells = Vec::with_capacity(self.terms.len());
+        self.write_cells(record, &mut cells);
+        cells
+    }
+
+    /// [`SortOrder::owned_cells`] into `cells`, reusing its allocation.
+    pub fn write_cells(&self, record: &Value, cells: &mut Vec<Option<Value>>) {
+        cells.clear();
+        cells.extend(self.terms.iter().map(|term| match &term.target {
+            Target::Key => None,
+            Target::Field(path) => path.resolve(record).cloned(),
+        }));
+    }
+
+    /// Compares a row with the row of `key` whose sort cells are `cells` (from
+    /// [`SortOrder::owned_cells`]), exactly as [`SortOrder::compare_rows`] compares the rows.
+    pub fn compare_with_cells(
+        &self,
+        row: (&str, &Value),
+        key: &str,
+        cells: &[Option<Value>],
+    ) -> Ordering {
+        self.compare_by(row.0, key, |i, path| {
+            (path.resolve(row.1), cells.get(i).and_then(Option::as_ref))
+        })
+    }
+
     /// Compares two positions: each term in priority order, then the key.
     pub fn compare(&self, a: &Position<'_>, b: &Position<'_>) -> Ordering {
         self.compare_by(a.key, b.key, |i, _| (cell(a, i), cell(b, i)))

@@ -3,10 +3,11 @@
 //! or left their result window are sent as `QUERY_UPDATE` (PROTOCOL.md §3.6).
 //!
 //! Each subscription keeps its current window in result order ([`LiveWindow`]). A change to a
-//! key is decided locally when it can be (insert, move, drop, displace the last row); only
-//! when a limited window loses a row while more matches exist (it must refill from the
-//! map), or when the query pages from a cursor (whose lower bound the window does not hold),
-//! is the whole query re-run over the map and diffed against the window.
+//! key is decided locally when it can be (insert, move, drop, displace the last row), finding
+//! the key's row by binary search (under a sort by fields, by the sort values it was placed
+//! with); only when a limited window loses a row while more matches exist (it must refill
+//! from the map), or when the query pages from a cursor (whose lower bound the window does
+//! not hold), is the whole query re-run over the map and diffed against the window.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,10 +44,18 @@ pub enum Step {
     Rerun,
 }
 
+/// Under a sort by fields, a window of at most this many rows finds a key by scanning: key
+/// comparisons are cheaper than the sort-field lookups of a binary search.
+const SCANNED_ROWS: usize = 32;
+
 /// A subscription's current results, in the compiled query's order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveWindow {
     rows: Vec<(String, Value)>,
+    /// Under a sort by fields: each held key's sort values, which place its row, so a changed
+    /// key is found by binary search; a scan cost O(window) per change per subscription.
+    /// Empty under the key order, where the key alone places a row.
+    places: HashMap<String, Vec<Option<Value>>, foldhash::fast::RandomState>,
     /// More matches exist beyond the window (only possible with a limit).
     has_more: bool,
     /// The page starts after a valid cursor, a lower bound the window does not hold.
@@ -54,10 +63,19 @@ pub struct LiveWindow {
 }
 
 impl LiveWindow {
-    /// The window of a freshly executed page.
-    pub fn from_page(page: &QueryPage) -> Self {
+    /// The window of a page of `query`, freshly executed.
+    pub fn from_page(query: &CompiledQuery, page: &QueryPage) -> Self {
+        let places = if query.orders_by_key() {
+            HashMap::default()
+        } else {
+            page.results
+                .iter()
+                .map(|(key, value)| (key.clone(), query.sort_cells(value)))
+                .collect()
+        };
         Self {
             rows: page.results.clone(),
+            places,
             has_more: page.has_more,
             after_cursor: page.cursor_status == CursorStatus::Valid,
         }
@@ -73,14 +91,7 @@ impl LiveWindow {
         if self.after_cursor {
             return Step::Rerun;
         }
-        let was = if query.orders_by_key() {
-            // The value takes no part in a key order, so each row's own stands in for it.
-            self.rows
-                .binary_search_by(|(k, v)| query.compare((k, v), (key, v)))
-                .ok()
-        } else {
-            self.rows.iter().position(|(k, _)| k == key)
-        };
+        let was = self.find(query, key);
         let now = value.filter(|v| query.matches(v));
         match (was, now) {
             (None, None) => Step::Changes(Vec::new()),
@@ -90,8 +101,8 @@ impl LiveWindow {
         }
     }
 
-    /// Replaces the window with a re-run page and reports the difference.
-    pub fn replace(&mut self, page: &QueryPage) -> Vec<WindowChange> {
+    /// Replaces the window with a re-run page of `query` and reports the difference.
+    pub fn replace(&mut self, query: &CompiledQuery, page: &QueryPage) -> Vec<WindowChange> {
         let old: HashMap<&str, &Value> = self.rows.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let new_keys: BTreeSet<&str> = page.results.iter().map(|(k, _)| k.as_str()).collect();
         let mut changes: Vec<WindowChange> = self
@@ -109,8 +120,43 @@ impl LiveWindow {
                 Some(_) => {}
             }
         }
-        *self = Self::from_page(page);
+        *self = Self::from_page(query, page);
         changes
+    }
+
+    /// The index of `key`'s row, if the window holds it.
+    fn find(&self, query: &CompiledQuery, key: &str) -> Option<usize> {
+        if query.orders_by_key() {
+            // The value takes no part in a key order, so each row's own stands in for it.
+            return self
+                .rows
+                .binary_search_by(|(k, v)| query.compare((k, v), (key, v)))
+                .ok();
+        }
+        if self.rows.len() <= SCANNED_ROWS {
+            return self.rows.iter().position(|(k, _)| k == key);
+        }
+        let cells = self.places.get(key)?;
+        let index = self.rows.partition_point(|(k, v)| {
+            query.compare_with_cells((k, v), key, cells) == std::cmp::Ordering::Less
+        });
+        self.rows
+            .get(index)
+            .is_some_and(|(k, _)| k == key)
+            .then_some(index)
+    }
+
+    /// Records where `key`'s row, now holding `value`, is placed (field orders only).
+    fn place(&mut self, query: &CompiledQuery, key: &str, value: &Value) {
+        if query.orders_by_key() {
+            return;
+        }
+        match self.places.get_mut(key) {
+            Some(cells) => query.write_sort_cells(value, cells),
+            None => {
+                self.places.insert(key.to_owned(), query.sort_cells(value));
+            }
+        }
     }
 
     fn limit_reached(&self, query: &CompiledQuery) -> bool {
@@ -148,6 +194,7 @@ impl LiveWindow {
             return Step::Rerun;
         }
         let (key, _) = self.rows.remove(index);
+        self.places.remove(&key);
         Step::Changes(vec![WindowChange::Leave(key)])
     }
 
@@ -155,6 +202,7 @@ impl LiveWindow {
         let slot = self.slot(query, key, value);
         if !self.limit_reached(query) {
             self.rows.insert(slot, (key.to_owned(), value.clone()));
+            self.place(query, key, value);
             return Step::Changes(vec![WindowChange::Enter(key.to_owned(), value.clone())]);
         }
         self.has_more = true;
@@ -162,8 +210,10 @@ impl LiveWindow {
             return Step::Changes(Vec::new());
         }
         self.rows.insert(slot, (key.to_owned(), value.clone()));
+        self.place(query, key, value);
         let mut changes = vec![WindowChange::Enter(key.to_owned(), value.clone())];
         if let Some((displaced, _)) = self.rows.pop() {
+            self.places.remove(&displaced);
             changes.push(WindowChange::Leave(displaced));
         }
         Step::Changes(changes)
@@ -177,7 +227,9 @@ impl LiveWindow {
             // The common case (always, for a key order): no shifting of the rows after it.
             let (key, held) = &mut self.rows[index];
             *held = value.clone();
-            return Step::Changes(vec![WindowChange::Update(key.clone(), value.clone())]);
+            let key = key.clone();
+            self.place(query, &key, value);
+            return Step::Changes(vec![WindowChange::Update(key, value.clone())]);
         }
         let (key, old) = self.rows.remove(index);
         let slot = self.slot(query, &key, value);
@@ -187,6 +239,7 @@ impl LiveWindow {
             return Step::Rerun;
         }
         self.rows.insert(slot, (key.clone(), value.clone()));
+        self.place(query, &key, value);
         Step::Changes(vec![WindowChange::Update(key, value.clone())])
     }
 }
@@ -328,7 +381,7 @@ fn refresh(shared: &Shared, conn: &ConnHandle, live: &Arc<LiveQuery>, keys: &BTr
             Step::Changes(step) => changes.extend(step),
             Step::Rerun => {
                 match live.execute(shared, &replica) {
-                    Ok(page) => changes.extend(window.replace(&page)),
+                    Ok(page) => changes.extend(window.replace(&live.query, &page)),
                     Err(e) => {
                         tracing::warn!(query = %live.query_id, error = %e, "live query re-run failed");
                     }
@@ -351,7 +404,7 @@ pub fn catch_up(shared: &Shared, conn: &ConnHandle, live: &Arc<LiveQuery>) {
     let replica = live.map.lock();
     match live.execute(shared, &replica) {
         Ok(page) => {
-            let changes = live.window().replace(&page);
+            let changes = live.window().replace(&live.query, &page);
             send_changes(shared, conn, live, changes);
         }
         Err(e) => tracing::warn!(query = %live.query_id, error = %e, "live query catch-up failed"),

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ impl Harness {
             map,
             window: LiveWindow::default(),
         };
-        harness.window = LiveWindow::from_page(&harness.page());
+        harness.window = LiveWindow::from_page(&harness.query, &harness.page());
         harness
     }
 
@@ -51,13 +51,36 @@ impl Harness {
             Some(v) => self.map.insert(key.to_owned(), v.clone()),
             None => self.map.remove(key),
         };
-        match self.window.apply(&self.query, key, value.as_ref()) {
+        let changes = match self.window.apply(&self.query, key, value.as_ref()) {
             Step::Changes(changes) => changes,
             Step::Rerun => {
                 let page = self.page();
-                self.window.replace(&page)
+                self.window.replace(&self.query, &page)
             }
-        }
+        };
+        self.assert_places_match_rows();
+        changes
+    }
+
+    /// Under a field order the window knows every row's current sort values (how it finds
+    /// a row by binary search); under the key order it keeps none.
+    fn assert_places_match_rows(&self) {
+        let expected: HashMap<&str, Vec<Option<Value>>> = if self.query.orders_by_key() {
+            HashMap::new()
+        } else {
+            self.window
+                .rows()
+                .iter()
+                .map(|(k, v)| (k.as_str(), self.query.sort_cells(v)))
+                .collect()
+        };
+        let held: HashMap<&str, Vec<Option<Value>>> = self
+            .window
+            .places
+            .iter()
+            .map(|(k, cells)| (k.as_str(), cells.clone()))
+            .collect();
+        assert_eq!(held, expected);
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -156,18 +179,25 @@ fn window_keeps_descending_sort_order() {
 
 #[test]
 fn replace_reports_leaves_enters_and_changed_values_only() {
-    let mut window = LiveWindow::from_page(&QueryPage {
-        results: vec![("a".into(), json!(1)), ("b".into(), json!(2))],
-        next_cursor: None,
-        has_more: false,
-        cursor_status: CursorStatus::None,
-    });
-    let changes = window.replace(&QueryPage {
-        results: vec![("b".into(), json!(3)), ("c".into(), json!(4))],
-        next_cursor: None,
-        has_more: false,
-        cursor_status: CursorStatus::None,
-    });
+    let query = compile(json!({}));
+    let mut window = LiveWindow::from_page(
+        &query,
+        &QueryPage {
+            results: vec![("a".into(), json!(1)), ("b".into(), json!(2))],
+            next_cursor: None,
+            has_more: false,
+            cursor_status: CursorStatus::None,
+        },
+    );
+    let changes = window.replace(
+        &query,
+        &QueryPage {
+            results: vec![("b".into(), json!(3)), ("c".into(), json!(4))],
+            next_cursor: None,
+            has_more: false,
+            cursor_status: CursorStatus::None,
+        },
+    );
     assert_eq!(
         changes,
         [
@@ -199,9 +229,11 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    // Mostly sets over more keys than a window scans (`SCANNED_ROWS`), so windows grow large
+    // enough to find keys by binary search.
     prop_oneof![
-        (0u8..12, -5i64..5).prop_map(|(k, n)| Op::Set(k, n)),
-        (0u8..12).prop_map(Op::Delete),
+        4 => (0u8..80, -8i64..8).prop_map(|(k, n)| Op::Set(k, n)),
+        1 => (0u8..80).prop_map(Op::Delete),
     ]
 }
 
@@ -209,8 +241,8 @@ proptest! {
     /// Whatever the changes, the maintained window equals a fresh run of the query.
     #[test]
     fn window_always_equals_a_fresh_run(
-        ops in proptest::collection::vec(op(), 0..60),
-        limit in 0u64..5,
+        ops in proptest::collection::vec(op(), 0..240),
+        limit in prop_oneof![0u64..5, 35u64..50],
         desc in any::<bool>(),
         by_key in any::<bool>(),
     ) {

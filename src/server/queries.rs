@@ -247,6 +247,7 @@ pub async fn handle_query_sub(
                 return Flow::Continue;
             }
         };
+        let window = LiveWindow::from_page(&compiled, &page);
         let live = Arc::new(LiveQuery::new(
             sub.query_id.clone(),
             compiled,
@@ -254,7 +255,7 @@ pub async fn handle_query_sub(
             sub.fields,
             session.principal().clone(),
             now,
-            LiveWindow::from_page(&page),
+            window,
         ));
         (page, live)
     };
@@ -292,7 +293,7 @@ pub fn handle_query_sync_init(shared: &Shared, session: &Session, init: QuerySyn
     let replica = live.map.lock();
     match live.execute(shared, &replica) {
         Ok(page) => {
-            *live.window() = LiveWindow::from_page(&page);
+            *live.window() = LiveWindow::from_page(&live.query, &page);
             let _ = session.send(shared, query_resp(shared, &live, page));
         }
         Err(e) => session.send_error(shared, 400, format!("Query {query_id} failed: {e}")),
