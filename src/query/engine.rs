@@ -94,25 +94,9 @@ impl CompiledQuery {
         self.order.compare_rows(a, b)
     }
 
-    /// A record's sort cells (see [`SortOrder::owned_cells`]).
-    pub fn sort_cells(&self, value: &Value) -> Vec<Option<Value>> {
-        self.order.owned_cells(value)
-    }
-
-    /// [`CompiledQuery::sort_cells`] into `cells`, reusing its allocation.
-    pub fn write_sort_cells(&self, value: &Value, cells: &mut Vec<Option<Value>>) {
-        self.order.write_cells(value, cells);
-    }
-
-    /// Compares a row with the row of `key` whose sort cells are `cells`, as
-    /// [`CompiledQuery::compare`] compares the rows.
-    pub fn compare_with_cells(
-        &self,
-        row: (&str, &Value),
-        key: &str,
-        cells: &[Option<Value>],
-    ) -> Ordering {
-        self.order.compare_with_cells(row, key, cells)
+    /// The result order (live windows place rows by it).
+    pub fn order(&self) -> &SortOrder {
+        &self.order
     }
 
     /// The maximum page size; `None` when unlimited (absent or 0 on the wire).

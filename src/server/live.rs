@@ -70,7 +70,7 @@ impl LiveWindow {
         } else {
             page.results
                 .iter()
-                .map(|(key, value)| (key.clone(), query.sort_cells(value)))
+                .map(|(key, value)| (key.clone(), query.order().owned_cells(value)))
                 .collect()
         };
         Self {
@@ -138,7 +138,7 @@ impl LiveWindow {
         }
         let cells = self.places.get(key)?;
         let index = self.rows.partition_point(|(k, v)| {
-            query.compare_with_cells((k, v), key, cells) == std::cmp::Ordering::Less
+            query.order().compare_with_cells((k, v), key, cells) == std::cmp::Ordering::Less
         });
         self.rows
             .get(index)
@@ -152,9 +152,10 @@ impl LiveWindow {
             return;
         }
         match self.places.get_mut(key) {
-            Some(cells) => query.write_sort_cells(value, cells),
+            Some(cells) => query.order().write_cells(value, cells),
             None => {
-                self.places.insert(key.to_owned(), query.sort_cells(value));
+                self.places
+                    .insert(key.to_owned(), query.order().owned_cells(value));
             }
         }
     }

@@ -71,7 +71,7 @@ impl Harness {
             self.window
                 .rows()
                 .iter()
-                .map(|(k, v)| (k.as_str(), self.query.sort_cells(v)))
+                .map(|(k, v)| (k.as_str(), self.query.order().owned_cells(v)))
                 .collect()
         };
         let held: HashMap<&str, Vec<Option<Value>>> = self
