@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use serde_json::json;
-use topgun::merkle::{Combine, MerkleTree};
+use topgun::merkle::Combine;
 use topgun::protocol::Message;
 use topgun::replica::{LwwReplica, OrReplica};
 
@@ -23,28 +23,6 @@ pub struct Walk {
     pub requested: Vec<String>,
     /// Paths answered with a leaf.
     pub leaves: Vec<String>,
-}
-
-/// Child paths under `path` whose server hash differs from the local one.
-fn differing_children(
-    local: &MerkleTree,
-    path: &str,
-    server: &std::collections::BTreeMap<String, u32>,
-) -> Vec<String> {
-    let mine = local.buckets(path, COMBINE);
-    server
-        .iter()
-        .filter(|(digit, hash)| {
-            let local_hash = digit
-                .chars()
-                .next()
-                .and_then(|d| mine.get(&d).copied())
-                .unwrap_or(0);
-            // A zero server hash means only we hold data there: nothing to fetch.
-            **hash != 0 && **hash != local_hash
-        })
-        .map(|(digit, _)| format!("{path}{digit}"))
-        .collect()
 }
 
 /// Syncs an LWW map into `local`: SYNC_INIT, then the bucket walk.
@@ -73,11 +51,11 @@ pub async fn lww_sync(client: &mut Client, map: &str, local: &mut LwwReplica) ->
         match client.recv().await {
             Message::SyncRespBuckets(b) => {
                 assert_eq!(b.payload.path, path);
-                queue.extend(differing_children(
-                    local.merkle(),
-                    &path,
-                    &b.payload.buckets,
-                ));
+                queue.extend(
+                    local
+                        .merkle()
+                        .differing_children(&path, &b.payload.buckets, COMBINE),
+                );
             }
             Message::SyncRespLeaf(leaf) => {
                 assert_eq!(leaf.payload.path, path);
@@ -117,11 +95,11 @@ pub async fn or_sync(client: &mut Client, map: &str, local: &mut OrReplica) -> W
         match client.recv().await {
             Message::OrMapSyncRespBuckets(b) => {
                 assert_eq!(b.payload.path, path);
-                queue.extend(differing_children(
-                    local.merkle(),
-                    &path,
-                    &b.payload.buckets,
-                ));
+                queue.extend(
+                    local
+                        .merkle()
+                        .differing_children(&path, &b.payload.buckets, COMBINE),
+                );
             }
             Message::OrMapSyncRespLeaf(leaf) => {
                 assert_eq!(leaf.payload.path, path);

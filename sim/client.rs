@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use topgun::auth::mint_token;
 use topgun::hlc::{Hlc, HlcConfig};
-use topgun::merkle::{Combine, MerkleTree, leaf_path};
+use topgun::merkle::{Combine, leaf_path};
 use topgun::protocol::codec::{Frame, decode, encode_msgpack};
 use topgun::protocol::{
     Auth, BucketRequest, Buckets, ClientOp, LockRelease, LockReleasePayload, LockRequest,
@@ -407,15 +407,15 @@ impl ModelClient {
                 match self.recv().await? {
                     Message::SyncRespBuckets(b) if b.payload.path == path => {
                         let local = self.lww.entry(map.name.clone()).or_default().merkle();
-                        queue.extend(differing_children(local, &path, &b.payload.buckets));
+                        queue.extend(local.differing_children(&path, &b.payload.buckets, COMBINE));
                         break;
                     }
                     Message::OrMapSyncRespBuckets(b) if b.payload.path == path => {
                         let replica = self.or.entry(map.name.clone()).or_default();
-                        queue.extend(differing_children(
-                            replica.merkle(),
+                        queue.extend(replica.merkle().differing_children(
                             &path,
                             &b.payload.buckets,
+                            COMBINE,
                         ));
                         let orphans = orphaned_keys(replica, &path, &b.payload.buckets);
                         if !orphans.is_empty() {
@@ -493,24 +493,6 @@ fn orphaned_keys(replica: &OrReplica, path: &str, server: &Buckets) -> Vec<Strin
             empty.iter().any(|prefix| leaf.starts_with(prefix.as_str()))
         })
         .map(str::to_owned)
-        .collect()
-}
-
-/// Child paths under `path` whose server hash differs from the local one; a zero server hash
-/// means only we hold data there, so nothing to fetch.
-fn differing_children(local: &MerkleTree, path: &str, server: &Buckets) -> Vec<String> {
-    let mine = local.buckets(path, COMBINE);
-    server
-        .iter()
-        .filter(|(digit, hash)| {
-            let local_hash = digit
-                .chars()
-                .next()
-                .and_then(|d| mine.get(&d).copied())
-                .unwrap_or(0);
-            **hash != 0 && **hash != local_hash
-        })
-        .map(|(digit, _)| format!("{path}{digit}"))
         .collect()
 }
 

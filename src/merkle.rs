@@ -309,6 +309,30 @@ impl MerkleTree {
             .unwrap_or_default()
     }
 
+    /// The child paths under `path` that a bucket walk descends into: those whose hash in
+    /// `server` (the peer's buckets at `path`, keyed by hex digit) is not zero and differs
+    /// from this tree's. A zero hash means only this tree holds data there: nothing to fetch.
+    /// Keys other than one hex digit (a deep request's child paths) are not children here.
+    pub fn differing_children(
+        &self,
+        path: &str,
+        server: &BTreeMap<String, u32>,
+        combine: Combine,
+    ) -> Vec<String> {
+        let mine = self.buckets(path, combine);
+        server
+            .iter()
+            .filter_map(|(digit, hash)| {
+                let mut chars = digit.chars();
+                let (Some(d), None) = (chars.next(), chars.next()) else {
+                    return None;
+                };
+                let local = mine.get(&d).copied().unwrap_or(0);
+                (*hash != 0 && *hash != local).then(|| format!("{path}{d}"))
+            })
+            .collect()
+    }
+
     /// The keys (sorted) of the leaf at `path`, or `None` when `path` is not a leaf holding
     /// at least one key.
     pub fn leaf_keys(&self, path: &str) -> Option<impl Iterator<Item = &str>> {
@@ -751,6 +775,38 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_walk_descends_where_the_peer_holds_different_data() {
+        let mut tree = MerkleTree::default();
+        // Enough keys to fill several of the root's children, not all sixteen.
+        for item in 1..12 {
+            tree.update(&format!("key-{item}"), item);
+        }
+        let mine = tree.buckets("", Combine::Fmix);
+        let mut digits = mine.iter();
+        let (&same, &same_hash) = digits.next().expect("a child");
+        let (&changed, _) = digits.next().expect("a second child");
+        let (&only_mine, _) = digits.next().expect("a third child");
+        let absent = ('0'..='9')
+            .chain('a'..='f')
+            .find(|d| !mine.contains_key(d))
+            .expect("a digit the tree does not use");
+        let server: BTreeMap<String, u32> = [
+            (same.to_string(), same_hash),
+            (changed.to_string(), same_hash ^ 1),
+            (only_mine.to_string(), 0),
+            (absent.to_string(), 42),
+            (format!("{same}{same}"), 7),
+        ]
+        .into_iter()
+        .collect();
+        let mut wanted = tree.differing_children("", &server, Combine::Fmix);
+        wanted.sort();
+        let mut expected = vec![changed.to_string(), absent.to_string()];
+        expected.sort();
+        assert_eq!(wanted, expected);
+    }
 
     #[test]
     fn a_leaf_keeps_key_order_and_tells_keys_with_equal_hashes_apart() {

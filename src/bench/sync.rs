@@ -74,19 +74,7 @@ fn differing_children(
             .map(|(child, _)| child.clone())
             .collect();
     }
-    let mine = local.buckets(path, combine);
-    server
-        .iter()
-        .filter(|(digit, hash)| {
-            let local_hash = digit
-                .chars()
-                .next()
-                .and_then(|d| mine.get(&d).copied())
-                .unwrap_or(0);
-            digit.len() == 1 && **hash != 0 && **hash != local_hash
-        })
-        .map(|(digit, _)| format!("{path}{digit}"))
-        .collect()
+    local.differing_children(path, server, combine)
 }
 
 /// The bucket requests a walk still has to send.
