@@ -312,7 +312,7 @@ impl MerkleTree {
     /// The child paths under `path` that a bucket walk descends into: those whose hash in
     /// `server` (the peer's buckets at `path`, keyed by hex digit) is not zero and differs
     /// from this tree's. A zero hash means only this tree holds data there: nothing to fetch.
-    /// Keys other than one hex digit (a deep request's child paths) are not children here.
+    /// Keys longer than one character (a deep request's child paths) are not children here.
     pub fn differing_children(
         &self,
         path: &str,

@@ -269,4 +269,47 @@ proptest! {
             prop_assert_eq!(h.window.rows(), fresh.results.as_slice());
         }
     }
+
+    /// The same under sorts of several terms, `_key` terms among them, over values whose sort
+    /// fields may be absent or `null`.
+    #[test]
+    fn window_under_mixed_sorts_equals_a_fresh_run(
+        ops in proptest::collection::vec(
+            (0u8..80, proptest::option::of(-3i64..3), 0u8..4, proptest::bool::weighted(0.2)),
+            0..240,
+        ),
+        limit in prop_oneof![Just(0u64), 35u64..50],
+        sort in 0usize..3,
+    ) {
+        let sorts = [
+            json!([{"field": "n", "direction": "desc"}, {"field": "m", "direction": "asc"}]),
+            json!([{"field": "m", "direction": "asc"}, {"field": "_key", "direction": "desc"}]),
+            json!([{"field": "_key", "direction": "desc"}]),
+        ];
+        let mut h = Harness::new(json!({"sort": sorts[sort], "limit": limit}), &[]);
+        for (key, n, m, delete) in ops {
+            let key = format!("k{key}");
+            if delete {
+                h.set(&key, None);
+                continue;
+            }
+            let mut value = serde_json::Map::new();
+            if let Some(n) = n {
+                value.insert("n".into(), json!(n));
+            }
+            // m: absent, null, or a number.
+            match m {
+                0 => {}
+                1 => {
+                    value.insert("m".into(), Value::Null);
+                }
+                _ => {
+                    value.insert("m".into(), json!(m));
+                }
+            }
+            h.set(&key, Some(Value::Object(value)));
+            let fresh = h.page();
+            prop_assert_eq!(h.window.rows(), fresh.results.as_slice());
+        }
+    }
 }

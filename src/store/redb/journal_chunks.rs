@@ -24,7 +24,8 @@ use crate::store::{JournalRow, StoreError};
 /// Most entries in one run. Runs of 64 made a checkpoint's journal inserts cost 0.9 µs per
 /// journaled write under load; runs of 1,024 cost 0.5 (the page allocation and checksums
 /// of redb's B-tree are per row), while a rewrite in place or a trim's straddling run still
-/// copies at most one run.
+/// copies at most one run (now up to 1,024 entries or 512 KiB; the client's op log rewrites
+/// an entry in place only to mark an op dropped).
 pub(super) const MAX_CHUNK_ENTRIES: usize = 1024;
 /// A run is closed once its bytes pass this, so huge entries do not make huge rows.
 pub(super) const MAX_CHUNK_BYTES: usize = 512 << 10;
