@@ -624,3 +624,30 @@ fields = ["title"]
     keys.sort();
     assert_eq!(keys, ["a1", "a3"]);
 }
+
+#[tokio::test]
+async fn entries_where_copies_out_only_the_accepted_entries_in_key_order() {
+    let server = TestServer::start().await;
+    let client = online(&server, "alice").await;
+    let users = client.get_map_async::<Value>("users").await.unwrap();
+    for (key, role) in [
+        ("u3", "admin"),
+        ("u1", "member"),
+        ("u2", "admin"),
+        ("x9", "admin"),
+    ] {
+        users.set(key, &json!({ "role": role })).await.unwrap();
+    }
+    let admins = users
+        .entries_where(|key, value| key.starts_with('u') && value["role"] == "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        admins,
+        [
+            ("u2".to_owned(), json!({"role": "admin"})),
+            ("u3".to_owned(), json!({"role": "admin"})),
+        ]
+    );
+    assert_eq!(users.entries().await.unwrap().len(), 4);
+}

@@ -573,18 +573,23 @@ impl AuthStore {
         validate(clauses)?;
         let model = self.ready(model).await?;
         let map = &model.map;
-        Ok(map
-            .entries()
-            .await?
+        // Filtered before anything is copied: a lookup reads every record but copies only
+        // the ones it returns.
+        let found = map
+            .entries_where(|key, value| match value {
+                Value::Object(record) => matches(record, clauses),
+                _ => {
+                    tracing::debug!(map = map.name(), key, "skipping a non-object entry");
+                    false
+                }
+            })
+            .await?;
+        Ok(found
             .into_iter()
             .filter_map(|(key, value)| match value {
                 Value::Object(record) => Some((key, record)),
-                _ => {
-                    tracing::debug!(map = map.name(), key, "skipping a non-object entry");
-                    None
-                }
+                _ => None,
             })
-            .filter(|(_, record)| matches(record, clauses))
             .collect())
     }
 

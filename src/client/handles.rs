@@ -57,10 +57,20 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
 
     /// Every live entry, in key order.
     pub async fn entries(&self) -> Result<Vec<(String, T)>, ClientError> {
+        self.entries_where(|_, _| true).await
+    }
+
+    /// The live entries, in key order, whose key and stored JSON value `keep` accepts. Only
+    /// those are copied out, so a lookup by a field costs a pass over the map, not a copy of
+    /// all of it.
+    pub async fn entries_where(
+        &self,
+        keep: impl Fn(&str, &Value) -> bool,
+    ) -> Result<Vec<(String, T)>, ClientError> {
         let now = self.engine.now_ms();
         let mut core = self.engine.core.lock().await;
         let open = core.maps.load(&self.name, MapKind::Lww).await?;
-        open.entries(now)
+        open.entries_where(now, keep)
             .into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_value(v)?)))
             .collect()

@@ -118,10 +118,21 @@ impl OpenMap {
 
     /// Every live entry: LWW keys with their value, OR keys with an array of their values.
     pub fn entries(&self, now_millis: u64) -> Vec<(String, Value)> {
+        self.entries_where(now_millis, |_, _| true)
+    }
+
+    /// The live entries (as [`OpenMap::entries`] gives them) that `keep` accepts; an LWW
+    /// value is copied only when kept.
+    pub fn entries_where(
+        &self,
+        now_millis: u64,
+        keep: impl Fn(&str, &Value) -> bool,
+    ) -> Vec<(String, Value)> {
         match &self.replica {
             Replica::Lww(r) => r
                 .map()
                 .entries(now_millis)
+                .filter(|(k, v)| keep(k, v))
                 .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
             Replica::Or(r) => r
@@ -136,6 +147,7 @@ impl OpenMap {
                         )
                     })
                 })
+                .filter(|(k, v)| keep(k, v))
                 .collect(),
         }
     }
