@@ -83,10 +83,10 @@ impl CompiledQuery {
         self.filter.matches(value)
     }
 
-    /// Whether rows are ordered by key alone (no sort fields), so a row's place does not
-    /// depend on its value.
+    /// Whether rows are ordered by key alone (no sort fields; `_key` terms may reverse it),
+    /// so a row's place does not depend on its value.
     pub fn orders_by_key(&self) -> bool {
-        self.order.is_empty()
+        !self.order.has_fields()
     }
 
     /// The result order of two `(key, value)` rows; total, ties broken by key.

@@ -83,9 +83,17 @@ impl SortOrder {
         self.terms.len()
     }
 
-    /// Whether the order is by key only.
+    /// Whether there are no sort terms (the default order: by key).
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
+    }
+
+    /// Whether some term sorts by a field, so a row's place depends on its value; without
+    /// one, the order is by key (ascending or descending).
+    pub fn has_fields(&self) -> bool {
+        self.terms
+            .iter()
+            .any(|term| matches!(term.target, Target::Field(_)))
     }
 
     /// The position of a record.
@@ -205,6 +213,19 @@ mod tests {
         assert_eq!(
             sorted_keys(&SortOrder::default(), &rows()),
             ["k0", "k1", "k2", "k3", "k4"]
+        );
+    }
+
+    #[test]
+    fn only_field_terms_make_a_row_s_place_depend_on_its_value() {
+        assert!(!SortOrder::default().has_fields());
+        assert!(!order(json!([{"field": "_key", "direction": "desc"}])).has_fields());
+        assert!(
+            order(json!([
+                {"field": "_key", "direction": "asc"},
+                {"field": "prio", "direction": "desc"}
+            ]))
+            .has_fields()
         );
     }
 

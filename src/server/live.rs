@@ -52,9 +52,9 @@ const SCANNED_ROWS: usize = 32;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveWindow {
     rows: Vec<(String, Value)>,
-    /// Under an explicit sort: each held key's sort values, which place its row, so a changed
+    /// Under a sort by fields: each held key's sort values, which place its row, so a changed
     /// key is found by binary search; a scan cost O(window) per change per subscription.
-    /// Empty under the default key order, where the key alone places a row.
+    /// Empty under a key order, where the key alone places a row.
     places: HashMap<String, Vec<Option<Value>>, foldhash::fast::RandomState>,
     /// More matches exist beyond the window (only possible with a limit).
     has_more: bool,
