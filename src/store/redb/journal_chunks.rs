@@ -399,6 +399,34 @@ mod tests {
     }
 
     #[test]
+    fn a_run_closes_once_its_entries_add_up_to_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("j.redb")).unwrap();
+        // Six of these pass the bound together, five do not.
+        let entry = vec![7u8; MAX_CHUNK_BYTES / 6 + 1];
+        let txn = db.begin_write().unwrap();
+        {
+            let mut single = txn.open_table(SINGLE).unwrap();
+            let mut chunks = txn.open_table(CHUNKS).unwrap();
+            write(
+                &mut single,
+                &mut chunks,
+                (1..=13).map(|s| (s, entry.as_slice())),
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
+        let txn = db.begin_read().unwrap();
+        let chunks = txn.open_table(CHUNKS).unwrap();
+        let firsts: Vec<u64> = chunks
+            .range(0..)
+            .unwrap()
+            .map(|run| run.unwrap().0.value())
+            .collect();
+        assert_eq!(firsts, [1, 7, 13]);
+    }
+
+    #[test]
     fn trimming_keeps_exactly_the_entries_at_or_above_the_line() {
         let new = new_sequences();
         for below in [0, 120, 150, 200, 2247, 2248, 2249, 2504, 4999, 5000, 9000] {
