@@ -98,15 +98,18 @@ impl SortOrder {
 
     /// The position of a record.
     pub fn position<'r>(&self, key: &'r str, record: &'r Value) -> Position<'r> {
-        let cells = self
-            .terms
-            .iter()
-            .map(|term| match &term.target {
-                Target::Key => None,
-                Target::Field(path) => path.resolve(record),
-            })
-            .collect();
-        Position { key, cells }
+        Position {
+            key,
+            cells: self.cells(record).collect(),
+        }
+    }
+
+    /// A record's value of each sort term; `None` for absent fields and `_key` terms.
+    fn cells<'r>(&self, record: &'r Value) -> impl Iterator<Item = Option<&'r Value>> {
+        self.terms.iter().map(move |term| match &term.target {
+            Target::Key => None,
+            Target::Field(path) => path.resolve(record),
+        })
     }
 
     /// A record's sort cells, owned: what [`SortOrder::compare_with_cells`] places a row by
@@ -120,10 +123,7 @@ impl SortOrder {
     /// [`SortOrder::owned_cells`] into `cells`, reusing its allocation.
     pub fn write_cells(&self, record: &Value, cells: &mut Vec<Option<Value>>) {
         cells.clear();
-        cells.extend(self.terms.iter().map(|term| match &term.target {
-            Target::Key => None,
-            Target::Field(path) => path.resolve(record).cloned(),
-        }));
+        cells.extend(self.cells(record).map(Option::<&Value>::cloned));
     }
 
     /// Compares a row with the row of `key` whose sort cells are `cells` (from
