@@ -1,9 +1,9 @@
 //! [`RedbStore`]: the durable [`Store`] backend on one redb file, `<dir>/topgun.redb`, with a
-//! write-ahead log, `<dir>/topgun.wal`, in front of it.
+//! write-ahead log, `<dir>/topgun.wal.*`, in front of it and the journal's entries in block
+//! files, `<dir>/journal/` ([`journal_blocks`]).
 //!
-//! Layout: one table per kind of data (the journal in runs keyed by their first sequence,
-//! `journal_chunks`), never one per map,
-//! so map names need no grammar
+//! Layout: one table per kind of data (the journal as locators of its blocks, keyed by their
+//! first sequence, `journal_blocks`), never one per map, so map names need no grammar
 //! (TOPGUN-REFERENCE.md defect 27). Map-scoped rows use redb tuple keys `(map, key)` /
 //! `(map, tag)`, which compare element by element, so two maps can never collide and one map's
 //! rows form a contiguous range. Values are MessagePack ([`super::codec`]); an LWW row arrives
@@ -30,7 +30,8 @@
 //! more than [`RedbOptions::max_overlay_rows`] map rows or the log segment exceeds
 //! [`RedbOptions::max_log_bytes`], the writer seals the log segment, freezes the overlay and
 //! starts a fresh one, and a checkpoint thread writes the frozen overlay's changed rows into
-//! redb in ONE durable transaction, together with the highest log sequence they cover; then that
+//! redb in ONE durable transaction, together with the highest log sequence they cover (its
+//! journal entries go to the block files, synced before that transaction commits); then that
 //! thread deletes the sealed segment. Commits go on meanwhile (reading base rows from the frozen
 //! overlay before redb), so a checkpoint never stalls the acks. A hot key is written to redb
 //! once per checkpoint instead of once per commit. At most one checkpoint runs at a time.
@@ -53,7 +54,7 @@
 //! queued and checkpoint, joins it, and releases the files. What a crash can lose: only batches
 //! whose `commit` has not resolved, and queued batches younger than the sync delay.
 
-mod journal_chunks;
+mod journal_blocks;
 mod overlay;
 mod wal;
 
@@ -69,6 +70,7 @@ use ::redb::{
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use self::journal_blocks::BlockFiles;
 use self::overlay::{Base, Overlay};
 use self::wal::{LogRecord, Wal};
 use super::codec::{decode, decode_lww, decode_mutations, encode_mutations, kind_from_code};
@@ -80,11 +82,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The database file inside the store directory.
 const FILE_NAME: &str = "topgun.redb";
 /// The layout and encoding version this build writes and reads. Version 2 added the
-/// write-ahead log and the checkpoint row; version 3 stores the journal in runs of entries.
-const FORMAT_VERSION: u32 = 3;
+/// write-ahead log and the checkpoint row; version 3 stored the journal in runs of entries;
+/// version 4 keeps the journal's entries in block files and only their locators in redb.
+const FORMAT_VERSION: u32 = 4;
 /// Formats opened and upgraded in place: 1 had no write-ahead log; 2 kept one journal row per
-/// entry (those rows stay readable, see `journal_chunks`).
-const UPGRADABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+/// entry, 3 runs of entries in rows (the upgrade moves both into block files).
+const UPGRADABLE_FORMAT_VERSIONS: [u32; 3] = [1, 2, 3];
 const FORMAT_KEY: &str = "version";
 
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("store_format");
@@ -95,10 +98,12 @@ const OR_TOMBSTONES: TableDefinition<(&str, &str), ()> = TableDefinition::new("o
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 const FENCING: TableDefinition<&str, u64> = TableDefinition::new("fencing_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Format 2's journal, one entry per row: read and trimmed, never written.
+/// Format 2's journal, one entry per row: moved into block files by the upgrade, then deleted.
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-/// The journal in runs of entries (see `journal_chunks`).
+/// Format 3's journal, runs of entries: moved into block files by the upgrade, then deleted.
 const JOURNAL_CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_chunks");
+/// Where each block of journal entries is (see [`journal_blocks`]).
+const JOURNAL_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_blocks");
 /// One row, [`JOURNAL_HEAD_KEY`] → the highest sequence ever appended.
 const JOURNAL_HEAD: TableDefinition<&str, u64> = TableDefinition::new("journal_head");
 const JOURNAL_HEAD_KEY: &str = "last";
@@ -163,6 +168,7 @@ pub struct GroupCommitStats {
 #[derive(Debug)]
 pub struct RedbStore {
     path: PathBuf,
+    journal_dir: PathBuf,
     open: Mutex<Option<Open>>,
     stats: Arc<StatCounters>,
 }
@@ -243,13 +249,16 @@ impl RedbStore {
             .set_cache_size(options.cache_bytes)
             .create(&path)
             .map_err(backend(format!("open {}", path.display())))?;
-        let checkpointed = initialise(&db)?;
+        let mut journal_files = BlockFiles::open(&dir.join(journal_blocks::DIR_NAME))?;
+        let checkpointed = initialise(&db, &mut journal_files)?;
+        let journal_dir = journal_files.dir().to_owned();
         let db = Arc::new(db);
         let (wal, records) = Wal::open(dir)?;
         let stats = Arc::new(StatCounters::default());
         let mut writer = Writer {
             db: Arc::clone(&db),
             wal,
+            journal_files: Arc::new(Mutex::new(journal_files)),
             overlay: Overlay::default(),
             options,
             next_sequence: checkpointed + 1,
@@ -274,6 +283,7 @@ impl RedbStore {
             .map_err(|e| io_error("start the writer thread for", &path, e))?;
         Ok(Self {
             path,
+            journal_dir,
             open: Mutex::new(Some(Open {
                 db,
                 queue,
@@ -379,6 +389,19 @@ impl RedbStore {
             .await?
             .await
             .map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Reads journal entries from what redb and the block files hold now, on the blocking pool.
+    async fn read_journal_blocks(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let db = self.database()?;
+        let dir = self.journal_dir.clone();
+        tokio::task::spawn_blocking(move || journal_blocks::read(&db, &dir, from, limit))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs `read` in a read transaction on the blocking pool, on what redb holds now
@@ -488,16 +511,10 @@ impl Store for RedbStore {
         from_sequence: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<JournalRow>, StoreError>> {
-        let read = move |txn: &ReadTransaction| {
-            let open_error = backend("open the journal");
-            let single = txn.open_table(JOURNAL).map_err(open_error.clone())?;
-            let chunks = txn.open_table(JOURNAL_CHUNKS).map_err(open_error)?;
-            journal_chunks::read(&single, &chunks, from_sequence, limit)
-        };
         Box::pin(async move {
             let unwritten = self.ask(|reply| Job::UnwrittenJournal { reply }).await?;
             if unwritten.trim_below <= from_sequence {
-                let rows = self.read_redb(read).await?;
+                let rows = self.read_journal_blocks(from_sequence, limit).await?;
                 let answered = match unwritten.from {
                     None => true,
                     Some(floor) => {
@@ -508,7 +525,12 @@ impl Store for RedbStore {
                     return Ok(rows);
                 }
             }
-            self.read(read).await
+            self.ask(|reply| Job::Checkpoint {
+                reply,
+                only_for: None,
+            })
+            .await?;
+            self.read_journal_blocks(from_sequence, limit).await
         })
     }
 
@@ -582,9 +604,9 @@ impl Store for RedbStore {
     }
 }
 
-/// Creates every table, checks (or stamps) the format version, and returns the highest log
-/// sequence the database already contains.
-fn initialise(db: &Database) -> Result<u64, StoreError> {
+/// Creates every table, checks (or stamps) the format version, upgrades an older format, and
+/// returns the highest log sequence the database already contains.
+fn initialise(db: &Database, journal_files: &mut BlockFiles) -> Result<u64, StoreError> {
     let txn = db
         .begin_write()
         .map_err(backend("begin the initial transaction"))?;
@@ -603,6 +625,7 @@ fn initialise(db: &Database) -> Result<u64, StoreError> {
                     .map_err(backend("write the format version"))?;
             }
             Some(found) if UPGRADABLE_FORMAT_VERSIONS.contains(&found) => {
+                move_journal_into_blocks(&txn, journal_files)?;
                 format
                     .insert(FORMAT_KEY, FORMAT_VERSION)
                     .map_err(backend("write the format version"))?;
@@ -626,10 +649,31 @@ fn initialise(db: &Database) -> Result<u64, StoreError> {
     Ok(checkpointed)
 }
 
+/// The upgrade from formats 1 to 3: their journal entries, in redb rows, move into block
+/// files (synced before the transaction commits), and their tables are deleted.
+fn move_journal_into_blocks(
+    txn: &WriteTransaction,
+    journal_files: &mut BlockFiles,
+) -> Result<(), StoreError> {
+    let open_error = backend("open the journal for the upgrade");
+    {
+        let single = txn.open_table(JOURNAL).map_err(open_error.clone())?;
+        let runs = txn.open_table(JOURNAL_CHUNKS).map_err(open_error.clone())?;
+        let mut blocks = txn.open_table(JOURNAL_BLOCKS).map_err(open_error)?;
+        journal_blocks::migrate(&single, &runs, &mut blocks, journal_files)?;
+    }
+    let delete_error = backend("delete the old journal tables");
+    txn.delete_table(JOURNAL).map_err(delete_error.clone())?;
+    txn.delete_table(JOURNAL_CHUNKS).map_err(delete_error)?;
+    Ok(())
+}
+
 /// The writer thread's state: the log, the overlay, and what it takes to checkpoint them.
 struct Writer {
     db: Arc<Database>,
     wal: Wal,
+    /// Where checkpoints append journal entries (one checkpoint at a time uses it).
+    journal_files: Arc<Mutex<BlockFiles>>,
     overlay: Overlay,
     options: RedbOptions,
     /// The log sequence the next accepted batch gets; never reused, so replay can tell
@@ -945,10 +989,11 @@ impl Writer {
         let thread = {
             let db = Arc::clone(&self.db);
             let frozen = Arc::clone(&frozen);
+            let journal_files = Arc::clone(&self.journal_files);
             std::thread::Builder::new()
                 .name("topgun-store-checkpoint".into())
                 .spawn(move || {
-                    write_checkpoint(&db, &frozen, covered)?;
+                    write_checkpoint(&db, &frozen, covered, &journal_files)?;
                     wal::remove_segments(sealed)
                 })
                 .map_err(|e| io_error("start a checkpoint thread for", self.wal.dir(), e))?
@@ -1044,9 +1089,14 @@ impl Writer {
             return Ok(());
         }
         let started = Instant::now();
-        let written = write_checkpoint(&self.db, &self.overlay, self.next_sequence - 1)
-            .and_then(|()| self.wal.remove_sealed())
-            .and_then(|()| self.wal.truncate_current());
+        let written = write_checkpoint(
+            &self.db,
+            &self.overlay,
+            self.next_sequence - 1,
+            &self.journal_files,
+        )
+        .and_then(|()| self.wal.remove_sealed())
+        .and_then(|()| self.wal.truncate_current());
         match written {
             Ok(()) => {
                 tracing::debug!(
@@ -1089,8 +1139,18 @@ impl Writer {
 }
 
 /// Writes `overlay`'s dirty rows into redb in one durable transaction, with `covered`, the
-/// highest log sequence they include.
-fn write_checkpoint(db: &Database, overlay: &Overlay, covered: u64) -> Result<(), StoreError> {
+/// highest log sequence they include; its journal entries go to the block files, synced
+/// before the transaction commits. Block files a trim emptied are deleted after it.
+fn write_checkpoint(
+    db: &Database,
+    overlay: &Overlay,
+    covered: u64,
+    journal_files: &Mutex<BlockFiles>,
+) -> Result<(), StoreError> {
+    // Only a panicking checkpoint could poison the lock, and the writer fails the store then.
+    let mut journal_files = journal_files
+        .lock()
+        .map_err(|_| StoreError::Task("a store checkpoint panicked".into()))?;
     let mut txn = db
         .begin_write()
         .map_err(backend("begin a checkpoint transaction"))?;
@@ -1098,13 +1158,15 @@ fn write_checkpoint(db: &Database, overlay: &Overlay, covered: u64) -> Result<()
         .map_err(backend("request immediate durability"))?;
     {
         let mut tables = WriteTables::open(&txn)?;
-        overlay.write_to(&mut tables)?;
+        overlay.write_to(&mut tables, &mut journal_files)?;
         txn.open_table(CHECKPOINT)
             .map_err(backend("open the checkpoint table"))?
             .insert(CHECKPOINT_KEY, covered)
             .map_err(backend("write the checkpointed log sequence"))?;
     }
-    txn.commit().map_err(backend("commit a checkpoint"))
+    journal_files.sync()?;
+    txn.commit().map_err(backend("commit a checkpoint"))?;
+    journal_files.remove_unreferenced()
 }
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
@@ -1128,8 +1190,7 @@ struct WriteTables<'txn> {
     counters: Table<'txn, &'static str, &'static [u8]>,
     fencing: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, &'static [u8]>,
-    journal: Table<'txn, u64, &'static [u8]>,
-    journal_chunks: Table<'txn, u64, &'static [u8]>,
+    journal_blocks: Table<'txn, u64, &'static [u8]>,
     journal_head: Table<'txn, &'static str, u64>,
 }
 
@@ -1144,8 +1205,7 @@ impl<'txn> WriteTables<'txn> {
             counters: txn.open_table(COUNTERS).map_err(open_error.clone())?,
             fencing: txn.open_table(FENCING).map_err(open_error.clone())?,
             meta: txn.open_table(META).map_err(open_error.clone())?,
-            journal: txn.open_table(JOURNAL).map_err(open_error.clone())?,
-            journal_chunks: txn.open_table(JOURNAL_CHUNKS).map_err(open_error.clone())?,
+            journal_blocks: txn.open_table(JOURNAL_BLOCKS).map_err(open_error.clone())?,
             journal_head: txn.open_table(JOURNAL_HEAD).map_err(open_error)?,
         })
     }
@@ -2369,23 +2429,36 @@ mod tests {
         format.get(FORMAT_KEY).unwrap().unwrap().value()
     }
 
-    /// Format 2 kept one journal row per entry: after the upgrade those rows are read before
-    /// the newer runs, and trimming reaches both.
+    /// Format 2 kept one journal row per entry, format 3 runs of entries in rows (a store
+    /// upgraded from 2 to 3 holds both): the upgrade moves them into block files, in order,
+    /// and deletes their tables.
     #[tokio::test]
-    async fn a_version_2_journal_stays_readable_and_trimmable() {
+    async fn a_version_3_journal_moves_into_block_files() {
         let dir = tempfile::tempdir().unwrap();
         drop(RedbStore::open(dir.path()).unwrap());
         let path = dir.path().join(FILE_NAME);
-        set_format_version(&path, 2);
+        set_format_version(&path, 3);
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
                 let mut old = txn.open_table(JOURNAL).unwrap();
-                for sequence in 1..=5u64 {
+                for sequence in 1..=3u64 {
                     old.insert(sequence, format!("old-{sequence}").as_bytes())
                         .unwrap();
                 }
+                // A run: per entry its sequence, its length, then the entry.
+                let mut run = Vec::new();
+                for sequence in 4..=5u64 {
+                    let entry = format!("old-{sequence}");
+                    run.extend_from_slice(&sequence.to_le_bytes());
+                    run.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+                    run.extend_from_slice(entry.as_bytes());
+                }
+                txn.open_table(JOURNAL_CHUNKS)
+                    .unwrap()
+                    .insert(4, run.as_slice())
+                    .unwrap();
                 txn.open_table(JOURNAL_HEAD)
                     .unwrap()
                     .insert(JOURNAL_HEAD_KEY, 5)
@@ -2426,6 +2499,17 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         assert_eq!(format_version(&path), FORMAT_VERSION);
+        let db = Database::create(&path).unwrap();
+        let tables: Vec<String> = db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|table| ::redb::TableHandle::name(&table).to_owned())
+            .collect();
+        assert!(tables.contains(&"journal_blocks".to_owned()));
+        assert!(!tables.contains(&"journal".to_owned()));
+        assert!(!tables.contains(&"journal_chunks".to_owned()));
     }
 
     /// Random batches against a store that checkpoints in the background all the time must

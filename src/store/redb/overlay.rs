@@ -28,7 +28,8 @@ use foldhash::{HashMap, HashSet};
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
-use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend, journal_chunks};
+use super::journal_blocks::{self, BlockFiles};
+use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend};
 use crate::record::OrMapRecord;
 use crate::store::codec::{decode, encode, encode_into, kind_code, kind_from_code};
 use crate::store::{CounterSnapshot, EncodedLww, MapKind, Mutation, StoreError, WriteBatch};
@@ -336,8 +337,13 @@ impl Overlay {
         self.dirty = true;
     }
 
-    /// Writes every dirty row into `tables` (the checkpoint's transaction).
-    pub(super) fn write_to(&self, tables: &mut WriteTables<'_>) -> Result<(), StoreError> {
+    /// Writes every dirty row into `tables` (the checkpoint's transaction), and the journal
+    /// entries into `journal_files` (the caller syncs them before committing).
+    pub(super) fn write_to(
+        &self,
+        tables: &mut WriteTables<'_>,
+        journal_files: &mut BlockFiles,
+    ) -> Result<(), StoreError> {
         let mut scratch = Vec::new();
         for (map, state) in &self.maps {
             write_map(tables, map, state, &mut scratch)?;
@@ -359,15 +365,11 @@ impl Overlay {
                 .map_err(backend("write metadata"))?;
         }
         if self.trim_below > 0 {
-            journal_chunks::trim(
-                &mut tables.journal,
-                &mut tables.journal_chunks,
-                self.trim_below,
-            )?;
+            journal_blocks::trim(&mut tables.journal_blocks, journal_files, self.trim_below)?;
         }
-        journal_chunks::write(
-            &mut tables.journal,
-            &mut tables.journal_chunks,
+        journal_blocks::write(
+            &mut tables.journal_blocks,
+            journal_files,
             self.journal
                 .iter()
                 .map(|(sequence, entry)| (*sequence, &**entry)),
