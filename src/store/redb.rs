@@ -1156,6 +1156,7 @@ fn write_checkpoint(
         .map_err(backend("begin a checkpoint transaction"))?;
     txn.set_durability(Durability::Immediate)
         .map_err(backend("request immediate durability"))?;
+    let started = Instant::now();
     {
         let mut tables = WriteTables::open(&txn)?;
         overlay.write_to(&mut tables, &mut journal_files)?;
@@ -1164,9 +1165,20 @@ fn write_checkpoint(
             .insert(CHECKPOINT_KEY, covered)
             .map_err(backend("write the checkpointed log sequence"))?;
     }
+    let written = Instant::now();
     journal_files.sync()?;
+    let synced = Instant::now();
     txn.commit().map_err(backend("commit a checkpoint"))?;
-    journal_files.remove_unreferenced()
+    let committed = Instant::now();
+    journal_files.remove_unreferenced()?;
+    tracing::debug!(
+        write_us = (written - started).as_micros(),
+        journal_sync_us = (synced - written).as_micros(),
+        commit_us = (committed - synced).as_micros(),
+        remove_us = committed.elapsed().as_micros(),
+        "checkpoint phases"
+    );
+    Ok(())
 }
 
 /// Sends a batch's outcome to its caller; a failure nobody waits for (a queued commit) is
