@@ -23,14 +23,14 @@
 //! to its kept suffix without writing. Files no locator points into are deleted after the
 //! commit that made them so; a reader whose file is gone retries on a newer snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, Table};
 
-use super::{JOURNAL_BLOCKS, backend, io_error};
+use super::{JOURNAL_BLOCKS, backend, create_durably, io_error};
 use crate::store::{JournalRow, StoreError};
 
 /// The directory of block files inside the store directory.
@@ -116,8 +116,9 @@ fn corrupt(first: u64, message: &str) -> StoreError {
 #[derive(Debug)]
 pub(super) struct BlockFiles {
     dir: PathBuf,
-    /// Every block file on disk; the highest is appended to.
-    indexes: BTreeSet<u64>,
+    /// Every block file on disk and its size (the current one's is `len`); the highest is
+    /// appended to.
+    sizes: BTreeMap<u64, u64>,
     index: u64,
     current: File,
     /// Bytes in the current file, `pending` included.
@@ -125,10 +126,14 @@ pub(super) struct BlockFiles {
     pending: Vec<u8>,
     /// The current file has writes not yet synced.
     dirty: bool,
-    /// Files below this index hold no block the last trim kept: deleted after its commit.
+    /// Files below this index hold no block the last trim or compaction kept: deleted after
+    /// its transaction commits. (A checkpoint that fails stops the store until it is reopened,
+    /// so no later commit acts on a bound whose transaction never committed.)
     removable_below: u64,
     /// Size that closes a file ([`MAX_FILE_BYTES`]; tests use small files).
     max_file_bytes: u64,
+    /// Garbage tolerated before a compaction ([`COMPACTION_SLACK_BYTES`]; tests use less).
+    compaction_slack: u64,
 }
 
 impl BlockFiles {
@@ -136,7 +141,12 @@ impl BlockFiles {
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error("create the journal directory", dir, e))?;
-        let mut indexes = BTreeSet::new();
+        // The directory's own entry must be durable before locators point into it.
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        File::open(parent)
+            .and_then(|parent| parent.sync_all())
+            .map_err(|e| io_error("sync the directory", parent, e))?;
+        let mut sizes = BTreeMap::new();
         let listing = std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
         for entry in listing {
             let entry = entry.map_err(|e| io_error("list", dir, e))?;
@@ -145,14 +155,18 @@ impl BlockFiles {
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
             {
-                indexes.insert(index);
+                let size = entry
+                    .metadata()
+                    .map_err(|e| io_error("inspect a journal block file", &entry.path(), e))?
+                    .len();
+                sizes.insert(index, size);
             }
         }
-        let index = match indexes.last() {
-            Some(&index) => index,
+        let index = match sizes.last_key_value() {
+            Some((&index, _)) => index,
             None => {
                 create_file(dir, 1)?;
-                indexes.insert(1);
+                sizes.insert(1, 0);
                 1
             }
         };
@@ -167,7 +181,7 @@ impl BlockFiles {
             .len();
         Ok(Self {
             dir: dir.to_owned(),
-            indexes,
+            sizes,
             index,
             current,
             len,
@@ -175,6 +189,7 @@ impl BlockFiles {
             dirty: false,
             removable_below: 0,
             max_file_bytes: MAX_FILE_BYTES,
+            compaction_slack: COMPACTION_SLACK_BYTES,
         })
     }
 
@@ -187,37 +202,49 @@ impl BlockFiles {
     /// them: files an interrupted migration left hold nothing any locator points at).
     fn discard_all(&mut self) -> Result<(), StoreError> {
         self.pending.clear();
-        let next = self.index + 1;
-        self.current = create_file(&self.dir, next)?;
-        for index in std::mem::take(&mut self.indexes) {
-            remove_file(&self.dir, index)?;
-        }
-        self.indexes.insert(next);
-        self.index = next;
-        self.len = 0;
         self.dirty = false;
-        Ok(())
+        self.rotate()?;
+        self.removable_below = self.index;
+        self.remove_unreferenced()
     }
 
     /// Whether appending extends `locator`'s block: it ends the current file, which has room.
     fn extends(&self, locator: &Locator) -> bool {
         locator.file == self.index
-            && locator.offset + locator.len == self.len
-            && self.len < self.max_file_bytes
+            && locator.offset.checked_add(locator.len) == Some(self.len)
+            && !self.is_full()
+    }
+
+    /// Whether the current file has reached its size: the block being written ends, and the
+    /// next goes to a new file.
+    fn is_full(&self) -> bool {
+        self.len >= self.max_file_bytes
     }
 
     /// Moves on to a new file once the current one is full (only between blocks).
     fn rotate_if_full(&mut self) -> Result<(), StoreError> {
-        if self.len < self.max_file_bytes {
-            return Ok(());
+        if self.is_full() {
+            self.rotate()?;
         }
+        Ok(())
+    }
+
+    /// Syncs the current file and moves on to a new one.
+    fn rotate(&mut self) -> Result<(), StoreError> {
         self.sync()?;
         let next = self.index + 1;
         self.current = create_file(&self.dir, next)?;
-        self.indexes.insert(next);
+        self.sizes.insert(self.index, self.len);
+        self.sizes.insert(next, 0);
         self.index = next;
         self.len = 0;
         Ok(())
+    }
+
+    /// Bytes in all block files, garbage included.
+    fn total_bytes(&self) -> u64 {
+        let older: u64 = self.sizes.range(..self.index).map(|(_, size)| size).sum();
+        older + self.len
     }
 
     /// Appends `bytes` to the current file (buffered).
@@ -236,7 +263,7 @@ impl BlockFiles {
         }
         self.current
             .write_all(&self.pending)
-            .map_err(|e| io_error("append to a journal block file", &self.dir, e))?;
+            .map_err(|e| io_error("append to", &file_path(&self.dir, self.index), e))?;
         self.pending.clear();
         self.dirty = true;
         Ok(())
@@ -249,7 +276,7 @@ impl BlockFiles {
         if self.dirty {
             self.current
                 .sync_data()
-                .map_err(|e| io_error("sync a journal block file", &self.dir, e))?;
+                .map_err(|e| io_error("sync", &file_path(&self.dir, self.index), e))?;
             self.dirty = false;
         }
         Ok(())
@@ -264,14 +291,15 @@ impl BlockFiles {
         read_verified(&mut file, &path, first, locator)
     }
 
-    /// Deletes the files the last committed trim left no block in. Not synced: a file that
-    /// reappears after a crash holds nothing a locator points at, and goes with the next trim.
+    /// Deletes the files the last committed trim or compaction left no block in. Not synced:
+    /// a file that reappears after a crash holds nothing a locator points at, and goes with
+    /// the next trim.
     pub(super) fn remove_unreferenced(&mut self) -> Result<(), StoreError> {
         let below = self.removable_below.min(self.index);
-        let removable: Vec<u64> = self.indexes.range(..below).copied().collect();
+        let removable: Vec<u64> = self.sizes.range(..below).map(|(index, _)| *index).collect();
         for index in removable {
             remove_file(&self.dir, index)?;
-            self.indexes.remove(&index);
+            self.sizes.remove(&index);
         }
         Ok(())
     }
@@ -281,19 +309,9 @@ fn file_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:016}"))
 }
 
-/// Creates block file `index` and makes its directory entry durable before any locator can
-/// point into it.
+/// Creates block file `index`, its directory entry durable before any locator points into it.
 fn create_file(dir: &Path, index: u64) -> Result<File, StoreError> {
-    let path = file_path(dir, index);
-    let file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| io_error("create a journal block file", &path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync the journal directory", dir, e))?;
-    Ok(file)
+    create_durably(&file_path(dir, index), "create a journal block file")
 }
 
 fn remove_file(dir: &Path, index: u64) -> Result<(), StoreError> {
@@ -313,6 +331,17 @@ fn read_verified(
     first: u64,
     locator: &Locator,
 ) -> Result<Vec<u8>, StoreError> {
+    let size = file
+        .metadata()
+        .map_err(|e| io_error("inspect a journal block file", path, e))?
+        .len();
+    if locator
+        .offset
+        .checked_add(locator.len)
+        .is_none_or(|end| end > size)
+    {
+        return Err(corrupt(first, "block past the end of its file"));
+    }
     let len = usize::try_from(locator.len).map_err(|_| corrupt(first, "block too long"))?;
     let mut bytes = vec![0; len];
     file.seek(SeekFrom::Start(locator.offset))
@@ -325,7 +354,8 @@ fn read_verified(
 }
 
 /// Stores `entries` (ascending): those at or below the highest stored sequence replace or
-/// join what is stored, the rest are appended.
+/// join what is stored, the rest are appended. Then, should copies have left the files more
+/// than half garbage, moves every block into new files (see [`compact_if_wasteful`]).
 pub(super) fn write<'a>(
     blocks: &mut Table<'_, u64, &'static [u8]>,
     files: &mut BlockFiles,
@@ -333,10 +363,24 @@ pub(super) fn write<'a>(
 ) -> Result<(), StoreError> {
     let highest = last_block_at(blocks, u64::MAX)?.map_or(0, |(_, locator)| locator.last);
     let mut entries = entries.into_iter().peekable();
+    let mut rewrote = false;
     while let Some((sequence, entry)) = entries.next_if(|(s, _)| *s <= highest) {
-        write_in_place(blocks, files, sequence, entry)?;
+        // The entries after it in the same block join its copy: one copy per block.
+        let covering = last_block_at(blocks, sequence)?.filter(|(_, l)| l.last >= sequence);
+        let mut group = vec![(sequence, entry)];
+        if let Some((_, locator)) = &covering {
+            while let Some(next) = entries.next_if(|(s, _)| *s <= locator.last) {
+                group.push(next);
+            }
+        }
+        write_in_place(blocks, files, covering, group)?;
+        rewrote = true;
     }
-    append(blocks, files, entries)
+    append(blocks, files, entries)?;
+    if rewrote {
+        compact_if_wasteful(blocks, files)?;
+    }
+    Ok(())
 }
 
 /// Appends `entries` (ascending, above every stored sequence): into the last block while it
@@ -346,8 +390,20 @@ fn append<'a>(
     files: &mut BlockFiles,
     entries: impl IntoIterator<Item = (u64, &'a [u8])>,
 ) -> Result<(), StoreError> {
-    let mut open = last_block_at(blocks, u64::MAX)?
+    let open = last_block_at(blocks, u64::MAX)?
         .filter(|(_, locator)| files.extends(locator) && !locator.is_full());
+    write_blocks(blocks, files, open, entries)
+}
+
+/// Writes `entries` (ascending) into `open` (a block ending the current file) while it has
+/// room, then into new blocks of at most [`MAX_BLOCK_ENTRIES`] / [`MAX_BLOCK_BYTES`]; a block
+/// also ends with its file.
+fn write_blocks<'a>(
+    blocks: &mut Table<'_, u64, &'static [u8]>,
+    files: &mut BlockFiles,
+    mut open: Option<(u64, Locator)>,
+    entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+) -> Result<(), StoreError> {
     let mut framed = Vec::new();
     for (sequence, entry) in entries {
         let (first, mut locator) = match open.take() {
@@ -372,7 +428,7 @@ fn append<'a>(
         locator.crc = ::crc32c::crc32c_append(locator.crc, &framed);
         locator.count += 1;
         locator.last = sequence;
-        if locator.is_full() {
+        if locator.is_full() || files.is_full() {
             insert(blocks, first, &locator)?;
         } else {
             open = Some((first, locator));
@@ -384,41 +440,67 @@ fn append<'a>(
     }
 }
 
-/// Stores one entry at or below the highest stored sequence without breaking the order: in
-/// a copy of the block whose range covers it, else as a block of its own in the gap.
+/// Stores `group` (ascending, at or below the highest stored sequence) without breaking the
+/// order: merged into a copy of the block `covering` them, else as blocks of their own in
+/// the gap. The copy is split at the block bounds should the group have filled gaps.
 fn write_in_place(
     blocks: &mut Table<'_, u64, &'static [u8]>,
     files: &mut BlockFiles,
-    sequence: u64,
-    entry: &[u8],
+    covering: Option<(u64, Locator)>,
+    group: Vec<(u64, &[u8])>,
 ) -> Result<(), StoreError> {
-    let mut framed = Vec::new();
-    let (first, count, last) = match last_block_at(blocks, sequence)? {
-        Some((first, locator)) if locator.last >= sequence => {
-            let bytes = files.read_block(first, &locator)?;
-            let mut run: BTreeMap<u64, &[u8]> = entries(first, &bytes)?.into_iter().collect();
-            run.insert(sequence, entry);
-            for (s, e) in &run {
-                push_entry(&mut framed, *s, e)?;
-            }
-            (first, run.len(), locator.last)
-        }
-        _ => {
-            push_entry(&mut framed, sequence, entry)?;
-            (sequence, 1, sequence)
-        }
+    let Some((first, locator)) = covering else {
+        return write_blocks(blocks, files, None, group);
     };
-    files.rotate_if_full()?;
-    let locator = Locator {
-        file: files.index,
-        offset: files.len,
-        len: framed.len() as u64,
-        crc: ::crc32c::crc32c(&framed),
-        count: u32::try_from(count).unwrap_or(u32::MAX),
-        last,
-    };
-    files.append(&framed)?;
-    insert(blocks, first, &locator)
+    let bytes = files.read_block(first, &locator)?;
+    let mut run: BTreeMap<u64, &[u8]> = entries(first, &bytes)?.into_iter().collect();
+    run.extend(group);
+    blocks
+        .remove(first)
+        .map_err(backend("replace a journal block"))?;
+    write_blocks(blocks, files, None, run)
+}
+
+/// Slack before [`compact_if_wasteful`] acts: small journals never bother.
+const COMPACTION_SLACK_BYTES: u64 = 16 << 20;
+
+/// Copies every block into new files once the block files hold more than twice the bytes
+/// the blocks do (plus [`COMPACTION_SLACK_BYTES`]), so the old files can be deleted. Only
+/// copies make garbage (a journal whose oldest entry stays while later ones are rewritten,
+/// as the client's op log does while offline, would otherwise grow without bound); the
+/// server's journal only appends and trims.
+fn compact_if_wasteful(
+    blocks: &mut Table<'_, u64, &'static [u8]>,
+    files: &mut BlockFiles,
+) -> Result<(), StoreError> {
+    let failed = backend("compact the journal");
+    let mut live = Vec::new();
+    for row in blocks.iter().map_err(failed.clone())? {
+        let (first, locator) = row.map_err(failed.clone())?;
+        live.push((
+            first.value(),
+            Locator::decode(first.value(), locator.value())?,
+        ));
+    }
+    let live_bytes: u64 = live.iter().map(|(_, locator)| locator.len).sum();
+    if files.total_bytes() <= 2 * live_bytes + files.compaction_slack {
+        return Ok(());
+    }
+    files.rotate()?;
+    let fresh = files.index;
+    for (first, locator) in live {
+        let bytes = files.read_block(first, &locator)?;
+        files.rotate_if_full()?;
+        let moved = Locator {
+            file: files.index,
+            offset: files.len,
+            ..locator
+        };
+        files.append(&bytes)?;
+        insert(blocks, first, &moved)?;
+    }
+    files.removable_below = fresh;
+    Ok(())
 }
 
 /// Drops every entry below `below`: whole blocks outright, and the older part of the block
@@ -937,6 +1019,94 @@ mod tests {
         journal.write([(5, entry(5))]);
         assert_eq!(journal.read(0, 10), expected([1, 2, 3, 5].into_iter(), 10));
         assert_eq!(journal.blocks().len(), 2);
+    }
+
+    /// Rewrites of many entries of one block in one checkpoint make one copy of it, and gap
+    /// entries merged into a block split it at the bounds.
+    #[test]
+    fn rewrites_copy_a_block_once_and_keep_the_bounds() {
+        let mut journal = Journal::new();
+        journal.write((1..=2000).step_by(2).map(|s| (s, vec![1u8; 100])));
+        let before = journal.files.total_bytes();
+        journal.write((1..=1000).step_by(2).map(|s| (s, vec![2u8; 100])));
+        let copied = journal.files.total_bytes() - before;
+        assert!(
+            copied < 2 * before,
+            "{copied} bytes copied for {before} stored"
+        );
+        journal.write((2..=2000).step_by(2).map(|s| (s, vec![3u8; 100])));
+        let blocks = journal.blocks();
+        assert!(blocks.iter().all(|(_, l)| l.count <= MAX_BLOCK_ENTRIES));
+        assert_eq!(blocks.iter().map(|(_, l)| l.count).sum::<u32>(), 2000);
+        let rows = journal.read(0, usize::MAX);
+        assert_eq!(rows.len(), 2000);
+        assert!(rows.iter().enumerate().all(|(i, (s, e))| {
+            let expected = if s % 2 == 0 {
+                3
+            } else if *s < 1000 {
+                2
+            } else {
+                1
+            };
+            *s == i as u64 + 1 && e == &vec![expected; 100]
+        }));
+    }
+
+    /// A journal whose oldest entry stays while later ones are rewritten (the client's op log
+    /// while offline) is compacted: its files stay within twice its blocks plus the slack.
+    #[test]
+    fn copies_are_compacted_away() {
+        let mut journal = Journal::new();
+        journal.files.max_file_bytes = 4 << 10;
+        journal.files.compaction_slack = 16 << 10;
+        journal.write((1..=300).map(|s| (s, entry(s))));
+        for round in 0..200u64 {
+            let sequence = 2 + round % 299;
+            journal.write([(sequence, format!("dropped {round}").into_bytes())]);
+            let live: u64 = journal.blocks().iter().map(|(_, l)| l.len).sum();
+            let on_disk: u64 = std::fs::read_dir(journal.files.dir())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            assert!(
+                on_disk <= 2 * live + (16 << 10) + (4 << 10),
+                "round {round}: {on_disk}"
+            );
+        }
+        let rows = journal.read(0, usize::MAX);
+        assert_eq!(rows.len(), 300);
+        assert_eq!(rows[0], (1, entry(1)));
+        assert_eq!(rows[200].1, b"dropped 199");
+    }
+
+    /// A reader on a snapshot from before a trim deleted its file gets `None` and retries.
+    #[test]
+    fn a_reader_behind_a_trim_retries_on_a_new_snapshot() {
+        let mut journal = Journal::new();
+        journal.files.max_file_bytes = 1 << 10;
+        journal.write((0..100).map(|s| (s, vec![7u8; 100])));
+        let old = journal.db.begin_read().unwrap();
+        journal.trim(90);
+        let blocks = old.open_table(JOURNAL_BLOCKS).unwrap();
+        assert_eq!(
+            read_snapshot(&blocks, journal.files.dir(), 0, 5).unwrap(),
+            None
+        );
+        let rows = journal.read(0, 5);
+        assert_eq!(rows.first().map(|(s, _)| *s), Some(90));
+        journal.trim(1);
+        assert_eq!(journal.read(0, 100).len(), 10);
+    }
+
+    #[test]
+    fn sequence_zero_is_an_entry_like_any_other() {
+        let mut journal = Journal::with(&[0, 1, 2]);
+        journal.write([(0, b"again".to_vec())]);
+        assert_eq!(journal.read(0, 1), vec![(0, b"again".to_vec())]);
+        journal.trim(1);
+        assert_eq!(journal.read(0, 10), expected(1..=2, 10));
+        journal.write([(3, entry(3))]);
+        assert_eq!(journal.read(0, 10), expected(1..=3, 10));
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //! mid-append leaves behind); every existing segment is sealed and appends go to a new one,
 //! so a damaged tail is never appended to and disappears with the recovery checkpoint.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::io_error;
+use super::{create_durably, io_error};
 use crate::store::StoreError;
 
 /// Segment file names: this prefix, then the segment's index as 16 decimal digits.
@@ -162,18 +162,10 @@ pub(super) fn remove_segments(paths: impl IntoIterator<Item = PathBuf>) -> Resul
     Ok(())
 }
 
-/// Creates segment `index` and makes its directory entry durable, so records acked in it
-/// cannot vanish with the entry in a crash.
+/// Creates segment `index`, its directory entry durable before any record is acked in it.
 fn create_segment(dir: &Path, index: u64) -> Result<(File, PathBuf), StoreError> {
     let path = dir.join(format!("{FILE_PREFIX}{index:016}"));
-    let file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| io_error("create a write-ahead log segment", &path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync the store directory", dir, e))?;
+    let file = create_durably(&path, "create a write-ahead log segment")?;
     Ok((file, path))
 }
 
