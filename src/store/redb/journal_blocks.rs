@@ -17,10 +17,12 @@
 //! A checkpoint writes its blocks and makes them durable before it commits their locators, so
 //! a locator never points at bytes a crash can take back; what a crashed checkpoint appended
 //! stays unreferenced. A checkpoint extends the last block while that block ends its file, so a
-//! quiet journal does not become one block per checkpoint. An entry written over a stored
-//! sequence or into a gap (`AppendJournal` may replace an entry) goes into a copy of the block
-//! covering it, appended; trimming drops whole blocks and re-keys the one straddling the line
-//! to its kept suffix without writing. Files no locator points into are deleted after the
+//! quiet journal does not become one block per checkpoint; a block also ends with its file
+//! (16 MiB). Entries written over stored sequences or into a gap (`AppendJournal` may replace
+//! an entry: the client's op log marks dropped ops so) go into one copy of the block covering
+//! them, appended; once such copies leave the files more than half garbage, a checkpoint moves
+//! every block into new files. Trimming drops whole blocks and re-keys the one straddling the
+//! line to its kept suffix without writing. Files no locator points into are deleted after the
 //! commit that made them so; a reader whose file is gone retries on a newer snapshot.
 
 use std::collections::BTreeMap;
