@@ -252,7 +252,29 @@ impl BlockFiles {
     /// Appends `bytes` to the current file (buffered).
     fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.pending.extend_from_slice(bytes);
-        self.len += bytes.len() as u64;
+        self.appended(bytes.len())
+    }
+
+    /// Appends one entry, framed straight into the buffer, and returns its framed length and
+    /// `crc` extended over it.
+    fn append_entry(
+        &mut self,
+        sequence: u64,
+        entry: &[u8],
+        crc: u32,
+    ) -> Result<(u64, u32), StoreError> {
+        let start = self.pending.len();
+        push_entry(&mut self.pending, sequence, entry)?;
+        let framed = self.pending.get(start..).unwrap_or_default();
+        let extended = ::crc32c::crc32c_append(crc, framed);
+        let framed_len = framed.len();
+        self.appended(framed_len)?;
+        Ok((framed_len as u64, extended))
+    }
+
+    /// Counts `len` bytes just buffered, writing the buffer out once it is large.
+    fn appended(&mut self, len: usize) -> Result<(), StoreError> {
+        self.len += len as u64;
         if self.pending.len() >= MAX_PENDING_BYTES {
             self.write_pending()?;
         }
@@ -406,7 +428,6 @@ fn write_blocks<'a>(
     mut open: Option<(u64, Locator)>,
     entries: impl IntoIterator<Item = (u64, &'a [u8])>,
 ) -> Result<(), StoreError> {
-    let mut framed = Vec::new();
     for (sequence, entry) in entries {
         let (first, mut locator) = match open.take() {
             Some(block) => block,
@@ -423,11 +444,9 @@ fn write_blocks<'a>(
                 (sequence, start)
             }
         };
-        framed.clear();
-        push_entry(&mut framed, sequence, entry)?;
-        files.append(&framed)?;
-        locator.len += framed.len() as u64;
-        locator.crc = ::crc32c::crc32c_append(locator.crc, &framed);
+        let (framed_len, crc) = files.append_entry(sequence, entry, locator.crc)?;
+        locator.len += framed_len;
+        locator.crc = crc;
         locator.count += 1;
         locator.last = sequence;
         if locator.is_full() || files.is_full() {
