@@ -639,6 +639,10 @@ fn initialise(db: &Database, journal_files: &mut BlockFiles) -> Result<u64, Stor
             }
         }
         WriteTables::open(&txn)?;
+        let blocks = txn
+            .open_table(JOURNAL_BLOCKS)
+            .map_err(backend("open the journal blocks"))?;
+        journal_blocks::forget_orphans(&blocks, journal_files)?;
         txn.open_table(CHECKPOINT)
             .map_err(backend("open the checkpoint table"))?
             .get(CHECKPOINT_KEY)
@@ -646,6 +650,11 @@ fn initialise(db: &Database, journal_files: &mut BlockFiles) -> Result<u64, Stor
             .map_or(0, |v| v.value())
     };
     txn.commit().map_err(backend("create the tables"))?;
+    // Not fatal: an orphan costs disk space, not correctness, and the next open or trim
+    // retries.
+    if let Err(error) = journal_files.remove_unreferenced() {
+        tracing::warn!(%error, "cannot delete journal block files no block is in");
+    }
     Ok(checkpointed)
 }
 
@@ -1509,6 +1518,25 @@ mod tests {
             Some(MapSnapshot::Lww { records }) => assert_eq!(records.len(), 20),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A block file below every block (one whose deletion a crash undid) goes when the store
+    /// opens; the journal and the data stay.
+    #[tokio::test]
+    async fn opening_deletes_journal_files_no_block_is_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        store.commit(every_kind_of_mutation()).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let journal_dir = dir.path().join(journal_blocks::DIR_NAME);
+        let orphan = journal_dir.join(format!("{:016}", 0));
+        std::fs::write(&orphan, b"deleted before a crash").unwrap();
+
+        let reopened = RedbStore::open(dir.path()).unwrap();
+        assert!(!orphan.exists());
+        assert!(std::fs::read_dir(&journal_dir).unwrap().count() >= 1);
+        assert_every_kind_present(&reopened).await;
     }
 
     #[test]

@@ -316,8 +316,8 @@ impl BlockFiles {
     }
 
     /// Deletes the files the last committed trim or compaction left no block in. Not synced:
-    /// a file that reappears after a crash holds nothing a locator points at, and goes with
-    /// the next trim.
+    /// a file that reappears after a crash holds nothing a locator points at, and goes when
+    /// the store next opens ([`forget_orphans`]).
     pub(super) fn remove_unreferenced(&mut self) -> Result<(), StoreError> {
         let below = self.removable_below.min(self.index);
         let removable: Vec<u64> = self.sizes.range(..below).map(|(index, _)| *index).collect();
@@ -550,13 +550,34 @@ pub(super) fn trim(
     if let Some((first, locator)) = kept {
         insert(blocks, first, &locator)?;
     }
-    let mut lowest_file = files.index;
+    files.removable_below = lowest_referenced_file(blocks, files.index)?;
+    Ok(())
+}
+
+/// Marks for deletion the block files below the lowest one a locator points into, found when
+/// the store opens. Deleting a file is not synced, so a crash after a trim can bring files
+/// back; they hold nothing any block uses, and without this they would stay until the next
+/// trim that drops a block.
+pub(super) fn forget_orphans(
+    blocks: &impl ReadableTable<u64, &'static [u8]>,
+    files: &mut BlockFiles,
+) -> Result<(), StoreError> {
+    files.removable_below = lowest_referenced_file(blocks, files.index)?;
+    Ok(())
+}
+
+/// The lowest file any block is in; `current` (the file appended to) when there are none.
+fn lowest_referenced_file(
+    blocks: &impl ReadableTable<u64, &'static [u8]>,
+    current: u64,
+) -> Result<u64, StoreError> {
+    let failed = backend("list the journal blocks");
+    let mut lowest = current;
     for row in blocks.iter().map_err(failed.clone())? {
         let (first, locator) = row.map_err(failed.clone())?;
-        lowest_file = lowest_file.min(Locator::decode(first.value(), locator.value())?.file);
+        lowest = lowest.min(Locator::decode(first.value(), locator.value())?.file);
     }
-    files.removable_below = lowest_file;
-    Ok(())
+    Ok(lowest)
 }
 
 /// The block's entries from `below` on, as a block of their own (the same bytes, from an
@@ -1020,6 +1041,51 @@ mod tests {
         assert!(journal.blocks().is_empty());
         assert_eq!(journal.file_names().len(), 1, "the current file stays");
         assert!(journal.read(0, 100).is_empty());
+    }
+
+    /// Files a crash brought back after their trim deleted them (the deletion is not synced)
+    /// go when the store opens; the files blocks are in stay.
+    #[test]
+    fn files_back_after_a_crash_are_deleted_on_open() {
+        let mut journal = Journal::new();
+        journal.files.max_file_bytes = 2 << 10;
+        let big = |s: u64| (s, vec![(s % 251) as u8; 300]);
+        for start in (1..=40).step_by(5) {
+            journal.write((start..start + 5).map(big));
+        }
+        let before = journal.file_names();
+        journal.trim(21);
+        let after = journal.file_names();
+        assert!(after.len() < before.len(), "{before:?} then {after:?}");
+        let gone: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+        for name in &gone {
+            std::fs::write(journal.files.dir().join(name), b"back from the dead").unwrap();
+        }
+        assert_eq!(journal.file_names(), before);
+
+        journal.files = BlockFiles::open(journal.files.dir()).unwrap();
+        {
+            let txn = journal.db.begin_read().unwrap();
+            let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
+            forget_orphans(&blocks, &mut journal.files).unwrap();
+        }
+        journal.files.remove_unreferenced().unwrap();
+        assert_eq!(journal.file_names(), after);
+        assert!(journal.read(0, 100) == (21..=40).map(big).collect::<Vec<_>>());
+
+        // With no block left, only the file appended to stays.
+        journal.trim(1000);
+        std::fs::write(journal.files.dir().join(gone[0]), b"again").unwrap();
+        journal.files = BlockFiles::open(journal.files.dir()).unwrap();
+        {
+            let txn = journal.db.begin_read().unwrap();
+            let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
+            forget_orphans(&blocks, &mut journal.files).unwrap();
+        }
+        journal.files.remove_unreferenced().unwrap();
+        assert_eq!(journal.file_names().len(), 1);
+        journal.write([(1001, entry(1001))]);
+        assert_eq!(journal.read(0, 10), expected(1001..=1001, 10));
     }
 
     /// What a checkpoint appended but never committed (a crash before the commit) is never
