@@ -851,6 +851,26 @@ mod tests {
             self.commit(|blocks, files| trim(blocks, files, below));
         }
 
+        /// A journal in 2 KiB files holding [`big_entry`] `1..=last`, five per checkpoint.
+        fn in_small_files(last: u64) -> Self {
+            let mut journal = Self::new();
+            journal.files.max_file_bytes = 2 << 10;
+            for start in (1..=last).step_by(5) {
+                journal.write((start..(start + 5).min(last + 1)).map(big_entry));
+            }
+            journal
+        }
+
+        /// Reopens the block files and deletes those no block is in, as opening the store
+        /// does.
+        fn reopen(&mut self) {
+            self.files = BlockFiles::open(self.files.dir()).unwrap();
+            let txn = self.db.begin_read().unwrap();
+            let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
+            forget_orphans(&blocks, &mut self.files).unwrap();
+            self.files.remove_unreferenced().unwrap();
+        }
+
         fn read(&self, from: u64, limit: usize) -> Vec<JournalRow> {
             read(&self.db, self.files.dir(), from, limit).unwrap()
         }
@@ -878,6 +898,11 @@ mod tests {
             names.sort();
             names
         }
+    }
+
+    /// Entry `sequence` of 300 bytes, so a few fill a small file.
+    fn big_entry(sequence: u64) -> (u64, Vec<u8>) {
+        (sequence, vec![(sequence % 251) as u8; 300])
     }
 
     fn expected(sequences: impl Iterator<Item = u64>, limit: usize) -> Vec<JournalRow> {
@@ -1017,12 +1042,7 @@ mod tests {
     /// block copied into a later file does not delay.
     #[test]
     fn trimming_deletes_files_left_without_blocks() {
-        let mut journal = Journal::new();
-        journal.files.max_file_bytes = 2 << 10;
-        let big = |s: u64| (s, vec![(s % 251) as u8; 300]);
-        for start in (1..=60).step_by(5) {
-            journal.write((start..start + 5).map(big));
-        }
+        let mut journal = Journal::in_small_files(60);
         let files = journal.file_names().len();
         assert!(files >= 5, "{files} files");
         // A rewrite of entry 58 copies its block into the newest file.
@@ -1047,12 +1067,7 @@ mod tests {
     /// go when the store opens; the files blocks are in stay.
     #[test]
     fn files_back_after_a_crash_are_deleted_on_open() {
-        let mut journal = Journal::new();
-        journal.files.max_file_bytes = 2 << 10;
-        let big = |s: u64| (s, vec![(s % 251) as u8; 300]);
-        for start in (1..=40).step_by(5) {
-            journal.write((start..start + 5).map(big));
-        }
+        let mut journal = Journal::in_small_files(40);
         let before = journal.file_names();
         journal.trim(21);
         let after = journal.file_names();
@@ -1063,26 +1078,14 @@ mod tests {
         }
         assert_eq!(journal.file_names(), before);
 
-        journal.files = BlockFiles::open(journal.files.dir()).unwrap();
-        {
-            let txn = journal.db.begin_read().unwrap();
-            let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
-            forget_orphans(&blocks, &mut journal.files).unwrap();
-        }
-        journal.files.remove_unreferenced().unwrap();
+        journal.reopen();
         assert_eq!(journal.file_names(), after);
-        assert!(journal.read(0, 100) == (21..=40).map(big).collect::<Vec<_>>());
+        assert!(journal.read(0, 100) == (21..=40).map(big_entry).collect::<Vec<_>>());
 
         // With no block left, only the file appended to stays.
         journal.trim(1000);
         std::fs::write(journal.files.dir().join(gone[0]), b"again").unwrap();
-        journal.files = BlockFiles::open(journal.files.dir()).unwrap();
-        {
-            let txn = journal.db.begin_read().unwrap();
-            let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
-            forget_orphans(&blocks, &mut journal.files).unwrap();
-        }
-        journal.files.remove_unreferenced().unwrap();
+        journal.reopen();
         assert_eq!(journal.file_names().len(), 1);
         journal.write([(1001, entry(1001))]);
         assert_eq!(journal.read(0, 10), expected(1001..=1001, 10));
