@@ -642,7 +642,7 @@ fn initialise(db: &Database, journal_files: &mut BlockFiles) -> Result<u64, Stor
         let blocks = txn
             .open_table(JOURNAL_BLOCKS)
             .map_err(backend("open the journal blocks"))?;
-        journal_blocks::forget_orphans(&blocks, journal_files)?;
+        journal_blocks::mark_files_without_blocks(&blocks, journal_files)?;
         txn.open_table(CHECKPOINT)
             .map_err(backend("open the checkpoint table"))?
             .get(CHECKPOINT_KEY)

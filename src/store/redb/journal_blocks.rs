@@ -317,7 +317,7 @@ impl BlockFiles {
 
     /// Deletes the files the last committed trim or compaction left no block in. Not synced:
     /// a file that reappears after a crash holds nothing a locator points at, and goes when
-    /// the store next opens ([`forget_orphans`]).
+    /// the store next opens ([`mark_files_without_blocks`]).
     pub(super) fn remove_unreferenced(&mut self) -> Result<(), StoreError> {
         let below = self.removable_below.min(self.index);
         let removable: Vec<u64> = self.sizes.range(..below).map(|(index, _)| *index).collect();
@@ -550,34 +550,25 @@ pub(super) fn trim(
     if let Some((first, locator)) = kept {
         insert(blocks, first, &locator)?;
     }
-    files.removable_below = lowest_referenced_file(blocks, files.index)?;
-    Ok(())
+    mark_files_without_blocks(blocks, files)
 }
 
-/// Marks for deletion the block files below the lowest one a locator points into, found when
-/// the store opens. Deleting a file is not synced, so a crash after a trim can bring files
-/// back; they hold nothing any block uses, and without this they would stay until the next
-/// trim that drops a block.
-pub(super) fn forget_orphans(
+/// Marks for deletion the block files below the lowest one a block is in (all but the file
+/// appended to when there are none): after a trim, and when the store opens, since deleting a
+/// file is not synced and a crash after a trim can bring files back that hold nothing any
+/// block uses.
+pub(super) fn mark_files_without_blocks(
     blocks: &impl ReadableTable<u64, &'static [u8]>,
     files: &mut BlockFiles,
 ) -> Result<(), StoreError> {
-    files.removable_below = lowest_referenced_file(blocks, files.index)?;
-    Ok(())
-}
-
-/// The lowest file any block is in; `current` (the file appended to) when there are none.
-fn lowest_referenced_file(
-    blocks: &impl ReadableTable<u64, &'static [u8]>,
-    current: u64,
-) -> Result<u64, StoreError> {
     let failed = backend("list the journal blocks");
-    let mut lowest = current;
+    let mut lowest = files.index;
     for row in blocks.iter().map_err(failed.clone())? {
         let (first, locator) = row.map_err(failed.clone())?;
         lowest = lowest.min(Locator::decode(first.value(), locator.value())?.file);
     }
-    Ok(lowest)
+    files.removable_below = lowest;
+    Ok(())
 }
 
 /// The block's entries from `below` on, as a block of their own (the same bytes, from an
@@ -867,7 +858,7 @@ mod tests {
             self.files = BlockFiles::open(self.files.dir()).unwrap();
             let txn = self.db.begin_read().unwrap();
             let blocks = txn.open_table(JOURNAL_BLOCKS).unwrap();
-            forget_orphans(&blocks, &mut self.files).unwrap();
+            mark_files_without_blocks(&blocks, &mut self.files).unwrap();
             self.files.remove_unreferenced().unwrap();
         }
 
