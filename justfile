@@ -35,9 +35,10 @@ sim *ARGS:
 schemas:
     cargo run -- schemas --out schemas
 
-# Criterion benchmarks of the pure core and the ingress path (figures printed, not asserted).
+# Criterion benchmarks of the pure core, the ingress path and the server's whole write path
+# over in-memory streams (figures printed, not asserted).
 bench-core:
-    cargo bench --bench core
+    cargo bench --bench core --bench server
 
 # A release server on a temporary redb store, then every workload for a short fixed time
 # (sync with 100k records; `topgun bench sync` defaults to the full 1M).
