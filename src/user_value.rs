@@ -51,14 +51,17 @@ pub(crate) fn hand_over_encoded<T>(visit: impl FnOnce() -> T) -> T {
 #[derive(Clone)]
 pub struct UserValue(Repr);
 
+///
+/// Both forms are boxed: a `Value` is 80 bytes, and records (with their values) are moved
+/// several times on the write path and kept per key.
 #[derive(Clone)]
 enum Repr {
-    Decoded(Value),
+    Decoded(Box<Value>),
     Encoded {
         /// What [`MsgpackWriter::value`] writes for the value.
         msgpack: Box<[u8]>,
         /// The value, once something read it.
-        decoded: OnceLock<Value>,
+        decoded: OnceLock<Box<Value>>,
     },
 }
 
@@ -80,17 +83,17 @@ impl UserValue {
     pub fn value(&self) -> &Value {
         match &self.0 {
             Repr::Decoded(value) => value,
-            Repr::Encoded { msgpack, decoded } => decoded.get_or_init(|| decode(msgpack)),
+            Repr::Encoded { msgpack, decoded } => decoded.get_or_init(|| Box::new(decode(msgpack))),
         }
     }
 
     /// The value, owned.
     pub fn into_value(self) -> Value {
         match self.0 {
-            Repr::Decoded(value) => value,
-            Repr::Encoded { msgpack, decoded } => {
-                decoded.into_inner().unwrap_or_else(|| decode(&msgpack))
-            }
+            Repr::Decoded(value) => *value,
+            Repr::Encoded { msgpack, decoded } => decoded
+                .into_inner()
+                .map_or_else(|| decode(&msgpack), |value| *value),
         }
     }
 
@@ -135,7 +138,7 @@ fn decode(msgpack: &[u8]) -> Value {
 
 impl From<Value> for UserValue {
     fn from(value: Value) -> Self {
-        Self(Repr::Decoded(value))
+        Self(Repr::Decoded(Box::new(value)))
     }
 }
 
