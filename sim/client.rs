@@ -323,7 +323,7 @@ impl ModelClient {
             }
             Change::OrAdd(record) => {
                 op.op_type = Some(OpType::OrAdd);
-                op.or_record = Some(record.clone());
+                op.or_record = Some(Box::new(record.clone()));
             }
             Change::OrRemove { tag } => {
                 op.op_type = Some(OpType::OrRemove);

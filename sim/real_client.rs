@@ -180,7 +180,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The history's view of a journaled op.
 fn stamp_of(op: ClientOp, sequence: u64) -> Option<Stamped> {
     let change = if let Some(record) = op.or_record {
-        Change::OrAdd(record)
+        Change::OrAdd(*record)
     } else if let Some(tag) = op.or_tag {
         Change::OrRemove { tag }
     } else {

@@ -206,7 +206,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
             key: key.to_owned(),
             op_type: Some(OpType::OrAdd),
             record: None,
-            or_record: Some(record.clone()),
+            or_record: Some(Box::new(record.clone())),
             or_tag: None,
             write_concern: None,
             timeout: None,

@@ -39,8 +39,10 @@ pub struct ClientOp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<LwwRecord>,
     /// For `OR_ADD`.
+    // Boxed: an OR record is larger than the rest of the op, which is moved several times
+    // between decoding and merging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub or_record: Option<OrMapRecord>,
+    pub or_record: Option<Box<OrMapRecord>>,
     /// For `OR_REMOVE`: the removed tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Tag>")]

@@ -141,7 +141,13 @@ pub async fn handle_op_batch(
             op.id.take(),
             op.write_concern.or(batch.write_concern).unwrap_or_default(),
         ));
-        checked.push(check_op(shared, session, op, horizon).await);
+        // Checked by reference and moved once, into its `CheckedOp`: an op is a few hundred
+        // bytes, and every move through an `await` copies it.
+        let checked_op = match check_op(shared, session, &op, horizon).await {
+            Ok(map) => CheckedOp::new(op, map),
+            Err(failure) => Err(failure),
+        };
+        checked.push(checked_op);
     }
     let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
         session.send_error(
@@ -270,9 +276,9 @@ fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, re
 async fn check_op(
     shared: &Shared,
     session: &Session,
-    op: ClientOp,
+    op: &ClientOp,
     horizon: u64,
-) -> Result<CheckedOp, OpFailure> {
+) -> Result<MapHandle, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
     {
@@ -325,7 +331,7 @@ async fn check_op(
             reason: "orTag is not an HLC timestamp (millis:counter:nodeId)".to_owned(),
         });
     }
-    if let Some(ts) = op_timestamp(&op) {
+    if let Some(ts) = op_timestamp(op) {
         if ts.millis < horizon {
             // Tombstones older than the horizon may already be pruned: accepting this write
             // could resurrect a deletion every other replica has forgotten.
@@ -340,7 +346,7 @@ async fn check_op(
             reason: e.to_string(),
         })?;
     }
-    CheckedOp::new(op, map)
+    Ok(map)
 }
 
 /// An op that passed its checks, with the map it merges into.
@@ -549,7 +555,7 @@ fn apply_or_add(
     op: ClientOp,
     changes: &mut MapChanges,
 ) -> Result<(), OpFailure> {
-    let record = op.or_record.ok_or_else(|| missing("orRecord", "OR_ADD"))?;
+    let record = *op.or_record.ok_or_else(|| missing("orRecord", "OR_ADD"))?;
     let Replica::Or(replica) = replica else {
         return Err(missing("an OR map", "OR_ADD"));
     };
@@ -938,12 +944,12 @@ mod tests {
             let map = shared.maps.get("o", MapKind::Or, None).await.unwrap();
             let mut add = base_op("o", "k".into(), OpType::OrAdd);
             let timestamp = Timestamp::new(10, 0, "client");
-            add.or_record = Some(OrMapRecord {
+            add.or_record = Some(Box::new(OrMapRecord {
                 value: serde_json::json!("v"),
                 tag: timestamp.to_string(),
                 timestamp: timestamp.clone(),
                 ttl_ms: None,
-            });
+            }));
             let mut remove = base_op("o", "k".into(), OpType::OrRemove);
             remove.or_tag = Some(timestamp.to_string());
             let ops = vec![
@@ -999,12 +1005,12 @@ mod tests {
             }
             6 | 7 => {
                 let mut op = base_op("o", format!("o{}", i % 50), OpType::OrAdd);
-                op.or_record = Some(OrMapRecord {
+                op.or_record = Some(Box::new(OrMapRecord {
                     value: serde_json::json!(i),
                     timestamp: ts(i as u64),
                     tag: ts(i as u64).to_string(),
                     ttl_ms: None,
-                });
+                }));
                 op
             }
             8 => {

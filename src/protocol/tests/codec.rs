@@ -256,12 +256,12 @@ fn representative_messages_of_every_family_round_trip() {
         key: "t1".into(),
         op_type: Some(OpType::OrAdd),
         record: None,
-        or_record: Some(OrMapRecord {
+        or_record: Some(Box::new(OrMapRecord {
             value: json!("red"),
             timestamp: ts(1_795_698_232_491),
             tag: "1795698232491:2:node-1".into(),
             ttl_ms: Some(5_000_000_000),
-        }),
+        })),
         or_tag: None,
         write_concern: Some(WriteConcern::Persisted),
         timeout: Some(5000),
