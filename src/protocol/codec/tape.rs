@@ -398,7 +398,43 @@ impl<'a> Scanner<'a> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, Decline> {
+    if let Some(known) = known_text(bytes) {
+        return Ok(known);
+    }
     std::str::from_utf8(bytes).map_err(|_| Decline)
+}
+
+/// The write path's field names and enum values, which are most of the strings in a frame:
+/// matching one is cheaper than validating it as UTF-8 (a short string's validation costs
+/// as much as a long one's set-up).
+fn known_text(bytes: &[u8]) -> Option<&'static str> {
+    Some(match bytes {
+        b"type" => "type",
+        b"payload" => "payload",
+        b"ops" => "ops",
+        b"id" => "id",
+        b"mapName" => "mapName",
+        b"key" => "key",
+        b"opType" => "opType",
+        b"record" => "record",
+        b"value" => "value",
+        b"timestamp" => "timestamp",
+        b"millis" => "millis",
+        b"counter" => "counter",
+        b"nodeId" => "nodeId",
+        b"ttlMs" => "ttlMs",
+        b"orRecord" => "orRecord",
+        b"orTag" => "orTag",
+        b"tag" => "tag",
+        b"writeConcern" => "writeConcern",
+        b"timeout" => "timeout",
+        b"OP_BATCH" => "OP_BATCH",
+        b"PUT" => "PUT",
+        b"REMOVE" => "REMOVE",
+        b"OR_ADD" => "OR_ADD",
+        b"OR_REMOVE" => "OR_REMOVE",
+        _ => return None,
+    })
 }
 
 /// True when some key occurs twice (the general decoder keeps the last value at the first
@@ -413,4 +449,46 @@ fn has_repeats(keys: &[&str]) -> bool {
     let mut sorted = keys.to_vec();
     sorted.sort_unstable();
     sorted.windows(2).any(|pair| pair[0] == pair[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_texts_read_as_themselves_and_others_are_validated() {
+        let names = [
+            "type",
+            "payload",
+            "ops",
+            "id",
+            "mapName",
+            "key",
+            "opType",
+            "record",
+            "value",
+            "timestamp",
+            "millis",
+            "counter",
+            "nodeId",
+            "ttlMs",
+            "orRecord",
+            "orTag",
+            "tag",
+            "writeConcern",
+            "timeout",
+            "OP_BATCH",
+            "PUT",
+            "REMOVE",
+            "OR_ADD",
+            "OR_REMOVE",
+        ];
+        for name in names {
+            assert_eq!(known_text(name.as_bytes()), Some(name));
+            assert_eq!(utf8(name.as_bytes()).ok(), Some(name));
+        }
+        assert_eq!(known_text(b"mapname"), None);
+        assert_eq!(utf8("clé".as_bytes()).ok(), Some("clé"));
+        assert!(utf8(b"\xff\xfe").is_err());
+    }
 }
