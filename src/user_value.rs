@@ -51,7 +51,6 @@ pub(crate) fn hand_over_encoded<T>(visit: impl FnOnce() -> T) -> T {
 #[derive(Clone)]
 pub struct UserValue(Repr);
 
-///
 /// Both forms are boxed: a `Value` is 80 bytes, and records (with their values) are moved
 /// several times on the write path and kept per key.
 #[derive(Clone)]
