@@ -19,8 +19,8 @@ pub fn fnv1a_utf16(s: &str) -> u32 {
     hasher.finish()
 }
 
-/// [`fnv1a_utf16`] fed piece by piece: `write!` into it hashes formatted text without
-/// building the string first (the write path hashes a key and timestamp per op).
+/// [`fnv1a_utf16`] fed piece by piece, so text made of parts (the write path hashes a key
+/// and a timestamp per op) is hashed without building the string first.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv1aUtf16(u32);
 
@@ -64,13 +64,6 @@ impl Fnv1aUtf16 {
     /// The hash of everything written.
     pub fn finish(self) -> u32 {
         self.0
-    }
-}
-
-impl std::fmt::Write for Fnv1aUtf16 {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.write(s);
-        Ok(())
     }
 }
 

@@ -143,11 +143,8 @@ pub async fn handle_op_batch(
         ));
         // Checked by reference and moved once, into its `CheckedOp`: an op is a few hundred
         // bytes, and every move through an `await` copies it.
-        let checked_op = match check_op(shared, session, &op, horizon).await {
-            Ok(map) => CheckedOp::new(op, map),
-            Err(failure) => Err(failure),
-        };
-        checked.push(checked_op);
+        let map = check_op(shared, session, &op, horizon).await;
+        checked.push(map.and_then(|map| CheckedOp::new(op, map)));
     }
     let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
         session.send_error(
