@@ -193,6 +193,55 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// [`Reader::token`] for the markers frames are mostly made of, decoded straight from
+    /// the byte: `None`, with nothing consumed, for every other marker and for a truncated
+    /// one, which `token` then reads or reports. The tape scanner's hot path.
+    #[inline(always)]
+    pub(super) fn common_token(&mut self) -> Option<Token<'a>> {
+        let (&marker, rest) = self.input.split_first()?;
+        let (token, rest) = match marker {
+            0x00..=0x7f => (Token::Integer(marker.into()), rest),
+            0x80..=0x8f => (Token::Map(usize::from(marker & 0x0f)), rest),
+            0x90..=0x9f => (Token::Array(usize::from(marker & 0x0f)), rest),
+            0xa0..=0xbf => {
+                let (text, rest) = rest.split_at_checked(usize::from(marker & 0x1f))?;
+                (Token::Str(text), rest)
+            }
+            0xc0 => (Token::Null, rest),
+            0xc2 => (Token::Bool(false), rest),
+            0xc3 => (Token::Bool(true), rest),
+            0xcb => {
+                let (bytes, rest) = rest.split_first_chunk::<8>()?;
+                (Token::Float(f64::from_be_bytes(*bytes)), rest)
+            }
+            0xcc => {
+                let (&byte, rest) = rest.split_first()?;
+                (Token::Integer(byte.into()), rest)
+            }
+            0xcd => {
+                let (bytes, rest) = rest.split_first_chunk::<2>()?;
+                (Token::Integer(u16::from_be_bytes(*bytes).into()), rest)
+            }
+            0xce => {
+                let (bytes, rest) = rest.split_first_chunk::<4>()?;
+                (Token::Integer(u32::from_be_bytes(*bytes).into()), rest)
+            }
+            0xcf => {
+                let (bytes, rest) = rest.split_first_chunk::<8>()?;
+                (Token::Integer(u64::from_be_bytes(*bytes).into()), rest)
+            }
+            0xd9 => {
+                let (&len, rest) = rest.split_first()?;
+                let (text, rest) = rest.split_at_checked(usize::from(len))?;
+                (Token::Str(text), rest)
+            }
+            0xe0..=0xff => (Token::Integer(i8::from_be_bytes([marker]).into()), rest),
+            _ => return None,
+        };
+        self.input = rest;
+        Some(token)
+    }
+
     /// Reads one token: a scalar with its payload, or a container's header.
     pub(super) fn token(&mut self) -> Result<Token<'a>, DecodeError> {
         let marker = self.marker()?;
@@ -318,6 +367,7 @@ impl<'a> Reader<'a> {
 
 /// One msgpack token: a scalar with its payload, or the header of a container whose items
 /// follow.
+#[derive(Debug)]
 pub(super) enum Token<'a> {
     Null,
     Bool(bool),
@@ -332,6 +382,7 @@ pub(super) enum Token<'a> {
 }
 
 /// An ext value.
+#[derive(Debug)]
 pub(super) struct Ext<'a> {
     pub(super) ext_type: i8,
     pub(super) data: &'a [u8],
@@ -544,6 +595,25 @@ mod tests {
             let ours = read(&bytes, &limits);
             let theirs = oracle(&bytes, &limits);
             prop_assert!(same_outcome(&ours, &theirs), "{ours:?} vs {theirs:?}");
+        }
+
+        #[test]
+        fn the_common_token_fast_path_reads_what_token_reads(
+            marker in any::<u8>(),
+            body in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut bytes = vec![marker];
+            bytes.extend_from_slice(&body);
+            let mut fast = Reader::new(&bytes, 8);
+            let mut general = Reader::new(&bytes, 8);
+            match fast.common_token() {
+                Some(token) => {
+                    let expected = general.token().map(|token| format!("{token:?}"));
+                    prop_assert_eq!(Ok(format!("{token:?}")), expected);
+                    prop_assert_eq!(fast.input, general.input);
+                }
+                None => prop_assert_eq!(fast.input, &bytes[..]),
+            }
         }
     }
 

@@ -295,7 +295,7 @@ const PAIRWISE_KEYS: usize = 16;
 impl<'a> Scanner<'a> {
     /// Records one value; false when it is JS `undefined` (nothing recorded).
     fn value(&mut self, depth: usize) -> Result<bool, Decline> {
-        let slot = match self.reader.token().map_err(|_| Decline)? {
+        let slot = match self.token()? {
             Token::Null => Slot::Null,
             Token::Bool(value) => Slot::Bool(value),
             Token::Integer(number) => Slot::Number(number),
@@ -329,6 +329,15 @@ impl<'a> Scanner<'a> {
         Ok(true)
     }
 
+    /// The next token, through the reader's fast path where it can.
+    #[inline(always)]
+    fn token(&mut self) -> Result<Token<'a>, Decline> {
+        match self.reader.common_token() {
+            Some(token) => Ok(token),
+            None => self.reader.token().map_err(|_| Decline),
+        }
+    }
+
     fn array(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
         self.check_depth(depth)?;
         let start = self.open();
@@ -345,7 +354,7 @@ impl<'a> Scanner<'a> {
         let start = self.open();
         let first_key = self.keys.len();
         for _ in 0..len {
-            let Token::Str(key) = self.reader.token().map_err(|_| Decline)? else {
+            let Token::Str(key) = self.token()? else {
                 return Err(Decline);
             };
             let key = utf8(key)?;
@@ -406,35 +415,37 @@ fn utf8(bytes: &[u8]) -> Result<&str, Decline> {
 
 /// The write path's field names and enum values, which are most of the strings in a frame:
 /// matching one is cheaper than validating it as UTF-8 (a short string's validation costs
-/// as much as a long one's set-up).
+/// as much as a long one's set-up). Length and first byte single out the one candidate, so
+/// a string that is none of them (a key, an id, a value) costs a lookup, not a search.
 fn known_text(bytes: &[u8]) -> Option<&'static str> {
-    Some(match bytes {
-        b"type" => "type",
-        b"payload" => "payload",
-        b"ops" => "ops",
-        b"id" => "id",
-        b"mapName" => "mapName",
-        b"key" => "key",
-        b"opType" => "opType",
-        b"record" => "record",
-        b"value" => "value",
-        b"timestamp" => "timestamp",
-        b"millis" => "millis",
-        b"counter" => "counter",
-        b"nodeId" => "nodeId",
-        b"ttlMs" => "ttlMs",
-        b"orRecord" => "orRecord",
-        b"orTag" => "orTag",
-        b"tag" => "tag",
-        b"writeConcern" => "writeConcern",
-        b"timeout" => "timeout",
-        b"OP_BATCH" => "OP_BATCH",
-        b"PUT" => "PUT",
-        b"REMOVE" => "REMOVE",
-        b"OR_ADD" => "OR_ADD",
-        b"OR_REMOVE" => "OR_REMOVE",
+    let candidate = match (bytes.len(), bytes.first()?) {
+        (2, b'i') => "id",
+        (3, b'o') => "ops",
+        (3, b'k') => "key",
+        (3, b't') => "tag",
+        (3, b'P') => "PUT",
+        (4, b't') => "type",
+        (5, b'v') => "value",
+        (5, b't') => "ttlMs",
+        (5, b'o') => "orTag",
+        (6, b'o') => "opType",
+        (6, b'r') => "record",
+        (6, b'm') => "millis",
+        (6, b'n') => "nodeId",
+        (6, b'R') => "REMOVE",
+        (6, b'O') => "OR_ADD",
+        (7, b'p') => "payload",
+        (7, b'm') => "mapName",
+        (7, b'c') => "counter",
+        (7, b't') => "timeout",
+        (8, b'o') => "orRecord",
+        (8, b'O') => "OP_BATCH",
+        (9, b't') => "timestamp",
+        (9, b'O') => "OR_REMOVE",
+        (12, b'w') => "writeConcern",
         _ => return None,
-    })
+    };
+    (candidate.as_bytes() == bytes).then_some(candidate)
 }
 
 /// True when some key occurs twice (the general decoder keeps the last value at the first
@@ -487,7 +498,18 @@ mod tests {
             assert_eq!(known_text(name.as_bytes()), Some(name));
             assert_eq!(utf8(name.as_bytes()).ok(), Some(name));
         }
-        assert_eq!(known_text(b"mapname"), None);
+        // Same length and first byte as a known text, or neither.
+        for other in [
+            &b"mapname"[..],
+            b"ix",
+            b"kex",
+            b"opTypo",
+            b"",
+            b"x",
+            b"writeConcerns",
+        ] {
+            assert_eq!(known_text(other), None, "{other:?}");
+        }
         assert_eq!(utf8("clé".as_bytes()).ok(), Some("clé"));
         assert!(utf8(b"\xff\xfe").is_err());
     }
