@@ -30,7 +30,8 @@ fn validators() -> &'static HashMap<&'static str, Compiled> {
         message_schema_values()
             .into_iter()
             .map(|(name, schema)| {
-                let compiled = jsonschema::validator_for(&schema).map_err(|e| e.to_string());
+                let compiled =
+                    jsonschema::validator_for(&inline_refs(schema)).map_err(|e| e.to_string());
                 (name, compiled)
             })
             .collect()
@@ -45,11 +46,67 @@ fn tape_validators() -> &'static HashMap<&'static str, Option<jsonschema::Valida
         message_schema_values()
             .into_iter()
             .map(|(name, schema)| {
-                let compiled = jsonschema::options_for::<TapeJson>().build(&schema).ok();
+                let compiled = jsonschema::options_for::<TapeJson>()
+                    .build(&inline_refs(schema))
+                    .ok();
                 (name, compiled)
             })
             .collect()
     })
+}
+
+/// The schema with each local `$ref` to one of its `$defs` replaced by that definition, for
+/// validating only: the same language, without a reference to follow per instance (a third
+/// of the validator's work on an `OP_BATCH`). A reference is kept where the definition
+/// refers to itself, directly or through others, and where the referring object has keywords
+/// besides annotations, whose meaning beside `$ref` merging would change.
+pub(super) fn inline_refs(mut schema: Value) -> Value {
+    let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut schema {
+        for (key, value) in map.iter_mut() {
+            if key != "$defs" {
+                inline_in(value, &defs, &mut Vec::new());
+            }
+        }
+    }
+    schema
+}
+
+/// Inlines the references in `schema` (see [`inline_refs`]); `open` holds the definitions
+/// being inlined around it, so a cycle keeps its `$ref`.
+fn inline_in(schema: &mut Value, defs: &Value, open: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            let target = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|reference| reference.strip_prefix("#/$defs/"))
+                .filter(|name| !open.iter().any(|open| open == name))
+                .map(str::to_owned);
+            let only_annotations = map
+                .keys()
+                .all(|key| matches!(key.as_str(), "$ref" | "description" | "title" | "default"));
+            if let (Some(name), true) = (target, only_annotations)
+                && let Some(Value::Object(definition)) = defs.get(&name)
+            {
+                let mut inlined = Value::Object(definition.clone());
+                open.push(name);
+                inline_in(&mut inlined, defs, open);
+                open.pop();
+                *schema = inlined;
+                return;
+            }
+            for value in map.values_mut() {
+                inline_in(value, defs, open);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                inline_in(item, defs, open);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `message`, a tape node, conforms to the schema of `type_name`: the verdict

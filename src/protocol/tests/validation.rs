@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::protocol::codec::{DecodeError, Frame, decode};
+use super::golden;
+use crate::protocol::codec::{DecodeError, Frame, Limits, decode, decode_value};
+use crate::protocol::schema::message_schema_values;
+use crate::protocol::validate::inline_refs;
 use crate::protocol::{MESSAGE_TYPES, Violation, validate};
 
 fn op(map_name: &str, key: &str) -> Value {
@@ -186,4 +189,116 @@ fn unknown_types_are_reported() {
             reason: "unknown message type \"NOPE\"".into()
         }])
     );
+}
+
+#[test]
+fn inlining_replaces_plain_references_and_keeps_cycles_and_constrained_ones() {
+    let schema = json!({
+        "$defs": {
+            "Name": {"type": "string", "maxLength": 3},
+            "Tree": {"type": "object", "properties": {"child": {"$ref": "#/$defs/Tree"}}}
+        },
+        "properties": {
+            "a": {"$ref": "#/$defs/Name", "description": "an annotation only"},
+            "b": {"$ref": "#/$defs/Name", "minLength": 2},
+            "c": {"$ref": "#/$defs/Tree"}
+        }
+    });
+    let inlined = inline_refs(schema.clone());
+    assert_eq!(
+        inlined["properties"]["a"],
+        json!({"type": "string", "maxLength": 3})
+    );
+    assert_eq!(inlined["properties"]["b"], schema["properties"]["b"]);
+    assert_eq!(
+        inlined["properties"]["c"],
+        json!({"type": "object", "properties": {"child": {"$ref": "#/$defs/Tree"}}})
+    );
+    assert_eq!(inlined["$defs"], schema["$defs"]);
+}
+
+/// Every recorded frame, and variants of it with one value replaced, gets the same verdict
+/// and the same violation paths from each message schema as written and as inlined.
+#[test]
+fn inlined_schemas_judge_recorded_frames_and_their_variants_alike() {
+    let validators: std::collections::HashMap<_, _> = message_schema_values()
+        .into_iter()
+        .map(|(name, schema)| {
+            let written = jsonschema::validator_for(&schema).unwrap();
+            let inlined = jsonschema::validator_for(&inline_refs(schema)).unwrap();
+            (name, (written, inlined))
+        })
+        .collect();
+    let paths = |validator: &jsonschema::Validator, message: &Value| {
+        let mut paths: Vec<String> = validator
+            .iter_errors(message)
+            .map(|error| error.instance_path().to_string())
+            .collect();
+        paths.sort();
+        paths
+    };
+    let mut compared = 0;
+    for generation in ["client-2026-01", "client-2026-08"] {
+        for (file, record) in golden::frames(generation) {
+            let bytes = golden::hex(record["hex"].as_str().unwrap());
+            let Ok(message) = decode_value(Frame::Binary(&bytes), &Limits::default()) else {
+                continue;
+            };
+            let Some((written, inlined)) = message["type"]
+                .as_str()
+                .and_then(|name| validators.get(name))
+            else {
+                continue;
+            };
+            for variant in std::iter::once(message.clone()).chain(variants(&message)) {
+                assert_eq!(
+                    paths(written, &variant),
+                    paths(inlined, &variant),
+                    "{file}: {variant}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1000, "only {compared} messages compared");
+}
+
+/// The message with one leaf (or container) at a time replaced by a few wrong or edge values.
+fn variants(message: &Value) -> Vec<Value> {
+    let mut pointers = Vec::new();
+    collect_pointers(message, String::new(), &mut pointers);
+    let replacements = [
+        json!(null),
+        json!(""),
+        json!(-1),
+        json!("x".repeat(300)),
+        json!({}),
+    ];
+    let mut out = Vec::new();
+    for pointer in pointers.iter().filter(|pointer| *pointer != "/type") {
+        for replacement in &replacements {
+            let mut variant = message.clone();
+            if let Some(slot) = variant.pointer_mut(pointer) {
+                *slot = replacement.clone();
+                out.push(variant);
+            }
+        }
+    }
+    out
+}
+
+fn collect_pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => map.iter().for_each(|(key, item)| {
+            let child = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+            out.push(child.clone());
+            collect_pointers(item, child, out);
+        }),
+        Value::Array(items) => items.iter().enumerate().for_each(|(index, item)| {
+            let child = format!("{at}/{index}");
+            out.push(child.clone());
+            collect_pointers(item, child, out);
+        }),
+        _ => {}
+    }
 }
