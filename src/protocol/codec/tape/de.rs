@@ -194,7 +194,9 @@ impl<'de> MapAccess<'de> for Entries<'de> {
             Some((name, value)) => {
                 self.remaining = self.remaining.saturating_sub(1);
                 self.value = Some(value);
-                seed.deserialize(TapeNode::Name(name)).map(Some)
+                // Straight to the field visitor: a key is always a string.
+                seed.deserialize(de::value::BorrowedStrDeserializer::<TapeError>::new(name))
+                    .map(Some)
             }
             None => Ok(None),
         }
