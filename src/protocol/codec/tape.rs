@@ -283,7 +283,8 @@ impl<'a> Iterator for Members<'a> {
 struct Scanner<'a> {
     reader: Reader<'a>,
     slots: Vec<Slot<'a>>,
-    /// The keys of the maps being scanned, innermost map last (for the repeated-key check).
+    /// The names of the maps being scanned that are not known texts, innermost map last (for
+    /// the repeated-key check).
     keys: Vec<&'a str>,
     max_depth: usize,
     js_undefined: bool,
@@ -352,26 +353,37 @@ impl<'a> Scanner<'a> {
     fn map(&mut self, len: usize, depth: usize) -> Result<(), Decline> {
         self.check_depth(depth)?;
         let start = self.open();
-        let first_key = self.keys.len();
+        // Repeats among known names are caught by a bit each; other names are compared.
+        let mut known_present = 0u32;
+        let first_other = self.keys.len();
+        let mut present = 0;
         for _ in 0..len {
             let Token::Str(key) = self.token()? else {
                 return Err(Decline);
             };
-            let key = utf8(key)?;
+            let known = known_index(key);
+            let key = match known {
+                Some(index) => KNOWN_TEXTS[index],
+                None => std::str::from_utf8(key).map_err(|_| Decline)?,
+            };
             let key_slot = self.slots.len();
             self.slots.push(Slot::Str(key));
-            if self.value(depth + 1)? {
-                self.keys.push(key);
-            } else {
+            if !self.value(depth + 1)? {
                 // An `undefined` member is absent.
                 self.slots.truncate(key_slot);
+                continue;
+            }
+            present += 1;
+            match known {
+                Some(index) if known_present & (1 << index) != 0 => return Err(Decline),
+                Some(index) => known_present |= 1 << index,
+                None => self.keys.push(key),
             }
         }
-        let present = self.keys.len() - first_key;
-        if has_repeats(&self.keys[first_key..]) {
+        if has_repeats(&self.keys[first_other..]) {
             return Err(Decline);
         }
-        self.keys.truncate(first_key);
+        self.keys.truncate(first_other);
         self.close(start, Slot::Map { len: 0, end: 0 }, present)
     }
 
@@ -407,45 +419,75 @@ impl<'a> Scanner<'a> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, Decline> {
-    if let Some(known) = known_text(bytes) {
-        return Ok(known);
+    match known_index(bytes) {
+        Some(index) => Ok(KNOWN_TEXTS[index]),
+        None => std::str::from_utf8(bytes).map_err(|_| Decline),
     }
-    std::str::from_utf8(bytes).map_err(|_| Decline)
 }
 
 /// The write path's field names and enum values, which are most of the strings in a frame:
 /// matching one is cheaper than validating it as UTF-8 (a short string's validation costs
-/// as much as a long one's set-up). Length and first byte single out the one candidate, so
-/// a string that is none of them (a key, an id, a value) costs a lookup, not a search.
-fn known_text(bytes: &[u8]) -> Option<&'static str> {
-    let candidate = match (bytes.len(), bytes.first()?) {
-        (2, b'i') => "id",
-        (3, b'o') => "ops",
-        (3, b'k') => "key",
-        (3, b't') => "tag",
-        (3, b'P') => "PUT",
-        (4, b't') => "type",
-        (5, b'v') => "value",
-        (5, b't') => "ttlMs",
-        (5, b'o') => "orTag",
-        (6, b'o') => "opType",
-        (6, b'r') => "record",
-        (6, b'm') => "millis",
-        (6, b'n') => "nodeId",
-        (6, b'R') => "REMOVE",
-        (6, b'O') => "OR_ADD",
-        (7, b'p') => "payload",
-        (7, b'm') => "mapName",
-        (7, b'c') => "counter",
-        (7, b't') => "timeout",
-        (8, b'o') => "orRecord",
-        (8, b'O') => "OP_BATCH",
-        (9, b't') => "timestamp",
-        (9, b'O') => "OR_REMOVE",
-        (12, b'w') => "writeConcern",
+/// as much as a long one's set-up), and a map's repeated known names are caught by one bit
+/// each. At most 32, for that bit.
+const KNOWN_TEXTS: [&str; 24] = [
+    "id",
+    "ops",
+    "key",
+    "tag",
+    "PUT",
+    "type",
+    "value",
+    "ttlMs",
+    "orTag",
+    "opType",
+    "record",
+    "millis",
+    "nodeId",
+    "REMOVE",
+    "OR_ADD",
+    "payload",
+    "mapName",
+    "counter",
+    "timeout",
+    "orRecord",
+    "OP_BATCH",
+    "timestamp",
+    "OR_REMOVE",
+    "writeConcern",
+];
+
+/// The index of `bytes` in [`KNOWN_TEXTS`]. Length and first byte single out the one
+/// candidate, so a string that is none of them (a key, an id, a value) costs a lookup, not
+/// a search.
+fn known_index(bytes: &[u8]) -> Option<usize> {
+    let index = match (bytes.len(), bytes.first()?) {
+        (2, b'i') => 0,
+        (3, b'o') => 1,
+        (3, b'k') => 2,
+        (3, b't') => 3,
+        (3, b'P') => 4,
+        (4, b't') => 5,
+        (5, b'v') => 6,
+        (5, b't') => 7,
+        (5, b'o') => 8,
+        (6, b'o') => 9,
+        (6, b'r') => 10,
+        (6, b'm') => 11,
+        (6, b'n') => 12,
+        (6, b'R') => 13,
+        (6, b'O') => 14,
+        (7, b'p') => 15,
+        (7, b'm') => 16,
+        (7, b'c') => 17,
+        (7, b't') => 18,
+        (8, b'o') => 19,
+        (8, b'O') => 20,
+        (9, b't') => 21,
+        (9, b'O') => 22,
+        (12, b'w') => 23,
         _ => return None,
     };
-    (candidate.as_bytes() == bytes).then_some(candidate)
+    (KNOWN_TEXTS.get(index)?.as_bytes() == bytes).then_some(index)
 }
 
 /// True when some key occurs twice (the general decoder keeps the last value at the first
@@ -468,35 +510,9 @@ mod tests {
 
     #[test]
     fn known_texts_read_as_themselves_and_others_are_validated() {
-        let names = [
-            "type",
-            "payload",
-            "ops",
-            "id",
-            "mapName",
-            "key",
-            "opType",
-            "record",
-            "value",
-            "timestamp",
-            "millis",
-            "counter",
-            "nodeId",
-            "ttlMs",
-            "orRecord",
-            "orTag",
-            "tag",
-            "writeConcern",
-            "timeout",
-            "OP_BATCH",
-            "PUT",
-            "REMOVE",
-            "OR_ADD",
-            "OR_REMOVE",
-        ];
-        for name in names {
-            assert_eq!(known_text(name.as_bytes()), Some(name));
-            assert_eq!(utf8(name.as_bytes()).ok(), Some(name));
+        for (index, name) in KNOWN_TEXTS.iter().enumerate() {
+            assert_eq!(known_index(name.as_bytes()), Some(index), "{name}");
+            assert_eq!(utf8(name.as_bytes()).ok(), Some(*name));
         }
         // Same length and first byte as a known text, or neither.
         for other in [
@@ -508,7 +524,7 @@ mod tests {
             b"x",
             b"writeConcerns",
         ] {
-            assert_eq!(known_text(other), None, "{other:?}");
+            assert_eq!(known_index(other), None, "{other:?}");
         }
         assert_eq!(utf8("clé".as_bytes()).ok(), Some("clé"));
         assert!(utf8(b"\xff\xfe").is_err());

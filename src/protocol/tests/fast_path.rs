@@ -150,6 +150,12 @@ fn declined_frames_are_left_to_the_general_path() {
             ("type", "PING".into()),
             ("timestamp", 1.into()),
         ])),
+        encode(&map(vec![
+            ("type", "PING".into()),
+            ("timestamp", 1.into()),
+            ("extra", 1.into()),
+            ("extra", 2.into()),
+        ])),
         [encode(&ping(1.into())), vec![0xc0]].concat(),
         encode(&Mp::Array(vec![])),
     ];
