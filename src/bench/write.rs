@@ -13,7 +13,6 @@
 //! op: the load generator shares the server's cores, so its CPU per op is kept small.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -181,12 +180,71 @@ struct Writer {
     last_millis: u64,
     /// The encoded `writeConcern` entry of every batch (empty without one).
     write_concern: Vec<u8>,
-    /// The encoded `{"v": padding}` of [`ValuePlan::Padding`], the same for every op.
-    padding_value: Vec<u8>,
-    /// Reused for formatting op ids and keys.
-    text: String,
+    /// The bytes of an op that never change, between the variable ones (see [`OpPieces`]).
+    pieces: OpPieces,
     /// The size of the last batch, to allocate the next one at once.
     last_len: usize,
+}
+
+/// The constant stretches of an encoded `PUT` op, so that writing one costs copies and the
+/// digits of its id, key and timestamp, not an encoder call per name.
+struct OpPieces {
+    /// The op map's header and the `id` name.
+    head: Vec<u8>,
+    /// `mapName` and its value, then the `key` name.
+    map_then_key: Vec<u8>,
+    /// `opType: PUT`, the `record` map's header and the `value` name.
+    record_head: Vec<u8>,
+    /// `{"v": padding}` of [`ValuePlan::Padding`], the same for every op.
+    padding_value: Vec<u8>,
+    /// `timestamp`, its map's header and the `millis` name.
+    timestamp_head: Vec<u8>,
+    /// The `counter` name.
+    counter: Vec<u8>,
+    /// `nodeId` and its value.
+    node: Vec<u8>,
+}
+
+impl OpPieces {
+    fn new(spec: &WriterSpec) -> Result<Self, BenchError> {
+        let mut head = Vec::new();
+        write_map_len(&mut head, 5)?;
+        write_str(&mut head, "id")?;
+        let mut map_then_key = Vec::new();
+        write_str(&mut map_then_key, "mapName")?;
+        write_str(&mut map_then_key, &spec.map)?;
+        write_str(&mut map_then_key, "key")?;
+        let mut record_head = Vec::new();
+        write_str(&mut record_head, "opType")?;
+        write_str(&mut record_head, "PUT")?;
+        write_str(&mut record_head, "record")?;
+        write_map_len(&mut record_head, 2)?;
+        write_str(&mut record_head, "value")?;
+        let mut padding_value = Vec::new();
+        if let ValuePlan::Padding(padding) = &spec.value {
+            write_map_len(&mut padding_value, 1)?;
+            write_str(&mut padding_value, "v")?;
+            write_str(&mut padding_value, padding)?;
+        }
+        let mut timestamp_head = Vec::new();
+        write_str(&mut timestamp_head, "timestamp")?;
+        write_map_len(&mut timestamp_head, 3)?;
+        write_str(&mut timestamp_head, "millis")?;
+        let mut counter = Vec::new();
+        write_str(&mut counter, "counter")?;
+        let mut node = Vec::new();
+        write_str(&mut node, "nodeId")?;
+        write_str(&mut node, &spec.node_id)?;
+        Ok(Self {
+            head,
+            map_then_key,
+            record_head,
+            padding_value,
+            timestamp_head,
+            counter,
+            node,
+        })
+    }
 }
 
 impl Writer {
@@ -197,12 +255,7 @@ impl Writer {
             write_str(&mut write_concern, "writeConcern")?;
             rmp_serde::encode::write_named(&mut write_concern, &level).map_err(encode_error)?;
         }
-        let mut padding_value = Vec::new();
-        if let ValuePlan::Padding(padding) = &spec.value {
-            write_map_len(&mut padding_value, 1)?;
-            write_str(&mut padding_value, "v")?;
-            write_str(&mut padding_value, padding)?;
-        }
+        let pieces = OpPieces::new(&spec)?;
         Ok(Self {
             spec,
             rng,
@@ -211,8 +264,7 @@ impl Writer {
             counter: 0,
             last_millis: 0,
             write_concern,
-            padding_value,
-            text: String::new(),
+            pieces,
             last_len: 0,
         })
     }
@@ -277,32 +329,19 @@ impl Writer {
     fn write_op(&mut self, out: &mut Vec<u8>, key: u64) -> Result<(), BenchError> {
         let id = self.next_id;
         self.next_id += 1;
-        write_map_len(out, 5)?;
-        write_str(out, "id")?;
-        self.text.clear();
-        let _ = write!(self.text, "{id}");
-        write_str(out, &self.text)?;
-        write_str(out, "mapName")?;
-        write_str(out, &self.spec.map)?;
-        write_str(out, "key")?;
-        self.text.clear();
-        let _ = write!(self.text, "{}{key}", self.spec.key_prefix);
-        write_str(out, &self.text)?;
-        write_str(out, "opType")?;
-        write_str(out, "PUT")?;
-        write_str(out, "record")?;
-        write_map_len(out, 2)?;
-        write_str(out, "value")?;
+        out.extend_from_slice(&self.pieces.head);
+        write_decimal_str(out, "", id)?;
+        out.extend_from_slice(&self.pieces.map_then_key);
+        write_decimal_str(out, &self.spec.key_prefix, key)?;
+        out.extend_from_slice(&self.pieces.record_head);
         self.write_value(out)?;
         let (millis, counter) = self.tick();
-        write_str(out, "timestamp")?;
-        write_map_len(out, 3)?;
-        write_str(out, "millis")?;
+        out.extend_from_slice(&self.pieces.timestamp_head);
         write_number(out, millis)?;
-        write_str(out, "counter")?;
+        out.extend_from_slice(&self.pieces.counter);
         write_number(out, u64::from(counter))?;
-        write_str(out, "nodeId")?;
-        write_str(out, &self.spec.node_id)
+        out.extend_from_slice(&self.pieces.node);
+        Ok(())
     }
 
     /// The next op's value (see [`ValuePlan`]).
@@ -310,7 +349,7 @@ impl Writer {
         self.sequence += 1;
         match &self.spec.value {
             ValuePlan::Padding(_) => {
-                out.extend_from_slice(&self.padding_value);
+                out.extend_from_slice(&self.pieces.padding_value);
                 Ok(())
             }
             ValuePlan::Stamped {
@@ -337,6 +376,28 @@ fn encode_error<E: std::fmt::Display>(error: E) -> BenchError {
 
 fn write_str(out: &mut Vec<u8>, text: &str) -> Result<(), BenchError> {
     rmp::encode::write_str(out, text).map_err(encode_error)
+}
+
+/// The string `prefix` followed by the decimal digits of `number`, without formatting
+/// machinery (two per op).
+fn write_decimal_str(out: &mut Vec<u8>, prefix: &str, mut number: u64) -> Result<(), BenchError> {
+    // u64::MAX has 20 digits.
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let len = u32::try_from(prefix.len() + digits.len()).map_err(encode_error)?;
+    rmp::encode::write_str_len(out, len).map_err(encode_error)?;
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(digits);
+    Ok(())
 }
 
 fn write_map_len(out: &mut Vec<u8>, len: u32) -> Result<(), BenchError> {
