@@ -44,19 +44,9 @@ impl Fnv1aUtf16 {
 
     /// Hashes the decimal digits of `n`, as `write(&n.to_string())` would, without the
     /// formatting machinery (the write path hashes two numbers per op).
-    pub fn write_decimal(&mut self, mut n: u64) {
-        // u64::MAX has 20 digits.
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        while start > 0 {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.0 = digits[start..]
+    pub fn write_decimal(&mut self, n: u64) {
+        let mut buf = [0u8; 20];
+        self.0 = decimal_digits(n, &mut buf)
             .iter()
             .fold(self.0, |h, digit| step(h, u16::from(*digit)));
     }
@@ -65,6 +55,22 @@ impl Fnv1aUtf16 {
     pub fn finish(self) -> u32 {
         self.0
     }
+}
+
+/// The decimal digits of `n` (what `n.to_string()` holds), written at the end of `buf` (u64::MAX
+/// has 20 digits): for the hot paths that hash or encode numbers as text, where `core::fmt`
+/// would cost more than the rest of the work.
+pub(crate) fn decimal_digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    while start > 0 {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[start..]
 }
 
 /// One FNV-1a round over a UTF-16 code unit.
@@ -104,6 +110,14 @@ mod tests {
         assert_eq!(fnv1a_utf16("ключ"), 866_290_361);
         assert_eq!(fnv1a_utf16("user-1"), 0xf553_7974);
         assert_eq!(fnv1a_utf16("user-1:1700000000000:0:node-1"), 4_066_377_064);
+    }
+
+    #[test]
+    fn decimal_digits_are_the_number_as_text() {
+        for n in [0, 7, 10, 99, 1_700_000_000_000, u64::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal_digits(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use crate::clock::{Clock, SystemClock};
+use crate::hash::decimal_digits;
 use crate::protocol::codec::write_integer;
 use crate::protocol::{Message, WriteConcern, parse_op_id};
 
@@ -380,19 +381,9 @@ fn write_str(out: &mut Vec<u8>, text: &str) -> Result<(), BenchError> {
 
 /// The string `prefix` followed by the decimal digits of `number`, without formatting
 /// machinery (two per op).
-fn write_decimal_str(out: &mut Vec<u8>, prefix: &str, mut number: u64) -> Result<(), BenchError> {
-    // u64::MAX has 20 digits.
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (number % 10) as u8;
-        number /= 10;
-        if number == 0 {
-            break;
-        }
-    }
-    let digits = &digits[start..];
+fn write_decimal_str(out: &mut Vec<u8>, prefix: &str, number: u64) -> Result<(), BenchError> {
+    let mut buf = [0u8; 20];
+    let digits = decimal_digits(number, &mut buf);
     let len = u32::try_from(prefix.len() + digits.len()).map_err(encode_error)?;
     rmp::encode::write_str_len(out, len).map_err(encode_error)?;
     out.extend_from_slice(prefix.as_bytes());

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use rmp::encode::{self, ByteBuf, ValueWriteError};
 use serde_json::{Number, Value};
 
+use crate::hash::decimal_digits;
 use crate::hlc::Timestamp;
 use crate::record::{LwwRecord, OrMapRecord};
 
@@ -192,18 +193,8 @@ impl MsgpackWriter {
 
     /// `value` in decimal as a string (journal sequences), without a temporary `String`.
     pub fn decimal_str(&mut self, value: u64) {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        let mut rest = value;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        let digits = &digits[start..];
+        let mut buf = [0u8; 20];
+        let digits = decimal_digits(value, &mut buf);
         // At most 20 digits: always a fixstr.
         infallible(encode::write_str_len(&mut self.buf, digits.len() as u32));
         self.buf.as_mut_vec().extend_from_slice(digits);
