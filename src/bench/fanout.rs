@@ -91,6 +91,7 @@ impl Subscriber {
             *newest = stamp.sequence;
             counters.deliveries.fetch_add(1, Ordering::Relaxed);
             let sent = self.epoch + Duration::from_micros(stamp.sent_micros);
+            counters.note_latency(received.saturating_duration_since(sent));
             if self.window.measures(sent) {
                 self.delivered += 1;
                 self.latencies

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::report::{human_bytes, human_count};
+use super::report::{human_bytes, human_count, ms};
 
 /// Live totals shared by every task of a run. Never reset, so the progress line and the
-/// measurement snapshots can both read them.
+/// measurement snapshots can both read them; only the longest latency is the progress
+/// line's own, taken (and so restarted) each second.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Ops acknowledged by the server.
@@ -30,6 +31,9 @@ pub struct Counters {
     pub sent_bytes: AtomicU64,
     /// WebSocket payload bytes received.
     pub received_bytes: AtomicU64,
+    /// The longest latency (µs) noted since the progress line last took it: a stall shows
+    /// in the second it happened, which the end-of-run percentiles cannot say.
+    pub longest_latency_us: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -47,6 +51,21 @@ impl Counters {
     /// Adds one error.
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes a latency for the progress line's longest of the second (ack latency in
+    /// `write`, delivery latency in `fanout`; warm-up included).
+    pub fn note_latency(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.longest_latency_us.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The longest latency noted since the last call, which starts a new period.
+    pub fn take_longest_latency(&self) -> Option<Duration> {
+        match self.longest_latency_us.swap(0, Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
     }
 
     /// Reads every counter.
@@ -219,9 +238,10 @@ impl Progress {
             loop {
                 ticker.tick().await;
                 let now = counters.snapshot();
+                let longest = counters.take_longest_latency();
                 eprintln!(
                     "{}",
-                    progress_line(label, started.elapsed(), &now.since(&last))
+                    progress_line(label, started.elapsed(), &now.since(&last), longest)
                 );
                 last = now;
             }
@@ -235,10 +255,16 @@ impl Drop for Progress {
     }
 }
 
-/// One second's progress: rates over the second, open connections and total errors.
-fn progress_line(label: &str, elapsed: Duration, second: &Snapshot) -> String {
+/// One second's progress: rates over the second, open connections, total errors and the
+/// longest latency of the second.
+fn progress_line(
+    label: &str,
+    elapsed: Duration,
+    second: &Snapshot,
+    longest: Option<Duration>,
+) -> String {
     format!(
-        "[{label} {:>4}s] acked {}/s  delivered {}/s  conns {}  sent {}/s  received {}/s  errors {}",
+        "[{label} {:>4}s] acked {}/s  delivered {}/s  conns {}  sent {}/s  received {}/s  errors {}  longest {}",
         elapsed.as_secs(),
         human_count(second.acked_ops as f64),
         human_count(second.deliveries as f64),
@@ -246,12 +272,34 @@ fn progress_line(label: &str, elapsed: Duration, second: &Snapshot) -> String {
         human_bytes(second.sent_bytes as f64),
         human_bytes(second.received_bytes as f64),
         second.errors,
+        longest.map_or_else(|| "-".to_owned(), |latency| ms(latency.as_secs_f64() * 1e3)),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_latency_of_a_second_is_shown_and_then_forgotten() {
+        let counters = Counters::default();
+        assert_eq!(counters.take_longest_latency(), None);
+        counters.note_latency(Duration::from_millis(3));
+        counters.note_latency(Duration::from_millis(40));
+        counters.note_latency(Duration::from_millis(7));
+        let longest = counters.take_longest_latency();
+        assert_eq!(longest, Some(Duration::from_millis(40)));
+        assert_eq!(counters.take_longest_latency(), None);
+        let line = progress_line(
+            "write",
+            Duration::from_secs(3),
+            &Snapshot::default(),
+            longest,
+        );
+        assert!(line.ends_with("longest 40 ms"), "{line}");
+        let idle = progress_line("write", Duration::from_secs(4), &Snapshot::default(), None);
+        assert!(idle.ends_with("longest -"), "{idle}");
+    }
 
     #[test]
     fn percentiles_of_known_samples() {

@@ -514,6 +514,7 @@ fn on_message(
                     break;
                 };
                 counters.acked_ops.fetch_add(done.ops, Ordering::Relaxed);
+                counters.note_latency(now - done.due);
                 if window.measures(done.due) {
                     outcome.acked_ops += done.ops;
                     outcome.latencies.record(now - done.due);
