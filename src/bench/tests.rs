@@ -348,6 +348,32 @@ fn the_generator_runs_on_one_thread_or_several() {
     task.abort();
 }
 
+/// The generator's runtime threads run under `--sched` (the default being `batch`).
+#[cfg(target_os = "linux")]
+#[test]
+fn runtime_threads_take_the_sched_policy() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+    for (flags, expected) in [
+        (&["--threads", "2"][..], NormalThreadSchedulePolicy::Batch),
+        (
+            &["--threads", "2", "--sched", "normal"][..],
+            NormalThreadSchedulePolicy::Other,
+        ),
+    ] {
+        let mut argv = vec!["b"];
+        argv.extend_from_slice(flags);
+        argv.push("write");
+        let args = Cli::try_parse_from(argv).unwrap().bench;
+        let rt = runtime(&args).unwrap();
+        let policy = rt
+            .block_on(async {
+                tokio::spawn(async { thread_priority::thread_schedule_policy().unwrap() }).await
+            })
+            .unwrap();
+        assert_eq!(policy, ThreadSchedulePolicy::Normal(expected), "{flags:?}");
+    }
+}
+
 #[test]
 fn tokens_are_minted_per_connection_or_shared() {
     let minted = Context::new(&args("ws://x", &["write"]));
