@@ -271,3 +271,58 @@ async fn fanned_out_values_respect_field_level_security() {
     assert_eq!(local.map().get("p1", 0), Some(&json!({"name": "Ann"})));
     snapshot!("field_level_security_fan_out", t);
 }
+
+/// Ops of one batch that alternate between maps and kinds each land in their own map: an
+/// OR op on an LWW map is refused even right after an LWW op on it, and the LWW ops around it
+/// still apply.
+#[tokio::test]
+async fn a_batch_across_maps_and_kinds_applies_each_op_to_its_own_map() {
+    let server = TestServer::start().await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+    let or_add = json!({"id": "2", "mapName": "todos", "key": "b", "opType": "OR_ADD",
+        "orRecord": {"value": 2, "tag": format!("{}:0:{CLIENT_NODE}", T0 + 2),
+                     "timestamp": {"millis": T0 + 2, "counter": 0, "nodeId": CLIENT_NODE}}});
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [
+        put("1", "todos", "a", json!(1), 1),
+        or_add,
+        put("3", "notes", "c", json!(3), 3),
+        put("4", "todos", "d", json!(4), 4),
+    ]}})))
+    .await;
+    let Message::OpRejected(mismatch) = a.expect_type("OP_REJECTED").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        (mismatch.payload.op_id.as_str(), mismatch.payload.code),
+        ("2", Some(400))
+    );
+    assert!(mismatch.payload.reason.contains("Map type mismatch"));
+    let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(ack.payload.last_id, "4");
+
+    // The same writes, one map per batch, on a second server: the roots must agree.
+    let reference = TestServer::start().await;
+    let mut b = Client::authed(&reference, "alice", &t).await;
+    for (map, ops) in [
+        (
+            "todos",
+            vec![
+                put("1", "todos", "a", json!(1), 1),
+                put("4", "todos", "d", json!(4), 4),
+            ],
+        ),
+        ("notes", vec![put("3", "notes", "c", json!(3), 3)]),
+    ] {
+        b.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": ops}})))
+            .await;
+        b.expect_type("OP_ACK").await;
+        assert_eq!(
+            root_of(&mut a, map).await,
+            root_of(&mut b, map).await,
+            "{map}"
+        );
+    }
+}

@@ -135,6 +135,8 @@ pub async fn handle_op_batch(
     let mut checked = Vec::with_capacity(batch.ops.len());
     // One clock read per batch: a batch is checked within microseconds.
     let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
+    // Ops of a batch mostly share one map: the handle found for one serves the next.
+    let mut previous_map: Option<MapHandle> = None;
     for mut op in batch.ops {
         // The id is only needed for the ack and for rejections, which `meta` answers.
         meta.push((
@@ -143,7 +145,14 @@ pub async fn handle_op_batch(
         ));
         // Checked by reference and moved once, into its `CheckedOp`: an op is a few hundred
         // bytes, and every move through an `await` copies it.
-        let map = check_op(shared, session, &op, horizon).await;
+        let map = check_op(shared, session, &op, horizon, previous_map.as_ref()).await;
+        if let Ok(map) = &map
+            && previous_map
+                .as_ref()
+                .is_none_or(|previous| !previous.is_same_map(map))
+        {
+            previous_map = Some(map.clone());
+        }
         checked.push(map.and_then(|map| CheckedOp::new(op, map)));
     }
     let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
@@ -275,6 +284,7 @@ async fn check_op(
     session: &Session,
     op: &ClientOp,
     horizon: u64,
+    previous_map: Option<&MapHandle>,
 ) -> Result<MapHandle, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
@@ -302,19 +312,22 @@ async fn check_op(
     } else {
         MapKind::Lww
     };
-    let map = shared
-        .maps
-        .get(&op.map_name, kind, Some(kind))
-        .await
-        .map_err(|e| match e {
-            MapError::KindMismatch { .. } => OpFailure::Rejected {
-                code: 400,
-                reason: format!("Map type mismatch: {e}"),
-            },
-            MapError::LoadFailed { .. } => OpFailure::Unavailable {
-                reason: e.to_string(),
-            },
-        })?;
+    let map = match previous_map {
+        Some(map) if map.name() == op.map_name && map.kind() == kind => map.clone(),
+        _ => shared
+            .maps
+            .get(&op.map_name, kind, Some(kind))
+            .await
+            .map_err(|e| match e {
+                MapError::KindMismatch { .. } => OpFailure::Rejected {
+                    code: 400,
+                    reason: format!("Map type mismatch: {e}"),
+                },
+                MapError::LoadFailed { .. } => OpFailure::Unavailable {
+                    reason: e.to_string(),
+                },
+            })?,
+    };
     if op.op_type == Some(OpType::OrRemove)
         && op
             .or_tag
@@ -410,6 +423,13 @@ async fn merge_checked(
 /// The write turns of every map the checked ops touch, taken in [`MapHandle::turn_order`]
 /// so that two batches over the same maps can never each hold what the other waits for.
 async fn write_turns(checked: &[Result<CheckedOp, OpFailure>]) -> Vec<WriteTurn> {
+    let mut ops = checked.iter().flatten();
+    let Some(first) = ops.next() else {
+        return Vec::new();
+    };
+    if ops.all(|op| op.map.is_same_map(&first.map)) {
+        return vec![first.map.write_turn().await];
+    }
     let mut maps: Vec<&MapHandle> = checked.iter().flatten().map(|op| &op.map).collect();
     maps.sort_unstable_by_key(|map| map.turn_order());
     maps.dedup_by_key(|map| map.turn_order());

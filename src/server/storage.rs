@@ -16,14 +16,18 @@ use crate::store::{MapSnapshot, Mutation, Store, StoreError, WriteBatch};
 use super::workers::WorkerPool;
 
 /// A loaded map, shared by every connection. The lock is held only for synchronous CRDT work,
-/// never across an `.await`.
+/// never across an `.await`. One reference count for everything: the write path clones a
+/// handle per op, on whichever runtime thread runs the connection.
 #[derive(Debug, Clone)]
-pub struct MapHandle {
-    name: Arc<str>,
+pub struct MapHandle(Arc<LoadedMap>);
+
+#[derive(Debug)]
+struct LoadedMap {
+    name: Box<str>,
     /// The replica's kind, fixed when the map loads (no code replaces a replica by one of
     /// another kind), so checking it takes no lock: every op checks it.
     kind: MapKind,
-    replica: Arc<Mutex<Replica>>,
+    replica: Mutex<Replica>,
     /// Where batch writers of this map queue (see [`MapHandle::write_turn`]).
     turn: Arc<tokio::sync::Mutex<()>>,
 }
@@ -38,17 +42,17 @@ pub struct WriteTurn {
 impl MapHandle {
     /// The map's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The map's kind.
     pub fn kind(&self) -> MapKind {
-        self.kind
+        self.0.kind
     }
 
     /// True when both handles are the same loaded map (not merely the same name).
     pub fn is_same_map(&self, other: &MapHandle) -> bool {
-        Arc::ptr_eq(&self.replica, &other.replica)
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Waits, as a task, until no other batch writer holds this map's turn. Writers that
@@ -59,20 +63,20 @@ impl MapHandle {
     /// replica lock still guards the data against every other reader and writer.
     pub async fn write_turn(&self) -> WriteTurn {
         WriteTurn {
-            _held: Arc::clone(&self.turn).lock_owned().await,
+            _held: Arc::clone(&self.0.turn).lock_owned().await,
         }
     }
 
     /// A total order of loaded maps, for taking several turns without deadlock.
     pub fn turn_order(&self) -> usize {
-        Arc::as_ptr(&self.turn) as usize
+        Arc::as_ptr(&self.0) as usize
     }
 
     /// Locks the replica for reading or changing it.
     pub fn lock(&self) -> MutexGuard<'_, Replica> {
         // A panic inside a CRDT operation would be a bug we cannot recover from better than by
         // continuing with the state as it was left.
-        self.replica.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.replica.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -209,12 +213,12 @@ impl MapRegistry {
         if self.debug {
             tracing::debug!(map = name, kind = %replica.kind(), keys = replica.merkle().len(), "map loaded");
         }
-        Ok(MapHandle {
-            name: Arc::from(name),
+        Ok(MapHandle(Arc::new(LoadedMap {
+            name: Box::from(name),
             kind: replica.kind(),
-            replica: Arc::new(Mutex::new(replica)),
+            replica: Mutex::new(replica),
             turn: Arc::default(),
-        })
+        })))
     }
 
     /// The replica of a stored map; building its Merkle tree is the costly part, so big maps
