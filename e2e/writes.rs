@@ -326,3 +326,49 @@ async fn a_batch_across_maps_and_kinds_applies_each_op_to_its_own_map() {
         );
     }
 }
+
+/// Within one batch each op is authorised for its own action and map: a removal after an
+/// allowed write to the same map is still refused when only writes are granted, and a write
+/// to a map without any grant is refused after writes that were allowed elsewhere.
+#[tokio::test]
+async fn every_op_of_a_batch_is_authorised_for_its_own_action_and_map() {
+    let server = TestServer::with_config(
+        r#"
+        [[permissions]]
+        role = "USER"
+        map = "notes"
+        actions = ["PUT"]
+        "#,
+    )
+    .await;
+    let t = Transcript::default();
+    let mut a = Client::authed(&server, "alice", &t).await;
+    a.send(msg(json!({"type": "OP_BATCH", "payload": {"ops": [
+        put("1", "notes", "a", json!(1), 1),
+        {"id": "2", "mapName": "notes", "key": "a", "opType": "REMOVE",
+         "record": {"value": null, "timestamp": {"millis": T0 + 2, "counter": 0, "nodeId": CLIENT_NODE}}},
+        put("3", "todos", "b", json!(3), 3),
+        put("4", "notes", "c", json!(4), 4),
+    ]}})))
+    .await;
+    for denied in ["2", "3"] {
+        let Message::OpRejected(rejected) = a.expect_type("OP_REJECTED").await else {
+            unreachable!()
+        };
+        assert_eq!(
+            (rejected.payload.op_id.as_str(), rejected.payload.code),
+            (denied, Some(403))
+        );
+    }
+    let Message::Error(partial) = a.expect_type("ERROR").await else {
+        unreachable!()
+    };
+    assert_eq!(
+        partial.payload.message,
+        "Partial batch failure: 2 ops denied"
+    );
+    let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
+        unreachable!()
+    };
+    assert_eq!(ack.payload.last_id, "4");
+}

@@ -135,8 +135,8 @@ pub async fn handle_op_batch(
     let mut checked = Vec::with_capacity(batch.ops.len());
     // One clock read per batch: a batch is checked within microseconds.
     let horizon = shared.now_millis().saturating_sub(shared.limits.gc_age_ms);
-    // Ops of a batch mostly share one map: the handle found for one serves the next.
-    let mut previous_map: Option<MapHandle> = None;
+    // Ops of a batch mostly share one map and action: what was granted for one serves the next.
+    let mut granted: Option<Granted> = None;
     for mut op in batch.ops {
         // The id is only needed for the ack and for rejections, which `meta` answers.
         meta.push((
@@ -145,14 +145,7 @@ pub async fn handle_op_batch(
         ));
         // Checked by reference and moved once, into its `CheckedOp`: an op is a few hundred
         // bytes, and every move through an `await` copies it.
-        let map = check_op(shared, session, &op, horizon, previous_map.as_ref()).await;
-        if let Ok(map) = &map
-            && previous_map
-                .as_ref()
-                .is_none_or(|previous| !previous.is_same_map(map))
-        {
-            previous_map = Some(map.clone());
-        }
+        let map = check_op(shared, session, &op, horizon, &mut granted).await;
         checked.push(map.and_then(|map| CheckedOp::new(op, map)));
     }
     let Some((outcomes, mut changes)) = merge_checked(shared, checked).await else {
@@ -277,14 +270,21 @@ fn reject(shared: &Shared, session: &Session, op_id: Option<&str>, code: u32, re
     );
 }
 
+/// A map an op of this batch was found in, and the action its principal was granted there.
+struct Granted {
+    map: MapHandle,
+    action: Action,
+}
+
 /// Checks one op (permission, ownership, map kind, HLC drift, the garbage-collection
-/// `horizon` in wall-clock millis) and finds its map.
+/// `horizon` in wall-clock millis) and finds its map. The batch's next op on the same map,
+/// kind and action takes the map and the permission from `granted` instead of asking again.
 async fn check_op(
     shared: &Shared,
     session: &Session,
     op: &ClientOp,
     horizon: u64,
-    previous_map: Option<&MapHandle>,
+    granted: &mut Option<Granted>,
 ) -> Result<MapHandle, OpFailure> {
     let action = if op.op_type == Some(OpType::Remove)
         || op.record.as_ref().is_some_and(|r| r.value.is_none())
@@ -293,9 +293,19 @@ async fn check_op(
     } else {
         Action::Put
     };
-    if !shared
-        .permissions
-        .check(session.principal(), &op.map_name, action)
+    let kind = if op.is_or_op() {
+        MapKind::Or
+    } else {
+        MapKind::Lww
+    };
+    let remembered = granted
+        .as_ref()
+        .filter(|g| g.action == action && g.map.kind() == kind && g.map.name() == op.map_name)
+        .map(|g| g.map.clone());
+    if remembered.is_none()
+        && !shared
+            .permissions
+            .check(session.principal(), &op.map_name, action)
     {
         return Err(OpFailure::Rejected {
             code: 403,
@@ -307,26 +317,28 @@ async fn check_op(
             reason: format!("key {} is owned by node {node_id}", op.key),
         });
     }
-    let kind = if op.is_or_op() {
-        MapKind::Or
-    } else {
-        MapKind::Lww
-    };
-    let map = match previous_map {
-        Some(map) if map.name() == op.map_name && map.kind() == kind => map.clone(),
-        _ => shared
-            .maps
-            .get(&op.map_name, kind, Some(kind))
-            .await
-            .map_err(|e| match e {
-                MapError::KindMismatch { .. } => OpFailure::Rejected {
-                    code: 400,
-                    reason: format!("Map type mismatch: {e}"),
-                },
-                MapError::LoadFailed { .. } => OpFailure::Unavailable {
-                    reason: e.to_string(),
-                },
-            })?,
+    let map = match remembered {
+        Some(map) => map,
+        None => {
+            let map = shared
+                .maps
+                .get(&op.map_name, kind, Some(kind))
+                .await
+                .map_err(|e| match e {
+                    MapError::KindMismatch { .. } => OpFailure::Rejected {
+                        code: 400,
+                        reason: format!("Map type mismatch: {e}"),
+                    },
+                    MapError::LoadFailed { .. } => OpFailure::Unavailable {
+                        reason: e.to_string(),
+                    },
+                })?;
+            *granted = Some(Granted {
+                map: map.clone(),
+                action,
+            });
+            map
+        }
     };
     if op.op_type == Some(OpType::OrRemove)
         && op
