@@ -28,7 +28,7 @@ use super::journal;
 use super::metrics::Metrics;
 use super::partitions::Route;
 use super::session::{Session, send_to};
-use super::storage::{MapError, MapHandle, WriteTurn};
+use super::storage::{MapError, MapHandle};
 
 /// What a set of ops changed: the store mutations to persist, the events to fan out and the
 /// changes to journal.
@@ -408,48 +408,20 @@ async fn merge_checked(
             Numbering(None)
         }
     };
-    // A heavy batch merges in slices so that other writers interleave with it: it takes no
-    // turn and meets them at the replica lock, on the worker pool.
-    let turns = if heavy {
-        Vec::new()
-    } else {
-        write_turns(&checked).await
-    };
     let listeners = shared.clone();
-    let merged = shared
+    match shared
         .workers
         .run_if(heavy, move || {
             merge_ops(checked, slice, numbering, Some(&listeners))
         })
-        .await;
-    drop(turns);
-    match merged {
+        .await
+    {
         Ok(merged) => Some(merged),
         Err(e) => {
             tracing::error!(error = %e, "merging a batch on the worker pool failed");
             None
         }
     }
-}
-
-/// The write turns of every map the checked ops touch, taken in [`MapHandle::turn_order`]
-/// so that two batches over the same maps can never each hold what the other waits for.
-async fn write_turns(checked: &[Result<CheckedOp, OpFailure>]) -> Vec<WriteTurn> {
-    let mut ops = checked.iter().flatten();
-    let Some(first) = ops.next() else {
-        return Vec::new();
-    };
-    if ops.all(|op| op.map.is_same_map(&first.map)) {
-        return vec![first.map.write_turn().await];
-    }
-    let mut maps: Vec<&MapHandle> = checked.iter().flatten().map(|op| &op.map).collect();
-    maps.sort_unstable_by_key(|map| map.turn_order());
-    maps.dedup_by_key(|map| map.turn_order());
-    let mut turns = Vec::with_capacity(maps.len());
-    for map in maps {
-        turns.push(map.write_turn().await);
-    }
-    turns
 }
 
 /// Merges checked ops in order, returning each op's outcome and what changed. A map's lock
@@ -1018,74 +990,6 @@ mod tests {
             assert_eq!(numbered, if journaled { 2 } else { 0 }, "{mode:?}");
             assert!(changes.journal.is_empty(), "{mode:?}: numbered at once");
         }
-    }
-
-    fn put_op(map: &str, key: &str, millis: u64) -> ClientOp {
-        let mut op = base_op(map, key.to_owned(), OpType::Put);
-        op.record = Some(LwwRecord {
-            value: Some(serde_json::json!({"at": millis}).into()),
-            timestamp: Timestamp::new(millis, 0, "client"),
-            ttl_ms: None,
-        });
-        op
-    }
-
-    /// A batch queues for its map's write turn as a task: while another writer holds the
-    /// turn, the batch waits without its thread (this single-threaded runtime goes on), and
-    /// without the replica lock (readers go on); it merges once the turn is released.
-    #[tokio::test]
-    async fn a_batch_waits_for_its_write_turn_without_holding_the_thread() {
-        let server = test_server(Limits::default());
-        let shared = Arc::clone(server.shared());
-        let map = shared.maps.get("m", MapKind::Lww, None).await.unwrap();
-        let held = map.write_turn().await;
-        let batch = tokio::spawn({
-            let shared = Arc::clone(&shared);
-            let ops = vec![CheckedOp::new(put_op("m", "k", 10), map.clone())];
-            async move { merge_checked(&shared, ops).await }
-        });
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        assert!(
-            !batch.is_finished(),
-            "merged while another writer held the turn"
-        );
-        assert!(map.lock().merkle().is_empty(), "nothing merged yet");
-        drop(held);
-        let (outcomes, _) = batch.await.unwrap().unwrap();
-        assert!(outcomes.iter().all(Result::is_ok));
-        assert_eq!(map.lock().merkle().len(), 1);
-    }
-
-    /// Batches that touch the same maps in opposite orders take their turns in one order,
-    /// so none waits for a turn the other holds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_over_the_same_maps_in_any_order_all_merge() {
-        let server = test_server(Limits::default());
-        let shared = Arc::clone(server.shared());
-        let a = shared.maps.get("a", MapKind::Lww, None).await.unwrap();
-        let b = shared.maps.get("b", MapKind::Lww, None).await.unwrap();
-        let tasks: Vec<_> = (0..200u64)
-            .map(|i| {
-                let shared = Arc::clone(&shared);
-                let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-                let ops = vec![
-                    CheckedOp::new(put_op(first.name(), "k", i + 1), first.clone()),
-                    CheckedOp::new(put_op(second.name(), "k", i + 1), second.clone()),
-                ];
-                tokio::spawn(async move { merge_checked(&shared, ops).await })
-            })
-            .collect();
-        let all = async {
-            for task in tasks {
-                let (outcomes, _) = task.await.unwrap().unwrap();
-                assert!(outcomes.iter().all(Result::is_ok));
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(30), all)
-            .await
-            .expect("batches over the same maps deadlocked");
     }
 
     fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {

@@ -28,15 +28,6 @@ struct LoadedMap {
     /// another kind), so checking it takes no lock: every op checks it.
     kind: MapKind,
     replica: Mutex<Replica>,
-    /// Where batch writers of this map queue (see [`MapHandle::write_turn`]).
-    turn: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// A batch writer's turn at one map: while it is held, other batch writers of the map wait
-/// as tasks, not as blocked threads.
-#[derive(Debug)]
-pub struct WriteTurn {
-    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl MapHandle {
@@ -53,23 +44,6 @@ impl MapHandle {
     /// True when both handles are the same loaded map (not merely the same name).
     pub fn is_same_map(&self, other: &MapHandle) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    /// Waits, as a task, until no other batch writer holds this map's turn. Writers that
-    /// merged under the replica lock alone blocked their runtime thread whenever two met: with
-    /// one hot map and two runtime threads, measured at 150k ops/s, 13 % of batches waited,
-    /// 90–120 µs on average, for 18 % of one thread's time. Queued here, a waiting batch
-    /// leaves its thread free for other connections. The turn orders writers only; the
-    /// replica lock still guards the data against every other reader and writer.
-    pub async fn write_turn(&self) -> WriteTurn {
-        WriteTurn {
-            _held: Arc::clone(&self.0.turn).lock_owned().await,
-        }
-    }
-
-    /// A total order of loaded maps, for taking several turns without deadlock.
-    pub fn turn_order(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
     }
 
     /// Locks the replica for reading or changing it.
@@ -217,7 +191,6 @@ impl MapRegistry {
             name: Box::from(name),
             kind: replica.kind(),
             replica: Mutex::new(replica),
-            turn: Arc::default(),
         })))
     }
 
