@@ -29,6 +29,15 @@ async fn root_of(client: &mut Client, map: &str) -> u32 {
     }
 }
 
+/// The next `OP_REJECTED`: its op id and code, and its reason.
+async fn next_rejection(client: &mut Client) -> ((String, Option<u32>), String) {
+    let Message::OpRejected(rejected) = client.expect_type("OP_REJECTED").await else {
+        unreachable!()
+    };
+    let payload = rejected.payload;
+    ((payload.op_id, payload.code), payload.reason)
+}
+
 #[tokio::test]
 async fn write_concerns_acks_and_idempotent_replay() {
     let server = TestServer::start().await;
@@ -186,20 +195,8 @@ async fn writes_older_than_the_gc_horizon_and_non_hlc_tags_are_rejected() {
         put("3", "todos", "fresh", json!(3), 3),
     ]}})))
     .await;
-    let Message::OpRejected(old) = a.expect_type("OP_REJECTED").await else {
-        unreachable!()
-    };
-    assert_eq!(
-        (old.payload.op_id.as_str(), old.payload.code),
-        ("1", Some(409))
-    );
-    let Message::OpRejected(tag) = a.expect_type("OP_REJECTED").await else {
-        unreachable!()
-    };
-    assert_eq!(
-        (tag.payload.op_id.as_str(), tag.payload.code),
-        ("2", Some(400))
-    );
+    assert_eq!(next_rejection(&mut a).await.0, ("1".to_owned(), Some(409)));
+    assert_eq!(next_rejection(&mut a).await.0, ("2".to_owned(), Some(400)));
     let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
         unreachable!()
     };
@@ -290,14 +287,9 @@ async fn a_batch_across_maps_and_kinds_applies_each_op_to_its_own_map() {
         put("4", "todos", "d", json!(4), 4),
     ]}})))
     .await;
-    let Message::OpRejected(mismatch) = a.expect_type("OP_REJECTED").await else {
-        unreachable!()
-    };
-    assert_eq!(
-        (mismatch.payload.op_id.as_str(), mismatch.payload.code),
-        ("2", Some(400))
-    );
-    assert!(mismatch.payload.reason.contains("Map type mismatch"));
+    let (mismatch, reason) = next_rejection(&mut a).await;
+    assert_eq!(mismatch, ("2".to_owned(), Some(400)));
+    assert!(reason.contains("Map type mismatch"), "{reason}");
     let Message::OpAck(ack) = a.expect_type("OP_ACK").await else {
         unreachable!()
     };
@@ -352,12 +344,9 @@ async fn every_op_of_a_batch_is_authorised_for_its_own_action_and_map() {
     ]}})))
     .await;
     for denied in ["2", "3"] {
-        let Message::OpRejected(rejected) = a.expect_type("OP_REJECTED").await else {
-            unreachable!()
-        };
         assert_eq!(
-            (rejected.payload.op_id.as_str(), rejected.payload.code),
-            (denied, Some(403))
+            next_rejection(&mut a).await.0,
+            (denied.to_owned(), Some(403))
         );
     }
     let Message::Error(partial) = a.expect_type("ERROR").await else {
