@@ -6,7 +6,7 @@
 //! (LWW or OR) is fixed by the first message that touches it and persisted with it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use tokio::sync::OnceCell;
 
@@ -21,6 +21,7 @@ use super::workers::WorkerPool;
 #[derive(Debug, Clone)]
 pub struct MapHandle(Arc<LoadedMap>);
 
+/// What every [`MapHandle`] of one loaded map shares.
 #[derive(Debug)]
 struct LoadedMap {
     name: Box<str>,
@@ -46,9 +47,10 @@ impl MapHandle {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// True when nobody holds the replica lock at this instant (it is not taken).
+    /// True when nobody holds the replica lock at this instant (it is not taken). A poisoned
+    /// lock counts as free: [`MapHandle::lock`] takes it as it was left.
     pub fn is_unlocked(&self) -> bool {
-        self.0.replica.try_lock().is_ok()
+        !matches!(self.0.replica.try_lock(), Err(TryLockError::WouldBlock))
     }
 
     /// Locks the replica for reading or changing it.
