@@ -6,9 +6,9 @@
 //! server worker that was still inside the `send` of that very reply: measured at 130k ops/s
 //! paced, server workers were preempted mid-send about 1,350 times a second. Under
 //! `SCHED_BATCH` a woken thread waits for the running one's turn to end instead; the server
-//! then kept its core (about 50 preemptions a second), and the generator spent 15–19 % less
-//! CPU per acked op (2.3–2.5 µs against 2.8–3.1 µs at 150k paced; 1.9–2.0 against 2.2–2.5
-//! unpaced, where acked ops/s rose 6–7 %).
+//! then kept its core (about 50 preemptions a second), and the generator spent about 15 %
+//! less CPU per acked op (2.3–2.5 µs against 2.6–3.1 µs at 150k paced, 1.9–2.1 against
+//! 2.1–2.7 unpaced; single interleaved pairs ranged from 2 to 28 %).
 
 use tracing::warn;
 
