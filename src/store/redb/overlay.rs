@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use foldhash::{HashMap, HashSet};
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
@@ -33,6 +34,11 @@ use super::{KINDS, LWW, OR_RECORDS, OR_TOMBSTONES, WriteTables, backend};
 use crate::record::OrMapRecord;
 use crate::store::codec::{decode, encode, encode_into, kind_code, kind_from_code};
 use crate::store::{CounterSnapshot, EncodedLww, MapKind, Mutation, StoreError, WriteBatch};
+
+/// A row's key or tag. Short ones (up to 24 bytes) are held inline, so finding a row reads its
+/// key from the table itself: with `String` keys, comparing a hit's key was a cache miss on its
+/// heap copy, and the largest cost of the writer's lookups.
+type RowKey = CompactString;
 
 /// One row as the overlay knows it.
 #[derive(Debug, Clone)]
@@ -63,11 +69,11 @@ struct MapState {
     /// The map's kind (`None`: unknown), once loaded or claimed.
     kind: Option<Slot<Option<MapKind>>>,
     /// LWW rows, kept encoded as they arrived; `None` means no row.
-    lww: HashMap<String, Slot<Option<EncodedLww>>>,
+    lww: HashMap<RowKey, Slot<Option<EncodedLww>>>,
     /// OR records per key; empty means no row.
-    or_records: HashMap<String, Slot<Vec<OrMapRecord>>>,
+    or_records: HashMap<RowKey, Slot<Vec<OrMapRecord>>>,
     /// OR tombstone tags; `false` means no row.
-    tombstones: HashMap<String, Slot<bool>>,
+    tombstones: HashMap<RowKey, Slot<bool>>,
 }
 
 impl MapState {
@@ -490,7 +496,7 @@ impl Overlay {
         &mut self,
         map: &str,
         key: &str,
-        rows: fn(&mut MapState) -> &mut HashMap<String, Slot<T>>,
+        rows: fn(&mut MapState) -> &mut HashMap<RowKey, Slot<T>>,
         read: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<(), StoreError> {
         if let Some(state) = self.maps.get_mut(map)
@@ -499,7 +505,7 @@ impl Overlay {
             return Ok(());
         }
         let value = read()?;
-        rows(self.state(map)).insert(key.to_owned(), Slot::clean(value));
+        rows(self.state(map)).insert(RowKey::from(key), Slot::clean(value));
         self.map_rows += 1;
         Ok(())
     }
@@ -585,7 +591,7 @@ impl Overlay {
     fn put_lww(&mut self, map: String, key: String, row: EncodedLww) {
         let state = self.maps.entry(map).or_default();
         state.claim(MapKind::Lww);
-        match state.lww.entry(key) {
+        match state.lww.entry(RowKey::from(key)) {
             Entry::Occupied(mut occupied) => {
                 let replaces = occupied
                     .get()
@@ -612,7 +618,11 @@ impl Overlay {
 
     fn set_lww(&mut self, map: &str, key: String, record: Option<EncodedLww>) {
         let state = self.state(map);
-        if state.lww.insert(key, Slot::dirty(record)).is_none() {
+        if state
+            .lww
+            .insert(RowKey::from(key), Slot::dirty(record))
+            .is_none()
+        {
             self.map_rows += 1;
         }
     }
@@ -621,7 +631,7 @@ impl Overlay {
         let state = self.state(map);
         let stored = state
             .or_records
-            .get(&key)
+            .get(key.as_str())
             .map(|slot| slot.value.clone())
             .unwrap_or_default();
         let tombstones = &state.tombstones;
@@ -630,7 +640,11 @@ impl Overlay {
         let merged = crate::store::merge_or_records(stored, records, |tag| {
             tombstones.get(tag).is_some_and(|slot| slot.value)
         });
-        if state.or_records.insert(key, Slot::dirty(merged)).is_none() {
+        if state
+            .or_records
+            .insert(RowKey::from(key), Slot::dirty(merged))
+            .is_none()
+        {
             self.map_rows += 1;
         }
     }
@@ -639,7 +653,11 @@ impl Overlay {
         let state = self.state(map);
         let mut added = 0;
         for tag in tags {
-            if state.tombstones.insert(tag, Slot::dirty(present)).is_none() {
+            if state
+                .tombstones
+                .insert(RowKey::from(tag), Slot::dirty(present))
+                .is_none()
+            {
                 added += 1;
             }
         }
@@ -661,8 +679,8 @@ fn absorb_rows(state: &mut MapState, older: MapState, room: usize) -> usize {
 
 /// Adds up to `room` rows of `older` that `rows` lacks; returns how many.
 fn absorb_table<T>(
-    rows: &mut HashMap<String, Slot<T>>,
-    older: HashMap<String, Slot<T>>,
+    rows: &mut HashMap<RowKey, Slot<T>>,
+    older: HashMap<RowKey, Slot<T>>,
     room: usize,
 ) -> usize {
     let mut added = 0;
