@@ -17,6 +17,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use compact_str::CompactString;
 use serde_json::Value;
 
 use crate::hash::{Fnv1aUtf16, fmix32, fnv1a_utf16};
@@ -104,10 +105,11 @@ struct Node {
 /// A leaf's keys in key order, each with its entry at the same index. Finding a key scans
 /// the entries' inline key hashes and reads a key's text only on a hash match, so keys that
 /// differ cost no pointer chase; a search tree of `String`s followed one at every step, and
-/// that was a write's largest Merkle cost. A leaf holds about `len / 4096` keys.
+/// that was a write's largest Merkle cost. Keys of up to 24 bytes are held inline, so even the
+/// hash match reads the text from the leaf itself. A leaf holds about `len / 4096` keys.
 #[derive(Debug, Clone, Default)]
 struct Leaf {
-    keys: Vec<Box<str>>,
+    keys: Vec<CompactString>,
     entries: Vec<Entry>,
 }
 
@@ -128,7 +130,7 @@ impl Leaf {
                 .map(|slot| std::mem::replace(slot, entry));
         }
         let at = self.keys.partition_point(|held| **held < *key);
-        self.keys.insert(at, key.into());
+        self.keys.insert(at, CompactString::from(key));
         self.entries.insert(at, entry);
         None
     }
