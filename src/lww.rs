@@ -5,9 +5,9 @@
 //! relies on timestamps being unique per write, which the HLC guarantees (distinct node ids,
 //! strictly increasing per node); on an exact tie the local record is kept.
 
-use compact_str::CompactString;
 use hashbrown::hash_map::EntryRef;
 use serde_json::Value;
+use smol_str::SmolStr;
 use std::collections::BTreeSet;
 
 use crate::hlc::Timestamp;
@@ -51,16 +51,16 @@ impl MergeOutcome {
 ///
 /// Records live in a hash table, so a merge costs one hash probe: a B-tree search compared
 /// the key against a dozen others, each a cache miss behind a pointer, and that search was
-/// the largest single cost of a server write. Keys of up to 24 bytes are held inline, so the
-/// probe reads a hit's key from the table itself rather than behind another pointer. The key
-/// order iteration promises is a set of the same keys beside it, touched only when a key
-/// arrives or leaves. Records are
+/// the largest single cost of a server write. Keys of up to 23 bytes are held inline, so the
+/// probe reads a hit's key from the table itself rather than behind another pointer; longer
+/// ones are shared (`Arc<str>`) with the key order iteration promises, a set of the same keys
+/// beside the table, touched only when a key arrives or leaves. Records are
 /// boxed: a table doubles as it grows, and half-empty slots of a whole record each cost a
 /// server holding 1M records ~80 MiB more than slots of a pointer did.
 #[derive(Debug, Clone, Default)]
 pub struct LwwMap {
-    records: hashbrown::HashMap<CompactString, Box<LwwRecord>, foldhash::fast::RandomState>,
-    order: BTreeSet<CompactString>,
+    records: hashbrown::HashMap<SmolStr, Box<LwwRecord>, foldhash::fast::RandomState>,
+    order: BTreeSet<SmolStr>,
 }
 
 impl PartialEq for LwwMap {
@@ -100,7 +100,7 @@ impl LwwMap {
             }
             EntryRef::Occupied(_) => Merged::Ignored(record),
             EntryRef::Vacant(slot) => {
-                let key = CompactString::from(key);
+                let key = SmolStr::from(key);
                 self.order.insert(key.clone());
                 Merged::Applied {
                     previous: None,
@@ -341,7 +341,14 @@ mod tests {
 
     fn op() -> impl Strategy<Value = (String, LwwRecord)> {
         (
-            prop::sample::select(vec!["a", "b", "c"]),
+            // Short keys are held inline, longer than 23 bytes behind a pointer: both kinds.
+            prop::sample::select(vec![
+                "a",
+                "b",
+                "c",
+                "abcdefghijklmnopqrstuvw",
+                "abcdefghijklmnopqrstuvwxyz0123456789",
+            ]),
             0u64..20,
             0u32..3,
             prop::sample::select(vec!["n1", "n2", "n3"]),

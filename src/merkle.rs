@@ -17,8 +17,8 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use compact_str::CompactString;
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::hash::{Fnv1aUtf16, fmix32, fnv1a_utf16};
 use crate::hlc::Timestamp;
@@ -105,11 +105,11 @@ struct Node {
 /// A leaf's keys in key order, each with its entry at the same index. Finding a key scans
 /// the entries' inline key hashes and reads a key's text only on a hash match, so keys that
 /// differ cost no pointer chase; a search tree of `String`s followed one at every step, and
-/// that was a write's largest Merkle cost. Keys of up to 24 bytes are held inline, so even the
+/// that was a write's largest Merkle cost. Keys of up to 23 bytes are held inline, so even the
 /// hash match reads the text from the leaf itself. A leaf holds about `len / 4096` keys.
 #[derive(Debug, Clone, Default)]
 struct Leaf {
-    keys: Vec<CompactString>,
+    keys: Vec<SmolStr>,
     entries: Vec<Entry>,
 }
 
@@ -130,7 +130,7 @@ impl Leaf {
                 .map(|slot| std::mem::replace(slot, entry));
         }
         let at = self.keys.partition_point(|held| **held < *key);
-        self.keys.insert(at, CompactString::from(key));
+        self.keys.insert(at, SmolStr::from(key));
         self.entries.insert(at, entry);
         None
     }
@@ -1281,8 +1281,11 @@ mod tests {
         tree
     }
 
+    /// Keys short enough to be held inline and keys longer than that (24+ bytes).
+    const KEY: &str = "[a-z0-9]{1,6}|[a-z0-9]{24,40}";
+
     fn contents() -> impl Strategy<Value = BTreeMap<String, u32>> {
-        prop::collection::btree_map("[a-z0-9]{1,6}", any::<u32>(), 0..200)
+        prop::collection::btree_map(KEY, any::<u32>(), 0..200)
     }
 
     const BOTH: [Combine; 2] = [Combine::Sum, Combine::Fmix];
@@ -1318,7 +1321,7 @@ mod tests {
         #[test]
         fn update_then_revert_restores_root(
             contents in contents(),
-            key in "[a-z0-9]{1,6}",
+            key in KEY,
             hash in any::<u32>(),
         ) {
             let items: Vec<_> = contents.clone().into_iter().collect();
@@ -1366,7 +1369,7 @@ mod tests {
         #[test]
         fn any_content_change_changes_both_roots(
             contents in contents(),
-            key in "[a-z0-9]{1,6}",
+            key in KEY,
             hash in 1..=u32::MAX,
         ) {
             let items: Vec<_> = contents.clone().into_iter().collect();

@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use compact_str::CompactString;
 use foldhash::{HashMap, HashSet};
+use smol_str::SmolStr;
 
 use ::redb::{Database, ReadOnlyTable, ReadableDatabase};
 
@@ -35,10 +35,10 @@ use crate::record::OrMapRecord;
 use crate::store::codec::{decode, encode, encode_into, kind_code, kind_from_code};
 use crate::store::{CounterSnapshot, EncodedLww, MapKind, Mutation, StoreError, WriteBatch};
 
-/// A row's key or tag. Short ones (up to 24 bytes) are held inline, so finding a row reads its
+/// A row's key or tag. Short ones (up to 23 bytes) are held inline, so finding a row reads its
 /// key from the table itself: with `String` keys, comparing a hit's key was a cache miss on its
 /// heap copy, and the largest cost of the writer's lookups.
-type RowKey = CompactString;
+type RowKey = SmolStr;
 
 /// One row as the overlay knows it.
 #[derive(Debug, Clone)]
@@ -585,28 +585,25 @@ impl Overlay {
         self.state(map).claim(kind);
     }
 
-    /// The hottest mutation: one lookup of the map and one of the key, with the mutation's
-    /// own strings and encoded row moved in (no copies of them). The stored row is replaced
-    /// only by a strictly newer one, as [`crate::store::lww_replaces`] rules.
+    /// The hottest mutation: one lookup of the map and, for a key the overlay holds, one of the
+    /// key, with the encoded row moved in (not copied). The stored row is replaced only by a
+    /// strictly newer one, as [`crate::store::lww_replaces`] rules.
     fn put_lww(&mut self, map: String, key: String, row: EncodedLww) {
         let state = self.maps.entry(map).or_default();
         state.claim(MapKind::Lww);
-        match state.lww.entry(RowKey::from(key)) {
-            Entry::Occupied(mut occupied) => {
-                let replaces = occupied
-                    .get()
-                    .value
-                    .as_ref()
-                    .is_none_or(|stored| row.is_newer_than(stored));
-                if replaces {
-                    occupied.insert(Slot::dirty(Some(row)));
-                }
+        // Found by `&str`: a key too long to be held inline is copied only when it is new.
+        if let Some(slot) = state.lww.get_mut(key.as_str()) {
+            if slot
+                .value
+                .as_ref()
+                .is_none_or(|stored| row.is_newer_than(stored))
+            {
+                *slot = Slot::dirty(Some(row));
             }
-            Entry::Vacant(vacant) => {
-                vacant.insert(Slot::dirty(Some(row)));
-                self.map_rows += 1;
-            }
+            return;
         }
+        state.lww.insert(RowKey::from(key), Slot::dirty(Some(row)));
+        self.map_rows += 1;
     }
 
     fn lww(&self, map: &str, key: &str) -> Option<&EncodedLww> {
@@ -842,6 +839,28 @@ mod tests {
                 (record.value.unwrap().into_value(), record.timestamp),
                 expected
             );
+        }
+    }
+
+    #[test]
+    fn inline_and_long_keys_are_one_row_each_and_merge_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base = empty_base(&dir);
+        let mut overlay = Overlay::default();
+        // 23 bytes is the longest key held inline; the others live behind a pointer.
+        let keys = ["k", &"i".repeat(23), &"l".repeat(24), &"x".repeat(300)];
+        for (round, millis) in [(0, 5), (1, 7), (2, 6)] {
+            let puts = keys
+                .iter()
+                .map(|key| put_at(key, Some(json!(round)), Timestamp::new(millis, 0, "n")))
+                .collect();
+            apply(&mut overlay, &mut base, puts);
+        }
+        assert_eq!(overlay.map_rows, keys.len(), "each key is one row");
+        for key in keys {
+            let record = stored(&overlay, key).unwrap();
+            // Round 1 (millis 7) is newest; round 2's older write left it alone.
+            assert_eq!(record.value.unwrap().into_value(), json!(1), "{key}");
         }
     }
 
