@@ -102,64 +102,60 @@ struct Node {
     entries: Leaf,
 }
 
-/// A leaf's keys in key order, each with its entry at the same index. Finding a key scans
-/// the entries' inline key hashes and reads a key's text only on a hash match, so keys that
-/// differ cost no pointer chase; a search tree of `String`s followed one at every step, and
-/// that was a write's largest Merkle cost. Keys of up to 23 bytes are held inline, so even the
-/// hash match reads the text from the leaf itself. A leaf holds about `len / 4096` keys.
+/// A leaf's keys in key order, each beside its entry. Finding a key scans the entries'
+/// inline key hashes and reads a key's text only on a hash match; a search tree of `String`s
+/// followed a pointer at every step, and that was a write's largest Merkle cost. Keys of up to
+/// 23 bytes are held inline, so an update reads one buffer: the key's text lies next to its
+/// hash. A leaf holds about `len / 4096` keys.
 #[derive(Debug, Clone, Default)]
 struct Leaf {
-    keys: Vec<SmolStr>,
-    entries: Vec<Entry>,
+    items: Vec<(Entry, SmolStr)>,
 }
 
 impl Leaf {
     fn position(&self, key: &str, key_hash: u32) -> Option<usize> {
-        self.entries
+        self.items
             .iter()
-            .zip(&self.keys)
-            .position(|(entry, held)| entry.key_hash == key_hash && **held == *key)
+            .position(|(entry, held)| entry.key_hash == key_hash && held.as_str() == key)
     }
 
     /// Sets `key`'s entry; returns the one it replaced.
     fn insert(&mut self, key: &str, entry: Entry) -> Option<Entry> {
         if let Some(index) = self.position(key, entry.key_hash) {
             return self
-                .entries
+                .items
                 .get_mut(index)
-                .map(|slot| std::mem::replace(slot, entry));
+                .map(|(slot, _)| std::mem::replace(slot, entry));
         }
-        let at = self.keys.partition_point(|held| **held < *key);
-        self.keys.insert(at, SmolStr::from(key));
-        self.entries.insert(at, entry);
+        let at = self.items.partition_point(|(_, held)| held.as_str() < key);
+        self.items.insert(at, (entry, SmolStr::from(key)));
         None
     }
 
     /// Removes `key` (whose hash is `key_hash`); returns its entry.
     fn remove(&mut self, key: &str, key_hash: u32) -> Option<Entry> {
         let index = self.position(key, key_hash)?;
-        self.keys.remove(index);
-        Some(self.entries.remove(index))
+        Some(self.items.remove(index).0)
     }
 
     fn len(&self) -> usize {
-        self.keys.len()
+        self.items.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.items.is_empty()
     }
 
     fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|key| &**key)
+        self.items.iter().map(|(_, key)| key.as_str())
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.keys().zip(&self.entries)
+        self.items.iter().map(|(entry, key)| (key.as_str(), entry))
     }
 
     fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter()
+        self.items.iter().map(|(entry, _)| entry)
     }
 }
 
