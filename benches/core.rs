@@ -129,7 +129,7 @@ fn op_batch(ops: usize, value: impl Fn(usize) -> serde_json::Value) -> Message {
         .map(|i| ClientOp {
             id: Some((i + 1).to_string()),
             map_name: "todos".to_owned(),
-            key: format!("todo-{i}"),
+            key: format!("todo-{i}").into(),
             op_type: Some(OpType::Put),
             record: Some(LwwRecord {
                 value: Some(value(i).into()),

@@ -304,7 +304,7 @@ impl ModelClient {
         let mut op = ClientOp {
             id: Some(op_id.to_string()),
             map_name: map.name.clone(),
-            key: key.to_owned(),
+            key: key.into(),
             op_type: None,
             record: None,
             or_record: None,

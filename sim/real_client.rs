@@ -189,7 +189,7 @@ fn stamp_of(op: ClientOp, sequence: u64) -> Option<Stamped> {
     Some(Stamped {
         op_id: sequence,
         map: op.map_name,
-        key: op.key,
+        key: op.key.into(),
         change,
     })
 }

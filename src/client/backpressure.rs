@@ -97,7 +97,7 @@ impl BackpressureEvent {
         Self::Dropped {
             op_id,
             map_name: op.map_name.clone(),
-            key: op.key.clone(),
+            key: op.key.to_string(),
         }
     }
 }

@@ -883,7 +883,7 @@ impl Engine {
             _ => false,
         };
         if forgotten {
-            core.changed(map, std::slice::from_ref(&op.key), self.now_ms());
+            core.changed(map, &[op.key.to_string()], self.now_ms());
         }
         if let Some(session) = core.session.as_mut() {
             if !session.walks.contains_key(map) {
@@ -892,7 +892,7 @@ impl Engine {
         }
         Some(Mutation::ForgetLww {
             map: op.map_name.clone(),
-            key: op.key.clone(),
+            key: op.key.to_string(),
             timestamp: record.timestamp.clone(),
         })
     }

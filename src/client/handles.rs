@@ -129,7 +129,7 @@ impl<T: Serialize + DeserializeOwned> LwwMap<T> {
         let op = ClientOp {
             id: None,
             map_name: self.name.clone(),
-            key: key.to_owned(),
+            key: key.into(),
             op_type: Some(op_type),
             record: Some(record.clone()),
             or_record: None,
@@ -203,7 +203,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
         let op = ClientOp {
             id: None,
             map_name: self.name.clone(),
-            key: key.to_owned(),
+            key: key.into(),
             op_type: Some(OpType::OrAdd),
             record: None,
             or_record: Some(Box::new(record.clone())),
@@ -253,7 +253,7 @@ impl<T: Serialize + DeserializeOwned> OrMap<T> {
             .map(|tag| ClientOp {
                 id: None,
                 map_name: self.name.clone(),
-                key: key.to_owned(),
+                key: key.into(),
                 op_type: Some(OpType::OrRemove),
                 record: None,
                 or_record: None,

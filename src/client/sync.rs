@@ -782,7 +782,7 @@ fn push_op(map: &str, key: &str, record: &LwwRecord) -> ClientOp {
     ClientOp {
         id: None,
         map_name: map.to_owned(),
-        key: key.to_owned(),
+        key: key.into(),
         op_type: Some(op_type),
         record: Some(record.clone()),
         or_record: None,
@@ -915,7 +915,7 @@ mod tests {
             .sent
             .iter()
             .filter_map(|m| match m {
-                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.clone())),
+                Message::OpBatch(b) => Some(b.payload.ops.iter().map(|op| op.key.to_string())),
                 _ => None,
             })
             .flatten()

@@ -3,6 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use super::common::{Id, Key, MAX_BATCH_OPS, MAX_LIST_ITEMS, MapName, Tag, Text, WriteConcern};
 use crate::hlc::Timestamp;
@@ -31,8 +32,9 @@ pub struct ClientOp {
     pub id: Option<String>,
     #[schemars(with = "MapName")]
     pub map_name: String,
+    // Held inline when up to 23 bytes, as most keys are: no allocation per op.
     #[schemars(with = "Key")]
-    pub key: String,
+    pub key: SmolStr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op_type: Option<OpType>,
     /// For `PUT` (value) and `REMOVE` (tombstone).

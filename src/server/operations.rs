@@ -573,7 +573,7 @@ fn apply_lww(
         };
         changes.event(ServerEventPayload {
             map_name: op.map_name.clone(),
-            key: op.key.clone(),
+            key: op.key.to_string(),
             event_type,
             record: Some(stored.clone()),
             or_record: None,
@@ -622,12 +622,12 @@ fn apply_or_add(
         }
         changes.mutations.push(Mutation::PutOrKey {
             map: op.map_name.clone(),
-            key: op.key.clone(),
+            key: op.key.to_string(),
             records: replica.map().records(&op.key).cloned().collect(),
         });
         changes.event(ServerEventPayload {
             map_name: op.map_name,
-            key: op.key,
+            key: op.key.into(),
             event_type: EventType::OrAdd,
             record: None,
             or_record: Some(record),
@@ -638,7 +638,7 @@ fn apply_or_add(
         // A replay of a record we hold: write it again (see `apply_lww`).
         changes.mutations.push(Mutation::PutOrKey {
             map: op.map_name,
-            key: op.key,
+            key: op.key.into(),
             records: vec![record],
         });
     }
@@ -684,7 +684,7 @@ fn apply_or_remove(
     }
     changes.event(ServerEventPayload {
         map_name: op.map_name,
-        key: op.key,
+        key: op.key.into(),
         event_type: EventType::OrRemove,
         record: None,
         or_record: None,
@@ -1076,7 +1076,7 @@ mod tests {
         ClientOp {
             id: None,
             map_name: map.to_owned(),
-            key,
+            key: key.into(),
             op_type: Some(op_type),
             record: None,
             or_record: None,

@@ -324,7 +324,11 @@ impl<'a> Reader<'a> {
                 let key = self.string()?;
                 let record = EncodedLww::from_stored(self.bytes()?, format_args!("{map}/{key}"))
                     .map_err(|e| e.to_string())?;
-                Mutation::PutLww { map, key, record }
+                Mutation::PutLww {
+                    map,
+                    key: key.into(),
+                    record,
+                }
             }
             tag::DELETE_LWW => Mutation::DeleteLww {
                 map: self.string()?,

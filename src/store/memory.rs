@@ -72,9 +72,9 @@ impl State {
                 let record = lww_records.next();
                 if let (MapSnapshot::Lww { records }, Some(record)) =
                     (self.claim(map, MapKind::Lww), record)
-                    && super::lww_replaces(records.get(&key), &record)
+                    && super::lww_replaces(records.get(key.as_str()), &record)
                 {
-                    records.insert(key, record);
+                    records.insert(key.into(), record);
                 }
             }
             Mutation::DeleteLww { map, key } => {

@@ -40,6 +40,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::record::{LwwRecord, OrMapRecord};
 
@@ -136,7 +137,7 @@ pub enum Mutation {
         /// The map.
         map: String,
         /// The key.
-        key: String,
+        key: SmolStr,
         /// The record that replaces any stored one, encoded as the stored row.
         record: EncodedLww,
     },
@@ -239,7 +240,7 @@ impl Mutation {
     /// A [`Mutation::PutLww`] of `record`, encoded here, on the caller's thread.
     pub fn put_lww(
         map: impl Into<String>,
-        key: impl Into<String>,
+        key: impl Into<SmolStr>,
         record: &LwwRecord,
     ) -> Result<Self, StoreError> {
         Ok(Self::PutLww {

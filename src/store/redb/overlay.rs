@@ -302,9 +302,10 @@ impl Overlay {
                 self.load_kind(map, base)?;
             }
             match mutation {
-                Mutation::PutLww { map, key, .. }
-                | Mutation::DeleteLww { map, key }
-                | Mutation::ForgetLww { map, key, .. } => self.load_lww(map, key, base)?,
+                Mutation::PutLww { map, key, .. } => self.load_lww(map, key, base)?,
+                Mutation::DeleteLww { map, key } | Mutation::ForgetLww { map, key, .. } => {
+                    self.load_lww(map, key, base)?;
+                }
                 Mutation::PutOrKey { map, key, records } => {
                     self.load_or_records(map, key, base)?;
                     let stored = self
@@ -585,13 +586,12 @@ impl Overlay {
         self.state(map).claim(kind);
     }
 
-    /// The hottest mutation: one lookup of the map and, for a key the overlay holds, one of the
-    /// key, with the encoded row moved in (not copied). The stored row is replaced only by a
-    /// strictly newer one, as [`crate::store::lww_replaces`] rules.
-    fn put_lww(&mut self, map: String, key: String, row: EncodedLww) {
+    /// The hottest mutation: one lookup of the map and one of the key, with the mutation's key
+    /// and encoded row moved in (not copied). The stored row is replaced only by a strictly
+    /// newer one, as [`crate::store::lww_replaces`] rules.
+    fn put_lww(&mut self, map: String, key: SmolStr, row: EncodedLww) {
         let state = self.maps.entry(map).or_default();
         state.claim(MapKind::Lww);
-        // Found by `&str`: a key too long to be held inline is copied only when it is new.
         if let Some(slot) = state.lww.get_mut(key.as_str()) {
             if slot
                 .value
@@ -602,7 +602,7 @@ impl Overlay {
             }
             return;
         }
-        state.lww.insert(RowKey::from(key), Slot::dirty(Some(row)));
+        state.lww.insert(key, Slot::dirty(Some(row)));
         self.map_rows += 1;
     }
 
