@@ -5,10 +5,11 @@
 //! relies on timestamps being unique per write, which the HLC guarantees (distinct node ids,
 //! strictly increasing per node); on an exact tie the local record is kept.
 
+use std::collections::BTreeSet;
+
 use hashbrown::hash_map::EntryRef;
 use serde_json::Value;
 use smol_str::SmolStr;
-use std::collections::BTreeSet;
 
 use crate::hlc::Timestamp;
 use crate::record::LwwRecord;

@@ -592,18 +592,22 @@ impl Overlay {
     fn put_lww(&mut self, map: String, key: SmolStr, row: EncodedLww) {
         let state = self.maps.entry(map).or_default();
         state.claim(MapKind::Lww);
-        if let Some(slot) = state.lww.get_mut(key.as_str()) {
-            if slot
-                .value
-                .as_ref()
-                .is_none_or(|stored| row.is_newer_than(stored))
-            {
-                *slot = Slot::dirty(Some(row));
+        match state.lww.entry(key) {
+            Entry::Occupied(mut occupied) => {
+                let replaces = occupied
+                    .get()
+                    .value
+                    .as_ref()
+                    .is_none_or(|stored| row.is_newer_than(stored));
+                if replaces {
+                    occupied.insert(Slot::dirty(Some(row)));
+                }
             }
-            return;
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot::dirty(Some(row)));
+                self.map_rows += 1;
+            }
         }
-        state.lww.insert(key, Slot::dirty(Some(row)));
-        self.map_rows += 1;
     }
 
     fn lww(&self, map: &str, key: &str) -> Option<&EncodedLww> {
