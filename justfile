@@ -40,8 +40,10 @@ schemas:
 bench-core:
     cargo bench --bench core --bench server
 
-# A release server on a temporary redb store, then every workload for a short fixed time
-# (sync with 100k records; `topgun bench sync` defaults to the full 1M).
+# First the floor (`topgun floor`, a server that acks and does nothing: what the machine and
+# the generator cost on their own, in target/bench-floor.json), then a release server on a
+# temporary redb store and every workload for a short fixed time (sync with 100k records;
+# `topgun bench sync` defaults to the full 1M).
 # Load-test with `topgun bench`: tables to stdout, all results in target/bench-report.json.
 bench PORT="18080":
     #!/usr/bin/env bash
@@ -51,16 +53,28 @@ bench PORT="18080":
     secret="bench-secret-0123456789abcdef0123456789"
     url="ws://127.0.0.1:{{PORT}}"
     report=target/bench-report.json
-    data=$(mktemp -d)
     ulimit -n 65536 2>/dev/null || true
+    wait_for_port() {
+        for _ in $(seq 100); do
+            (exec 3<>/dev/tcp/127.0.0.1/{{PORT}}) 2>/dev/null && return
+            sleep 0.1
+        done
+    }
+    "$bin" floor --port {{PORT}} &
+    floor=$!
+    trap 'kill "$floor" 2>/dev/null || true' EXIT
+    wait_for_port
+    rm -f target/bench-floor.json
+    floor_args=(--url "$url" --json target/bench-floor.json --duration 10s --warmup 2s)
+    "$bin" bench "${floor_args[@]}" --threads 2 write --connections 200 --wait --rate 150000 --server-pid "$floor"
+    "$bin" bench "${floor_args[@]}" write --connections 200 --server-pid "$floor"
+    kill "$floor"; wait "$floor" 2>/dev/null || true
+    data=$(mktemp -d)
     RUST_LOG=warn "$bin" serve --port {{PORT}} --store redb --data-dir "$data" \
         --jwt-secret "$secret" --max-connections 20000 &
     server=$!
     trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/{{PORT}}) 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port
     rm -f "$report"
     common=(--url "$url" --secret "$secret" --json "$report")
     "$bin" bench "${common[@]}" --duration 10s --warmup 2s write --connections 200 --wait --server-pid "$server"
@@ -71,4 +85,4 @@ bench PORT="18080":
     "$bin" bench "${common[@]}" --duration 10s --warmup 2s fanout --writers 4 --subscribers 50
     "$bin" bench "${common[@]}" --duration 5s connections --count 10000 --server-pid "$server"
     "$bin" bench "${common[@]}" sync --records 100000
-    echo "results: $report"
+    echo "results: $report (the floor: target/bench-floor.json)"

@@ -1,4 +1,4 @@
-//! The `topgun` command line: `serve` (the default), `token`, `schemas`, `bench`.
+//! The `topgun` command line: `serve` (the default), `token`, `schemas`, `bench`, `floor`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -51,6 +51,17 @@ enum Command {
     },
     /// Load-test a TopGun server (any implementation) over its WebSocket protocol.
     Bench(topgun::bench::BenchArgs),
+    /// Run a calibration server for `bench write`: it acks AUTH and OP_BATCH and does no
+    /// work (no auth, no merge, no store). What `bench write` measures against it is what the
+    /// machine, the network path and the generator cost on their own.
+    Floor {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Regenerate the JSON Schemas of every protocol message into a directory.
     Schemas {
         /// Output directory.
@@ -86,7 +97,38 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Floor { host, port }) => floor(std::net::SocketAddr::new(host, port)),
         None => serve(ServeArgs::parse_from_env()),
+    }
+}
+
+/// Runs [`topgun::bench::floor`] on a runtime built as `serve` builds it, so the two
+/// compare.
+fn floor(addr: std::net::SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let listener = TcpListener::bind(addr).await?;
+        eprintln!(
+            "floor: acking AUTH and OP_BATCH on ws://{}",
+            listener.local_addr()?
+        );
+        topgun::bench::floor::serve(listener).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: floor on {addr}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -131,6 +131,26 @@ async fn write_fire_and_wait_with_a_write_concern() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_acks_every_batch_of_both_write_modes() {
+    let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let floor = tokio::spawn(floor::serve(listener));
+    for mode in [&["--wait"][..], &[]] {
+        let mut rest = vec!["write", "--connections", "3", "--batch", "4"];
+        rest.extend_from_slice(mode);
+        let report = run(&args(&url, &rest)).await.unwrap();
+        let report = report.write_wait.or(report.write).unwrap();
+        assert_eq!(report.connected, 3);
+        assert!(report.acked_ops > 0, "{report:?}");
+        assert_eq!(report.batch_latency.samples * 4, report.acked_ops);
+        assert_eq!(report.errors, 0);
+    }
+    floor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_writes_to_every_subscriber() {
     let (url, server, task) = start_server().await;
     let args = args(
