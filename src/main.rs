@@ -102,18 +102,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs [`topgun::bench::floor`] on a runtime built as `serve` builds it, so the two
-/// compare.
+/// Runs [`topgun::bench::floor`] on the runtime `serve` runs on, so the two compare.
 fn floor(addr: std::net::SocketAddr) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         let listener = TcpListener::bind(addr).await?;
@@ -147,17 +140,23 @@ fn mint(sub: &str, roles: &[String], ttl: u64, secret: Option<&str>) -> ExitCode
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.debug);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded runtime `serve` and `floor` run on, or the exit code after saying why
+/// there is none.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.debug);
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     match runtime.block_on(run_server(args)) {
         Ok(()) => ExitCode::SUCCESS,

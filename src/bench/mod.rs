@@ -3,8 +3,8 @@
 //!
 //! Workloads: [`write`] (ops/s and ack latency), [`fanout`] (live-query delivery latency),
 //! [`connections`] (idle connections and the server's memory per connection) and [`sync`]
-//! (full and delta Merkle sync). [`floor`] is a server that does no work, to
-//! measure the machine and the generator against. [`measure`] holds the counters, time window and HDR
+//! (full and delta Merkle sync). [`floor`] is a server that does no work, to measure the
+//! machine and the generator against. [`measure`] holds the counters, time window and HDR
 //! histograms they share; [`report`] prints the table and writes the JSON.
 
 pub mod conn;
