@@ -28,9 +28,16 @@ impl Binary {
     /// Starts `topgun serve --store redb --data-dir <dir> --port 0` and waits for the line
     /// naming the port it bound (port 0 avoids racing other tests for a free port).
     fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// [`Binary::start`] with `env` added to the child's environment.
+    fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_topgun"))
             .args(["serve", "--store", "redb", "--port", "0", "--data-dir"])
             .arg(data_dir)
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .envs(env.iter().copied())
             .env_remove("JWT_SECRET")
             .env_remove("NODE_ENV")
             .env_remove("TOPGUN_ENV")
@@ -72,6 +79,17 @@ impl Binary {
 
     fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// The value of `name` in the environment the process (still the child's pid) runs with.
+    #[cfg(target_os = "linux")]
+    fn env_var(&self, name: &str) -> Option<String> {
+        let environ = std::fs::read(format!("/proc/{}/environ", self.pid())).expect("environ");
+        let prefix = format!("{name}=");
+        environ
+            .split(|byte| *byte == 0)
+            .filter_map(|entry| std::str::from_utf8(entry).ok())
+            .find_map(|entry| entry.strip_prefix(&prefix).map(str::to_owned))
     }
 
     /// Sends `signal` (e.g. `-TERM`, `-KILL`) through kill(1): the crate has no libc binding.
@@ -193,4 +211,29 @@ async fn persisted_writes_survive_kill_9() {
         ]
     );
     b.close().await;
+}
+
+/// `serve` re-executes itself (same pid) with mimalloc told to keep freed memory, which
+/// mimalloc only reads from the environment at load.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_runs_with_the_allocator_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = Binary::start(dir.path());
+    assert_eq!(
+        binary.env_var("MIMALLOC_PURGE_DELAY").as_deref(),
+        Some("-1")
+    );
+}
+
+/// An operator's own allocator setting is kept, not overridden.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_allocator_setting_from_the_environment_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = Binary::start_with_env(dir.path(), &[("MIMALLOC_PURGE_DELAY", "250")]);
+    assert_eq!(
+        binary.env_var("MIMALLOC_PURGE_DELAY").as_deref(),
+        Some("250")
+    );
 }

@@ -21,6 +21,19 @@ use topgun::store::{MemoryStore, RedbStore, Store};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc settings `serve` runs with unless the environment already sets them.
+///
+/// `MIMALLOC_PURGE_DELAY=-1`: keep freed memory for reuse instead of handing it back to the OS
+/// a second after it falls free (mimalloc's default). The durable journal's write-ahead log
+/// fills and checkpoints about once a second at high write rates, and each checkpoint frees
+/// tens of MiB that the next second allocates again: with the default, a server taking 150k
+/// writes/s made ~450 `madvise` calls, ~930 TLB flushes and ~8,000 page faults a second, and
+/// spent about 7 % more CPU per write than with this setting (median of 21 interleaved pairs
+/// of paced runs on 2026-11-28, 20 of them in the setting's favour).
+/// The price: the heap keeps its high-water mark (which the journal, overlay and connection
+/// limits bound) instead of shrinking when the load falls.
+const ALLOCATOR_DEFAULTS: [(&str, &str); 1] = [("MIMALLOC_PURGE_DELAY", "-1")];
+
 /// topgun-rs: the TopGun offline-first data grid server, wire-compatible with TopGun's
 /// TypeScript clients (2026-01 and 2026-08).
 #[derive(Debug, Parser)]
@@ -33,6 +46,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
+    #[command(
+        after_help = "Allocator: unless MIMALLOC_PURGE_DELAY is set, serve re-executes \
+        itself once with MIMALLOC_PURGE_DELAY=-1 (freed memory is kept for reuse, not returned \
+        to the OS; about 6 % less CPU per write under heavy load). Set it yourself, in \
+        milliseconds, for a heap that shrinks when the load falls."
+    )]
     Serve(ServeArgs),
     /// Mint an HS256 JWT for the configured (or development) secret.
     Token {
@@ -103,6 +122,41 @@ fn main() -> ExitCode {
 }
 
 /// Runs [`topgun::bench::floor`] on the runtime `serve` runs on, so the two compare.
+/// Starts this program afresh, same arguments and process id, with [`ALLOCATOR_DEFAULTS`] added
+/// to the environment, unless each is set already (by the operator, or by this re-exec).
+/// mimalloc reads its options only from the environment, once, as the process loads; its C
+/// API could set them later, but only from `unsafe` code, which this crate forbids. Returns
+/// only when it did not re-execute.
+#[cfg(unix)]
+fn reexec_with_allocator_defaults() {
+    use std::os::unix::process::CommandExt;
+
+    let missing: Vec<_> = ALLOCATOR_DEFAULTS
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("warning: running with mimalloc's defaults: cannot find this program: {e}");
+            return;
+        }
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(&program);
+    if let Some(name) = args.next() {
+        command.arg0(name);
+    }
+    let error = command.args(args).envs(missing).exec();
+    eprintln!(
+        "warning: running with mimalloc's defaults: cannot re-execute {}: {error}",
+        program.display()
+    );
+}
+
 fn floor(addr: std::net::SocketAddr) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -153,6 +207,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    #[cfg(unix)]
+    reexec_with_allocator_defaults();
     init_logging(args.debug);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
