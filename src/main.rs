@@ -122,41 +122,6 @@ fn main() -> ExitCode {
 }
 
 /// Runs [`topgun::bench::floor`] on the runtime `serve` runs on, so the two compare.
-/// Starts this program afresh, same arguments and process id, with [`ALLOCATOR_DEFAULTS`] added
-/// to the environment, unless each is set already (by the operator, or by this re-exec).
-/// mimalloc reads its options only from the environment, once, as the process loads; its C
-/// API could set them later, but only from `unsafe` code, which this crate forbids. Returns
-/// only when it did not re-execute.
-#[cfg(unix)]
-fn reexec_with_allocator_defaults() {
-    use std::os::unix::process::CommandExt;
-
-    let missing: Vec<_> = ALLOCATOR_DEFAULTS
-        .into_iter()
-        .filter(|(name, _)| std::env::var_os(name).is_none())
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    let program = match std::env::current_exe() {
-        Ok(program) => program,
-        Err(e) => {
-            eprintln!("warning: running with mimalloc's defaults: cannot find this program: {e}");
-            return;
-        }
-    };
-    let mut args = std::env::args_os();
-    let mut command = std::process::Command::new(&program);
-    if let Some(name) = args.next() {
-        command.arg0(name);
-    }
-    let error = command.args(args).envs(missing).exec();
-    eprintln!(
-        "warning: running with mimalloc's defaults: cannot re-execute {}: {error}",
-        program.display()
-    );
-}
-
 fn floor(addr: std::net::SocketAddr) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -222,6 +187,41 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts this program afresh, same arguments and process id, with [`ALLOCATOR_DEFAULTS`] added
+/// to the environment, unless each is set already (by the operator, or by this re-exec).
+/// mimalloc reads its options only from the environment, once, as the process loads; its C
+/// API could set them later, but only from `unsafe` code, which this crate forbids. Returns
+/// only when it did not re-execute.
+#[cfg(unix)]
+fn reexec_with_allocator_defaults() {
+    use std::os::unix::process::CommandExt;
+
+    let missing: Vec<_> = ALLOCATOR_DEFAULTS
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("warning: running with mimalloc's defaults: cannot find this program: {e}");
+            return;
+        }
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(&program);
+    if let Some(name) = args.next() {
+        command.arg0(name);
+    }
+    let error = command.args(args).envs(missing).exec();
+    eprintln!(
+        "warning: running with mimalloc's defaults: cannot re-execute {}: {error}",
+        program.display()
+    );
 }
 
 fn init_logging(debug: bool) {
