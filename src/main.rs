@@ -32,6 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// of paced runs on 2026-11-28, 20 of them in the setting's favour).
 /// The price: the heap keeps its high-water mark (which the journal, overlay and connection
 /// limits bound) instead of shrinking when the load falls.
+#[cfg(unix)]
 const ALLOCATOR_DEFAULTS: [(&str, &str); 1] = [("MIMALLOC_PURGE_DELAY", "-1")];
 
 /// topgun-rs: the TopGun offline-first data grid server, wire-compatible with TopGun's
