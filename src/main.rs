@@ -28,7 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// fills and checkpoints about once a second at high write rates, and each checkpoint frees
 /// tens of MiB that the next second allocates again: with the default, a server taking 150k
 /// writes/s made ~450 `madvise` calls, ~930 TLB flushes and ~8,000 page faults a second, and
-/// spent about 7 % more CPU per write than with this setting (median of 21 interleaved pairs
+/// spent about 6 % more CPU per write than with this setting (median of 21 interleaved pairs
 /// of paced runs on 2026-11-28, 20 of them in the setting's favour).
 /// The price: the heap keeps its high-water mark (which the journal, overlay and connection
 /// limits bound) instead of shrinking when the load falls.
