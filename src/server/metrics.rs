@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Upper bounds (seconds) of the ack-latency histogram buckets.
+/// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
 ];
@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ops_rejected: AtomicU64,
     pub auth_failures: AtomicU64,
     ack_latency: Histogram,
+    map_lock_blocked: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -41,15 +42,14 @@ impl Metrics {
 
     /// Records how long an `OP_ACK` took from frame arrival to send.
     pub fn observe_ack_latency(&self, micros: u64) {
-        let seconds = micros as f64 / 1e6;
-        let h = &self.ack_latency;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.ack_latency.observe(micros);
+    }
+
+    /// Records how long a thread blocked on a map's lock that another batch held. Under load
+    /// this is how a hot map shows: when the kernel preempts a thread holding the lock, every
+    /// writer of that map waits until it runs again.
+    pub fn observe_map_lock_blocked(&self, micros: u64) {
+        self.map_lock_blocked.observe(micros);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -124,28 +124,50 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let h = &self.ack_latency;
-        let name = "topgun_ack_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from OP_BATCH arrival to OP_ACK.\n# TYPE {name} histogram"
+        self.ack_latency.render(
+            &mut out,
+            "topgun_ack_latency_seconds",
+            "Time from OP_BATCH arrival to OP_ACK.",
         );
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        self.map_lock_blocked.render(
+            &mut out,
+            "topgun_map_lock_blocked_seconds",
+            "Time a thread blocked on a map lock another write batch held.",
+        );
+        out
+    }
+}
+
+impl Histogram {
+    fn observe(&self, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram in Prometheus text format, its buckets cumulative.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{le=\"{bound}\"}} {}",
                 bucket.load(Ordering::Relaxed)
             );
         }
-        let count = h.count.load(Ordering::Relaxed);
+        let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(
             out,
             "{name}_sum {}",
-            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "{name}_count {count}");
-        out
     }
 }
 
@@ -166,5 +188,18 @@ mod tests {
         assert!(text.contains("topgun_ack_latency_seconds_bucket{le=\"0.025\"} 2\n"));
         assert!(text.contains("topgun_ack_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("topgun_ack_latency_seconds_count 2\n"));
+        assert!(text.contains("topgun_map_lock_blocked_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn renders_map_lock_waits_apart_from_ack_latency() {
+        let m = Metrics::default();
+        m.observe_map_lock_blocked(2_000); // 2 ms
+        let text = m.render();
+        assert!(text.contains("# TYPE topgun_map_lock_blocked_seconds histogram\n"));
+        assert!(text.contains("topgun_map_lock_blocked_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("topgun_map_lock_blocked_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("topgun_map_lock_blocked_seconds_sum 0.002\n"));
+        assert!(text.contains("topgun_ack_latency_seconds_count 0\n"));
     }
 }

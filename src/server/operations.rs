@@ -478,7 +478,12 @@ fn merge_ops(
             }
         };
         let map = first.map;
-        let mut guard = map.lock();
+        let mut guard = map.lock_reporting_wait(|waited| {
+            if let Some(shared) = listeners {
+                let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+                shared.metrics.observe_map_lock_blocked(micros);
+            }
+        });
         changes.unheard = listeners.is_some_and(|shared| !shared.listens_to(map.name()));
         outcomes.push(merge_op(&mut guard, first.op, first.row, &mut changes));
         for _ in 1..slice.max(1) {
@@ -1070,6 +1075,64 @@ mod tests {
         let (outcomes, _) = batch.await.unwrap().unwrap();
         assert!(outcomes.iter().all(Result::is_ok));
         assert_eq!(map.lock().merkle().len(), 1);
+    }
+
+    /// A merge that has to block on a map lock another thread holds reports the wait in
+    /// `topgun_map_lock_blocked_seconds`; an uncontended merge reports nothing.
+    #[tokio::test]
+    async fn a_merge_blocked_on_a_held_map_lock_reports_the_wait() {
+        use std::sync::mpsc;
+        const HELD: std::time::Duration = std::time::Duration::from_millis(50);
+        let server = test_server(Limits::default());
+        let shared = Arc::clone(server.shared());
+        let map = shared.maps.get("m", MapKind::Lww, None).await.unwrap();
+        let put = |n: u64| {
+            let mut op = base_op("m", format!("k{n}"), OpType::Put);
+            op.record = Some(LwwRecord {
+                value: Some(serde_json::json!(n).into()),
+                timestamp: Timestamp::new(10 + n, 0, "client"),
+                ttl_ms: None,
+            });
+            vec![CheckedOp::new(op, map.clone())]
+        };
+        let count = |shared: &Shared| {
+            shared
+                .metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("topgun_map_lock_blocked_seconds_count "))
+                .map(str::to_owned)
+        };
+
+        let guard = map.lock();
+        let (started_tx, started_rx) = mpsc::channel();
+        let blocked = std::thread::spawn({
+            let shared = Arc::clone(&shared);
+            let ops = put(1);
+            move || {
+                started_tx.send(()).unwrap();
+                merge_ops(ops, 64, Numbering::default(), Some(&shared))
+            }
+        });
+        // Held well past the merge's start, so it finds the lock taken.
+        started_rx.recv().unwrap();
+        std::thread::sleep(HELD);
+        drop(guard);
+        let (outcomes, _) = blocked.join().unwrap();
+        assert!(outcomes.iter().all(Result::is_ok));
+        let text = shared.metrics.render();
+        assert_eq!(count(&shared).as_deref(), Some("1"), "{text}");
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("topgun_map_lock_blocked_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(sum >= 0.01, "the wait lasted about {HELD:?}, not {sum} s");
+
+        let (outcomes, _) = merge_ops(put(2), 64, Numbering::default(), Some(&shared));
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(count(&shared).as_deref(), Some("1"));
     }
 
     fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {

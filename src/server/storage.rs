@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::replica::{LwwReplica, MapKind, OrReplica, Replica};
 use crate::store::{MapSnapshot, Mutation, Store, StoreError, WriteBatch};
@@ -58,6 +60,21 @@ impl MapHandle {
         // A panic inside a CRDT operation would be a bug we cannot recover from better than by
         // continuing with the state as it was left.
         self.0.replica.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`MapHandle::lock`], telling `blocked` how long the thread waited when another holder
+    /// had the lock; a free lock costs no clock read.
+    pub fn lock_reporting_wait(&self, blocked: impl FnOnce(Duration)) -> MutexGuard<'_, Replica> {
+        match self.0.replica.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let started = Instant::now();
+                let guard = self.lock();
+                blocked(started.elapsed());
+                guard
+            }
+        }
     }
 }
 
