@@ -411,11 +411,11 @@ async fn merge_checked(
     if !heavy {
         yield_while_locked(&checked).await;
     }
-    let listeners = shared.clone();
+    let server = shared.clone();
     match shared
         .workers
         .run_if(heavy, move || {
-            merge_ops(checked, slice, numbering, Some(&listeners))
+            merge_ops(checked, slice, numbering, Some(&server))
         })
         .await
     {
@@ -453,12 +453,13 @@ const LOCKED_YIELDS: usize = 16;
 
 /// Merges checked ops in order, returning each op's outcome and what changed. A map's lock
 /// is held for at most `slice` consecutive ops on it, so other writers to the same map
-/// interleave with a huge batch.
+/// interleave with a huge batch. `server` (absent in some unit tests) tells which maps have
+/// listeners and counts the time spent blocked on a map's lock.
 fn merge_ops(
     checked: Vec<Result<CheckedOp, OpFailure>>,
     slice: usize,
     numbering: Numbering,
-    listeners: Option<&Shared>,
+    server: Option<&Shared>,
 ) -> (Vec<Result<(), OpFailure>>, MapChanges) {
     let mut changes = MapChanges {
         numbering,
@@ -479,12 +480,12 @@ fn merge_ops(
         };
         let map = first.map;
         let mut guard = map.lock_reporting_wait(|waited| {
-            if let Some(shared) = listeners {
+            if let Some(shared) = server {
                 let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
                 shared.metrics.observe_map_lock_blocked(micros);
             }
         });
-        changes.unheard = listeners.is_some_and(|shared| !shared.listens_to(map.name()));
+        changes.unheard = server.is_some_and(|shared| !shared.listens_to(map.name()));
         outcomes.push(merge_op(&mut guard, first.op, first.row, &mut changes));
         for _ in 1..slice.max(1) {
             let Some(Ok(same)) =
