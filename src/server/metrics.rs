@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -41,15 +42,15 @@ impl Metrics {
     }
 
     /// Records how long an `OP_ACK` took from frame arrival to send.
-    pub fn observe_ack_latency(&self, micros: u64) {
-        self.ack_latency.observe(micros);
+    pub fn observe_ack_latency(&self, latency: Duration) {
+        self.ack_latency.observe(latency);
     }
 
     /// Records how long a thread blocked on a map's lock that another batch held. Under load
     /// this is how a hot map shows: when the kernel preempts a thread holding the lock, every
     /// writer of that map waits until it runs again.
-    pub fn observe_map_lock_blocked(&self, micros: u64) {
-        self.map_lock_blocked.observe(micros);
+    pub fn observe_map_lock_blocked(&self, waited: Duration) {
+        self.map_lock_blocked.observe(waited);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -139,7 +140,8 @@ impl Metrics {
 }
 
 impl Histogram {
-    fn observe(&self, micros: u64) {
+    fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let seconds = micros as f64 / 1e6;
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
             if seconds <= *bound {
@@ -180,8 +182,8 @@ mod tests {
         let m = Metrics::default();
         Metrics::inc(&m.frames_in);
         Metrics::inc(&m.frames_in);
-        m.observe_ack_latency(300); // 0.3 ms
-        m.observe_ack_latency(20_000); // 20 ms
+        m.observe_ack_latency(Duration::from_micros(300));
+        m.observe_ack_latency(Duration::from_millis(20));
         let text = m.render();
         assert!(text.contains("topgun_frames_in_total 2\n"));
         assert!(text.contains("topgun_ack_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
@@ -194,7 +196,7 @@ mod tests {
     #[test]
     fn renders_map_lock_waits_apart_from_ack_latency() {
         let m = Metrics::default();
-        m.observe_map_lock_blocked(2_000); // 2 ms
+        m.observe_map_lock_blocked(Duration::from_millis(2));
         let text = m.render();
         assert!(text.contains("# TYPE topgun_map_lock_blocked_seconds histogram\n"));
         assert!(text.contains("topgun_map_lock_blocked_seconds_bucket{le=\"0.001\"} 0\n"));

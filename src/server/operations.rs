@@ -240,8 +240,7 @@ pub async fn handle_op_batch(
             },
         };
         let _ = session.send(shared, ack);
-        let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
-        shared.metrics.observe_ack_latency(micros);
+        shared.metrics.observe_ack_latency(received.elapsed());
     }
     Flow::Continue
 }
@@ -481,8 +480,7 @@ fn merge_ops(
         let map = first.map;
         let mut guard = map.lock_reporting_wait(|waited| {
             if let Some(shared) = server {
-                let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-                shared.metrics.observe_map_lock_blocked(micros);
+                shared.metrics.observe_map_lock_blocked(waited);
             }
         });
         changes.unheard = server.is_some_and(|shared| !shared.listens_to(map.name()));
@@ -1096,13 +1094,14 @@ mod tests {
             });
             vec![CheckedOp::new(op, map.clone())]
         };
-        let count = |shared: &Shared| {
+        // One series of the histogram, as `/metrics` renders it.
+        let series = |shared: &Shared, part: &str| {
+            let prefix = format!("topgun_map_lock_blocked_seconds_{part} ");
             shared
                 .metrics
                 .render()
                 .lines()
-                .find_map(|l| l.strip_prefix("topgun_map_lock_blocked_seconds_count "))
-                .map(str::to_owned)
+                .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
         };
 
         let guard = map.lock();
@@ -1122,18 +1121,13 @@ mod tests {
         let (outcomes, _) = blocked.join().unwrap();
         assert!(outcomes.iter().all(Result::is_ok));
         let text = shared.metrics.render();
-        assert_eq!(count(&shared).as_deref(), Some("1"), "{text}");
-        let sum: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("topgun_map_lock_blocked_seconds_sum "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        assert_eq!(series(&shared, "count").as_deref(), Some("1"), "{text}");
+        let sum: f64 = series(&shared, "sum").unwrap().parse().unwrap();
         assert!(sum >= 0.01, "the wait lasted about {HELD:?}, not {sum} s");
 
         let (outcomes, _) = merge_ops(put(2), 64, Numbering::default(), Some(&shared));
         assert!(outcomes.iter().all(Result::is_ok));
-        assert_eq!(count(&shared).as_deref(), Some("1"));
+        assert_eq!(series(&shared, "count").as_deref(), Some("1"));
     }
 
     fn base_op(map: &str, key: String, op_type: OpType) -> ClientOp {
