@@ -29,8 +29,8 @@ pub enum JournalMode {
     /// in-memory ring: readers can resume from any retained sequence, even after a restart.
     /// It writes every change twice more (with its previous value, to the write-ahead log
     /// and a journal block file): under write-heavy load the server spends about a fifth
-    /// more CPU per write than with `off` (13–31 % in interleaved runs), about half of it
-    /// numbering and encoding, which `memory` pays too.
+    /// more CPU per write than with `off` (13–31 % in interleaved runs), a third to a half
+    /// of it numbering and encoding, which `memory` pays too.
     #[default]
     Durable,
     /// Changes are numbered and kept only in the in-memory ring (`journal_capacity` newest),
