@@ -21,7 +21,7 @@ use crate::query::Query;
 
 use super::conn::Conn;
 use super::measure::{Counters, Latencies, Percentiles, Progress, Window};
-use super::report::{Rows, human_bytes, human_count, ms};
+use super::report::{Rows, human_count, ms_pair, sent_received};
 use super::write::{KeyPlan, PING_EVERY, Pace, ValuePlan, WriterSpec, padding, run_writer};
 use super::{BenchError, Context, FanoutArgs};
 
@@ -207,35 +207,19 @@ impl FanoutReport {
             ),
             (
                 "delivery latency p50 / p99".into(),
-                format!(
-                    "{} / {}",
-                    ms(self.delivery_latency.p50_ms),
-                    ms(self.delivery_latency.p99_ms)
-                ),
+                ms_pair(self.delivery_latency.p50_ms, self.delivery_latency.p99_ms),
             ),
             (
                 "delivery latency p99.9 / max".into(),
-                format!(
-                    "{} / {}",
-                    ms(self.delivery_latency.p999_ms),
-                    ms(self.delivery_latency.max_ms)
-                ),
+                ms_pair(self.delivery_latency.p999_ms, self.delivery_latency.max_ms),
             ),
             (
                 "write ack latency p50 / p99".into(),
-                format!(
-                    "{} / {}",
-                    ms(self.write_latency.p50_ms),
-                    ms(self.write_latency.p99_ms)
-                ),
+                ms_pair(self.write_latency.p50_ms, self.write_latency.p99_ms),
             ),
             (
                 "sent / received".into(),
-                format!(
-                    "{} / {}",
-                    human_bytes(self.sent_bytes as f64),
-                    human_bytes(self.received_bytes as f64)
-                ),
+                sent_received(self.sent_bytes, self.received_bytes),
             ),
             ("errors".into(), self.errors.to_string()),
         ]

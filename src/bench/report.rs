@@ -146,6 +146,20 @@ pub fn ms(value: f64) -> String {
     }
 }
 
+/// Two latencies for one row: `1.20 ms / 15 ms`.
+pub fn ms_pair(first: f64, second: f64) -> String {
+    format!("{} / {}", ms(first), ms(second))
+}
+
+/// Bytes sent and received for one row: `1.2 GiB / 30.0 MiB`.
+pub fn sent_received(sent: u64, received: u64) -> String {
+    format!(
+        "{} / {}",
+        human_bytes(sent as f64),
+        human_bytes(received as f64)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +209,8 @@ mod tests {
         assert_eq!(human_count(4_560_000.0), "4.56M");
         assert_eq!(ms(1.234), "1.23 ms");
         assert_eq!(ms(123.4), "123 ms");
+        assert_eq!(ms_pair(1.234, 123.4), "1.23 ms / 123 ms");
+        assert_eq!(sent_received(512, 1_536), "512 B / 1.5 KiB");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::protocol::{Message, WriteConcern, parse_op_id};
 
 use super::conn::Conn;
 use super::measure::{Counters, Latencies, Percentiles, Progress, Window, cpu_seconds};
-use super::report::{Rows, human_bytes, human_count, ms};
+use super::report::{Rows, human_count, ms_pair, sent_received};
 use super::{BenchError, Context, WriteArgs};
 
 /// How long a batch may wait for its ack before it counts as lost.
@@ -617,27 +617,15 @@ impl WriteReport {
         rows.extend([
             (
                 "ack latency p50 / p99".into(),
-                format!(
-                    "{} / {}",
-                    ms(self.batch_latency.p50_ms),
-                    ms(self.batch_latency.p99_ms)
-                ),
+                ms_pair(self.batch_latency.p50_ms, self.batch_latency.p99_ms),
             ),
             (
                 "ack latency p99.9 / max".into(),
-                format!(
-                    "{} / {}",
-                    ms(self.batch_latency.p999_ms),
-                    ms(self.batch_latency.max_ms)
-                ),
+                ms_pair(self.batch_latency.p999_ms, self.batch_latency.max_ms),
             ),
             (
                 "sent / received".into(),
-                format!(
-                    "{} / {}",
-                    human_bytes(self.sent_bytes as f64),
-                    human_bytes(self.received_bytes as f64)
-                ),
+                sent_received(self.sent_bytes, self.received_bytes),
             ),
             ("errors".into(), self.errors.to_string()),
         ]);
