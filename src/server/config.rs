@@ -102,7 +102,8 @@ pub struct ServeArgs {
     pub max_connections: usize,
     /// The event journal (CDC): `durable` keeps the newest `journal_retention` changes in the
     /// store, `memory` only the newest `journal_capacity` in memory, `off` none (and refuses
-    /// journal requests). Overrides `[limits] journal` of the config file.
+    /// journal requests). Overrides `[limits] journal` of the config file; without either,
+    /// `durable`.
     #[arg(long, env = "TOPGUN_JOURNAL", value_enum)]
     pub journal: Option<JournalMode>,
     /// TOML file with permissions, full-text search fields and limits (see README).
